@@ -1,0 +1,32 @@
+"""Benchmark tasks: `get(name)` returns a `Task`, `names()` lists them.
+
+The sbibm tasks follow sbibm 1.1.0 exactly (see docs/tasks.md), so its published
+reference posteriors and C2ST figures apply to galton's results.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from galton.tasks.base import Task
+
+# name -> module under galton.tasks that defines `task(**options) -> Task`
+_REGISTRY = {
+    "funnel": "funnel",
+}
+
+
+def names() -> list[str]:
+    """Names of all benchmark tasks, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options) -> Task:
+    """The task called ``name``; ``options`` go to its constructor (e.g. ``dim`` for funnel)."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown task {name!r}; available: {', '.join(names())}")
+    module = importlib.import_module(f"galton.tasks.{_REGISTRY[name]}")
+    return module.task(**options)
+
+
+__all__ = ["Task", "get", "names"]
