@@ -8,6 +8,7 @@ results, plots and ArviZ.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -139,7 +140,9 @@ class Prior:
         total = jnp.zeros(batch)
         for k, v in self.blocks.unflatten(theta).items():
             d = self.distributions[k]
-            lp = d.log_prob(v).reshape(*batch, -1).sum(-1)
+            with warnings.catch_warnings():  # outside the support is answered with -inf below
+                warnings.filterwarnings("ignore", message="Out-of-support values")
+                lp = d.log_prob(v).reshape(*batch, -1).sum(-1)
             total = total + jnp.where(self._block_in_support(k, v, batch), lp, -jnp.inf)
         return total
 
@@ -186,7 +189,7 @@ def check_theta(prior: Prior, theta, *, what: str = "theta") -> jax.Array:
         bad = np.flatnonzero(~inside)
         row = np.asarray(theta[bad[0]])
         raise ProblemError(
-            f"{what} lies outside the prior's support at {bad.size} rows, first row {int(bad[0])}: "
+            f"{what} has {bad.size} rows outside the prior's support, first row {int(bad[0])}: "
             + ", ".join(f"{n}={v:.4g}" for n, v in zip(prior.names, row))
         )
     return theta
