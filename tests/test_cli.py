@@ -1,0 +1,25 @@
+import jax
+import numpy as np
+
+from galton.cli import main
+from galton.simulate import simulate
+from galton.store import load_simulations
+from galton.tasks import get
+
+
+def test_tasks_lists_every_task(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    for name in ["funnel"]:
+        assert name in out
+
+
+def test_simulate_fills_a_store_that_resumes(tmp_path, capsys):
+    path = tmp_path / "funnel.zarr"
+    assert main(["simulate", "funnel", "-n", "300", "--store", str(path), "--seed", "4", "--chunk-size", "100"]) == 0
+    assert "300 simulations of funnel" in capsys.readouterr().out
+    stored = load_simulations(path)
+    expected = simulate(get("funnel").problem, 300, key=jax.random.key(4), chunk_size=100, progress=False)
+    np.testing.assert_array_equal(stored.x, expected.x)
+    assert main(["simulate", "funnel", "-n", "300", "--store", str(path), "--seed", "5"]) == 2
+    assert "different run" in capsys.readouterr().err
