@@ -147,10 +147,7 @@ class Prior:
         return total
 
     def _block_in_support(self, k: str, v: jax.Array, batch: tuple[int, ...]) -> jax.Array:
-        ok = jnp.asarray(self.distributions[k].support(v))
-        while ok.ndim > len(batch):  # constraints reduce over event axes themselves, intervals do not
-            ok = ok.all(-1)
-        return jnp.broadcast_to(ok, batch)
+        return _reduce_to(self.distributions[k].support(v), batch, jnp.all)
 
     def in_support(self, theta: jax.Array) -> jax.Array:
         """``(*batch, d)`` -> boolean ``(*batch,)``."""
@@ -171,9 +168,28 @@ class Prior:
         parts = {k: biject_to(self.distributions[k].support)(v) for k, v in self.blocks.unflatten(u).items()}
         return self.blocks.flatten(parts)
 
+    def log_abs_det_jacobian(self, u: jax.Array) -> jax.Array:
+        """log |dθ/du| of `to_constrained` at u ``(*batch, d)`` -> ``(*batch,)``."""
+        u = jnp.asarray(u)
+        batch = u.shape[:-1]
+        total = jnp.zeros(batch)
+        for k, v in self.blocks.unflatten(u).items():
+            t = biject_to(self.distributions[k].support)
+            total = total + _reduce_to(t.log_abs_det_jacobian(v, t(v)), batch, jnp.sum)
+        return total
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={type(d).__name__}{tuple(d.batch_shape + d.event_shape)}" for k, d in self.distributions.items())
         return f"Prior({inner})"
+
+
+def _reduce_to(values, batch: tuple[int, ...], reduce) -> jax.Array:
+    """Reduce per-element values to the batch shape: constraints and Jacobians of vector
+    transforms already reduce over event axes, elementwise ones do not."""
+    values = jnp.asarray(values)
+    while values.ndim > len(batch):
+        values = reduce(values, axis=-1)
+    return jnp.broadcast_to(values, batch)
 
 
 def check_theta(prior: Prior, theta, *, what: str = "theta") -> jax.Array:

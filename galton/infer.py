@@ -1,0 +1,112 @@
+"""The one-liner: `infer(problem, x_obs, method="npe", budget=10_000, rounds=1, key=...)`.
+
+It runs simulate → fit, and for ``rounds > 1`` draws each later round's θ from the current
+posterior at ``x_obs`` (SNPE with the atomic loss, SNLE, SNRE), continuing to train the
+same network on all simulations so far.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.methods.nle import NLE
+from galton.methods.npe import NPE
+from galton.methods.nre import NRE
+from galton.neural_posterior import DensityPosterior, FlowPosterior
+from galton.problem import ProblemError, Program, Simulator
+from galton.simulate import simulate
+from galton.store import Simulations
+
+METHODS = {"npe": NPE, "nle": NLE, "nre": NRE}
+
+
+def method_from(method: str | Any, **options):
+    """A method object from its name (``"npe"``, ``"nle"``, ``"nre"``) and settings, or as given."""
+    if isinstance(method, str):
+        if method.lower() not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)} or a method object, got {method!r}")
+        return METHODS[method.lower()](**options)
+    if options:
+        raise ValueError("options go with a method name; a method object carries its own settings")
+    return method
+
+
+def posterior_of(method, model, prior, history: list[dict]):
+    """Wrap a trained network as the posterior its method defines."""
+    history = json.dumps(history)
+    if isinstance(method, NPE):
+        return FlowPosterior(model, prior, history_json=history)
+    kind = "likelihood" if isinstance(method, NLE) else "ratio"
+    return DensityPosterior(model, prior, kind=kind, sampler=method.sampler, history_json=history)
+
+
+def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
+    x_obs = jnp.asarray(x_obs)
+    if x_obs.shape == x_shape or (iid and x_obs.shape[1:] == x_shape and x_obs.ndim == len(x_shape) + 1):
+        if not bool(jnp.isfinite(x_obs).all()):
+            raise ProblemError("x_obs has NaN or inf values")
+        return x_obs
+    expected = f"{x_shape}" + (f" or (n_obs, *{x_shape}) for iid observations" if iid else "")
+    raise ProblemError(f"x_obs has shape {x_obs.shape}, but {problem.name} simulates x of shape {expected}")
+
+
+def infer(
+    problem: Simulator | Program,
+    x_obs,
+    *,
+    key: jax.Array,
+    method: str | Any = "npe",
+    budget: int = 10_000,
+    rounds: int = 1,
+    simulations: Simulations | None = None,
+    progress: bool = True,
+    **options,
+):
+    """Estimate p(θ | x_obs) with ``budget`` simulations.
+
+    Args:
+        problem: a `Simulator` or `Program`.
+        x_obs: the observation ``(*x_shape)``; for NLE and NRE also ``(n_obs, *x_shape)`` iid ones.
+        key: a ``jax.random`` key.
+        method: ``"npe"``, ``"nle"``, ``"nre"``, or a configured `NPE`, `NLE`, `NRE` object.
+        budget: total simulations, split evenly over ``rounds``.
+        rounds: 1 for amortized inference; more for the sequential variants.
+        simulations: optional prior simulations to use as the first round instead of simulating.
+        progress: show progress bars.
+        **options: settings for the method named by ``method`` (e.g. ``flow="maf"``, ``variant="c"``).
+
+    Returns:
+        The posterior conditioned on ``x_obs`` (`FlowPosterior` for NPE, `DensityPosterior` for
+        NLE and NRE), with the training history of each round in ``.history``.
+    """
+    method = method_from(method, **options)
+    if int(budget) != budget or budget < 1:
+        raise ValueError(f"budget must be a positive number of simulations, got {budget!r}")
+    if int(rounds) != rounds or not 1 <= rounds <= budget:
+        raise ValueError(f"rounds must be an integer between 1 and the budget, got {rounds!r}")
+    if problem.backend == "jax":
+        x_shape = jax.eval_shape(problem.simulate_flat, jax.random.key(0), jnp.zeros(problem.prior.dim)).shape
+        x_obs = _check_observation(problem, x_obs, x_shape, iid=not isinstance(method, NPE))
+    per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
+    model, history, sims, posterior = None, [], simulations, None
+    for r, n in enumerate(per_round):
+        key_sim, key_fit, key_draw, key = jax.random.split(key, 4)
+        if r == 0 and simulations is not None:
+            new = simulations
+        elif r == 0:
+            new = simulate(problem, n, key=key_sim, progress=progress)
+        else:
+            theta = posterior.sample(n, key=key_draw)
+            new = simulate(problem, key=key_sim, theta=np.asarray(theta), progress=progress)
+        sims = new if sims is None or (r == 0 and simulations is not None) else Simulations.concatenate([sims, new])
+        if r == 0 and problem.backend != "jax":
+            x_obs = _check_observation(problem, x_obs, sims.x.shape[1:], iid=not isinstance(method, NPE))
+        model, round_history = method.fit(sims, problem.prior, key=key_fit, sequential=r > 0, init=model, progress=progress)
+        history.append(round_history)
+        posterior = posterior_of(method, model, problem.prior, history).condition(x_obs)
+    return posterior

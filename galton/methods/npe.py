@@ -1,0 +1,91 @@
+"""Neural posterior estimation: a conditional flow q(θ | x) trained on simulated pairs.
+
+Losses (θ, x from the training batch; p the prior; q the flow):
+    first round (θ ~ prior):        L = −mean log q(θ | x)
+    later rounds (θ ~ proposals):   atomic loss of APT / NPE-C (Greenberg et al. 2019): for each
+        pair, a set of atoms {θ} ∪ {θ'_1..θ'_{K−1}} drawn from the same batch, and
+        L = −mean log [ q(θ|x)/p(θ) / Σ_atoms q(θ'|x)/p(θ') ]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from galton.flows import ConditionalFlow, conditional_flow
+from galton.problem import Prior
+from galton.store import Simulations
+from galton.train import Training, train
+
+
+def maximum_likelihood_loss(model: ConditionalFlow, batch, key) -> jax.Array:
+    theta, x = batch
+    return -model.log_prob(theta, x).mean()
+
+
+def atomic_loss(model: ConditionalFlow, batch, key, *, prior: Prior, num_atoms: int) -> jax.Array:
+    theta, x = batch
+    b = theta.shape[0]
+    k = min(num_atoms, b)
+    # for row i, k − 1 other rows drawn without replacement: rank random scores, skipping i itself
+    scores = jax.random.uniform(key, (b, b)) + 2.0 * jnp.eye(b)
+    others = jnp.argsort(scores, axis=1)[:, : k - 1]
+    atoms = jnp.concatenate([theta[:, None], theta[others]], axis=1)  # (b, k, d)
+    log_q = model.log_prob(atoms, x[:, None])  # (b, k)
+    logits = log_q - prior.log_prob(atoms)
+    return -(logits[:, 0] - jax.nn.logsumexp(logits, axis=1)).mean()
+
+
+@dataclass(frozen=True)
+class NPE:
+    """Settings of neural posterior estimation (sbi's defaults where it has them).
+
+    Attributes:
+        flow: ``"nsf"`` (neural spline flow) or ``"maf"`` (masked autoregressive flow).
+        transforms: flow layers; hidden: width of each conditioner; bins: spline knots.
+        embedding: a `galton.nets` module compressing one z-scored x; identity if None.
+        num_atoms: atoms of the sequential (atomic) loss.
+        training: the `Training` settings.
+    """
+
+    flow: str = "nsf"
+    transforms: int = 5
+    hidden: int = 50
+    bins: int = 10
+    embedding: eqx.Module | None = None
+    num_atoms: int = 10
+    training: Training = field(default_factory=Training)
+
+    def fit(
+        self,
+        sims: Simulations,
+        prior: Prior,
+        *,
+        key: jax.Array,
+        sequential: bool = False,
+        init: ConditionalFlow | None = None,
+        progress: bool = True,
+    ) -> tuple[ConditionalFlow, dict]:
+        """Train q(θ | x) on ``sims`` (θ ``(n, d)``, x ``(n, ...)``).
+
+        Args:
+            sequential: use the atomic loss, which stays correct when θ came from proposals
+                other than the prior (every round after the first).
+            init: a model to continue training (its z-scoring is kept).
+
+        Returns:
+            The trained `ConditionalFlow` and the training history.
+        """
+        key_init, key_train = jax.random.split(key)
+        model = init or conditional_flow(
+            sims.theta, sims.x, key=key_init, flow=self.flow, transforms=self.transforms,
+            hidden=self.hidden, bins=self.bins, embedding=self.embedding,
+        )
+        if sequential:
+            loss = lambda m, batch, k: atomic_loss(m, batch, k, prior=prior, num_atoms=self.num_atoms)  # noqa: E731
+        else:
+            loss = maximum_likelihood_loss
+        return train(model, loss, (sims.theta, sims.x), key=key_train, settings=self.training, names=["theta", "x"], progress=progress)

@@ -1,0 +1,158 @@
+"""Samplers over unnormalised log densities in θ-space.
+
+MCMC runs in an unconstrained space (each prior block through its NumPyro bijection, with
+the log-Jacobian added), so bounded priors need no special care. Chains start from prior
+draws resampled by their density, which spreads them over the modes in proportion to mass.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import ESS, MCMC, NUTS
+
+from galton.problem import Prior
+
+METHODS = ("nuts", "slice")
+
+
+class SamplingError(RuntimeError):
+    """A sampler could not produce valid draws (e.g. the density is -inf everywhere tried)."""
+
+
+def _log_density_unconstrained(log_density: Callable, prior: Prior) -> Callable:
+    def f(u):
+        theta = prior.to_constrained(u)
+        return log_density(theta) + prior.log_abs_det_jacobian(u)
+
+    return f
+
+
+def initial_points(log_density: Callable, prior: Prior, n: int, *, key: jax.Array, candidates: int = 1000) -> jax.Array:
+    """``n`` starting points ``(n, d)``: prior draws resampled in proportion to ``exp(log_density)``."""
+    key_draw, key_pick = jax.random.split(key)
+    theta = prior.sample(key_draw, (candidates,))
+    logp = jax.vmap(log_density)(theta)
+    if not bool(jnp.isfinite(logp).any()):
+        raise SamplingError(f"the log density is not finite at any of {candidates} prior draws")
+    logp = jnp.where(jnp.isfinite(logp), logp, -jnp.inf)
+    return theta[jax.random.categorical(key_pick, logp, shape=(n,))]
+
+
+def mcmc(
+    log_density: Callable[[jax.Array], jax.Array],
+    prior: Prior,
+    n: int,
+    *,
+    key: jax.Array,
+    method: str = "nuts",
+    num_chains: int = 20,
+    warmup: int = 200,
+    thin: int = 1,
+    init: jax.Array | None = None,
+    progress: bool = False,
+) -> jax.Array:
+    """Draw ``n`` samples ``(n, d)`` from the density ∝ ``exp(log_density(θ))`` on the prior's support.
+
+    Args:
+        log_density: unnormalised log density of one θ ``(d,)`` (include the prior in it).
+        prior: the `Prior` whose support and bijections define the unconstrained space.
+        n: number of samples returned (pooled over chains, shuffled).
+        key: a ``jax.random`` key.
+        method: ``"nuts"`` (NumPyro NUTS) or ``"slice"`` (NumPyro's ensemble slice sampler).
+        num_chains: chains run side by side (vectorised); walkers for ``"slice"``.
+        warmup: adaptation steps per chain.
+        thin: keep every ``thin``-th draw.
+        init: optional starting points ``(num_chains, d)``; drawn by `initial_points` if omitted.
+        progress: show NumPyro's progress bar.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    key_init, key_run, key_shuffle = jax.random.split(key, 3)
+    if init is None:
+        init = initial_points(log_density, prior, num_chains, key=key_init)
+    u0 = prior.to_unconstrained(jnp.asarray(init))
+    target = _log_density_unconstrained(log_density, prior)
+    kernel = NUTS(potential_fn=lambda u: -target(u)) if method == "nuts" else ESS(potential_fn=lambda u: -target(u))
+    per_chain = -(-n // num_chains)
+    sampler = MCMC(
+        kernel,
+        num_warmup=warmup,
+        num_samples=per_chain * thin,
+        thinning=thin,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=progress,
+    )
+    sampler.run(key_run, init_params=u0)
+    u = sampler.get_samples()
+    theta = prior.to_constrained(u)
+    if not bool(jnp.isfinite(theta).all()):
+        raise SamplingError("MCMC produced non-finite parameters; check the log density for NaNs")
+    return jax.random.permutation(key_shuffle, theta)[:n]
+
+
+def importance_resample(
+    log_weight: Callable[[jax.Array], jax.Array],
+    proposal: Prior,
+    n: int,
+    *,
+    key: jax.Array,
+    oversample: int = 100,
+) -> tuple[jax.Array, float]:
+    """Sampling-importance-resampling: draw ``oversample·n`` from ``proposal``, resample ``n``.
+
+    Args:
+        log_weight: log target − log proposal for one θ ``(d,)`` (for a prior proposal: the
+            log likelihood or log ratio).
+
+    Returns:
+        Samples ``(n, d)`` and the effective sample size of the weighted draws.
+    """
+    key_draw, key_pick = jax.random.split(key)
+    theta = proposal.sample(key_draw, (oversample * n,))
+    logw = jax.lax.map(log_weight, theta, batch_size=4096)
+    logw = jnp.where(jnp.isfinite(logw), logw, -jnp.inf)
+    if not bool(jnp.isfinite(logw).any()):
+        raise SamplingError("every importance weight is zero")
+    w = jnp.exp(logw - logw.max())
+    ess = float(w.sum() ** 2 / (w**2).sum())
+    return theta[jax.random.categorical(key_pick, logw, shape=(n,))], ess
+
+
+def rejection(
+    log_ratio: Callable[[jax.Array], jax.Array],
+    prior: Prior,
+    n: int,
+    *,
+    key: jax.Array,
+    log_bound: float | None = None,
+    batch: int = 10_000,
+    max_draws: int = 10_000_000,
+) -> jax.Array:
+    """Rejection sampling from the prior: accept θ with probability ``exp(log_ratio(θ) − log_bound)``.
+
+    ``log_bound`` defaults to the largest ``log_ratio`` over a first batch of prior draws plus
+    log 1.2 (as sbibm does); draws above the bound raise it and restart, so the result stays exact.
+    """
+    vmapped = jax.jit(jax.vmap(log_ratio))
+    accepted, drawn = [], 0
+    while sum(len(a) for a in accepted) < n:
+        if drawn >= max_draws:
+            raise SamplingError(f"rejection sampling accepted too few of {drawn} prior draws; use MCMC instead")
+        key, key_draw, key_u = jax.random.split(key, 3)
+        theta = prior.sample(key_draw, (batch,))
+        lr = vmapped(theta)
+        drawn += batch
+        top = float(jnp.max(jnp.where(jnp.isfinite(lr), lr, -jnp.inf)))
+        if log_bound is None or top > log_bound:
+            restart = log_bound is not None
+            log_bound = top + float(np.log(1.2))
+            if restart:
+                accepted = []
+        keep = jnp.log(jax.random.uniform(key_u, (batch,))) < lr - log_bound
+        accepted.append(np.asarray(theta[keep]))
+    return jnp.asarray(np.concatenate(accepted)[:n])

@@ -1,0 +1,185 @@
+"""The one training loop behind every neural method.
+
+An epoch is one jitted call: a `lax.scan` over shuffled minibatches, then the validation
+loss. Python only sees one call per epoch, for early stopping and the progress bar.
+Parameters wrapped in `paramax.NonTrainable` (z-scoring statistics, fixed permutations)
+are never updated; other `paramax` wrappers are unwrapped before the loss sees the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import paramax
+from tqdm.auto import tqdm
+
+
+class TrainingError(ValueError):
+    """The data cannot train a model: too few rows, non-finite values, mismatched lengths."""
+
+
+@dataclass(frozen=True)
+class Training:
+    """Settings of the training loop (defaults are sbi's, so comparisons are fair).
+
+    Attributes:
+        learning_rate: Adam step size.
+        batch_size: rows per minibatch.
+        validation_fraction: share of rows held out for early stopping.
+        patience: epochs without a better validation loss before stopping.
+        max_epochs: hard cap on epochs.
+        clip_norm: global gradient-norm clip.
+    """
+
+    learning_rate: float = 5e-4
+    batch_size: int = 200
+    validation_fraction: float = 0.1
+    patience: int = 20
+    max_epochs: int = 2000
+    clip_norm: float = 5.0
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return optax.chain(optax.clip_by_global_norm(self.clip_norm), optax.adam(self.learning_rate))
+
+
+def _is_frozen(leaf) -> bool:
+    return isinstance(leaf, paramax.NonTrainable)
+
+
+def check_training_data(arrays: Sequence[np.ndarray], names: Sequence[str]) -> None:
+    """Raise `TrainingError` naming the array and row of any non-finite value or length mismatch."""
+    n = len(arrays[0])
+    for name, arr in zip(names, arrays):
+        if len(arr) != n:
+            raise TrainingError(f"{name} has {len(arr)} rows but {names[0]} has {n}")
+        flat = np.asarray(arr).reshape(len(arr), -1)
+        bad = ~np.isfinite(flat).all(axis=1)
+        if bad.any():
+            raise TrainingError(
+                f"{name} has non-finite values in {int(bad.sum())} rows (first row {int(np.flatnonzero(bad)[0])}); "
+                "simulate with on_invalid='drop' or remove those rows"
+            )
+
+
+def _split(arrays, fraction, batch_size, key):
+    n = len(arrays[0])
+    n_val = max(1, int(round(fraction * n)))
+    n_train = n - n_val
+    if n_train < 2 or fraction <= 0 or fraction >= 1:
+        raise TrainingError(
+            f"cannot train on {n} simulations with validation_fraction={fraction}: "
+            "need at least 2 training rows and 1 validation row"
+        )
+    perm = np.asarray(jax.random.permutation(key, n))
+    train = tuple(jnp.asarray(a[perm[:n_train]]) for a in arrays)
+    val = tuple(jnp.asarray(a[perm[n_train:]]) for a in arrays)
+    return train, val, min(batch_size, n_train)
+
+
+def train(
+    model: eqx.Module,
+    loss: Callable[[eqx.Module, tuple, jax.Array], jax.Array],
+    arrays: Sequence[np.ndarray],
+    *,
+    key: jax.Array,
+    settings: Training = Training(),
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> tuple[eqx.Module, dict]:
+    """Fit ``model`` by minimising ``loss`` over minibatches of ``arrays``.
+
+    Args:
+        model: an equinox module (e.g. a conditional flow with its embedding); pass an
+            already-trained model to continue training it with more data.
+        loss: ``loss(model, batch, key) -> scalar`` where ``batch`` is a tuple of the arrays'
+            minibatches ``(batch_size, ...)`` in the order given.
+        arrays: aligned arrays with the same number of rows, e.g. ``(theta (n, d), x (n, ...))``.
+        key: a ``jax.random`` key (split, shuffling, and the loss's own randomness).
+        settings: a `Training`.
+        names: names of the arrays, for error messages.
+        progress: show a progress bar with epoch and losses.
+
+    Returns:
+        The model with the weights of the best validation epoch, and a history dict with
+        ``train_loss`` and ``validation_loss`` per epoch, ``best_epoch``, ``epochs`` and ``seconds``.
+    """
+    names = list(names or [f"array {i}" for i in range(len(arrays))])
+    arrays = [np.asarray(a) for a in arrays]
+    check_training_data(arrays, names)
+    key_split, key_epochs, key_val = jax.random.split(key, 3)
+    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split)
+    optimizer = settings.optimizer()
+    params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
+    opt_state = optimizer.init(params)
+    epoch = _epoch_function(loss, optimizer, batch_size)
+
+    history = {"train_loss": [], "validation_loss": []}
+    best_loss, best_params, best_epoch, start = np.inf, params, -1, time.perf_counter()
+    bar = tqdm(total=settings.max_epochs, unit="epoch", desc="training", disable=not progress, leave=False)
+    try:
+        for i in range(settings.max_epochs):
+            params, opt_state, train_loss, val_loss = epoch(
+                params, static, opt_state, train_data, val_data, jax.random.fold_in(key_epochs, i), key_val
+            )
+            train_loss, val_loss = float(train_loss), float(val_loss)
+            history["train_loss"].append(train_loss)
+            history["validation_loss"].append(val_loss)
+            if val_loss < best_loss:
+                best_loss, best_params, best_epoch = val_loss, params, i
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
+            if not np.isfinite(train_loss):
+                raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")
+            if i - best_epoch >= settings.patience:
+                break
+    finally:
+        bar.close()
+    history.update(best_epoch=best_epoch, epochs=len(history["train_loss"]), seconds=time.perf_counter() - start)
+    return eqx.combine(best_params, static), history
+
+
+def _epoch_function(loss, optimizer, batch_size):
+    def model_loss(params, static, batch, key):
+        return loss(paramax.unwrap(eqx.combine(params, static)), batch, key)
+
+    @eqx.filter_jit
+    def epoch(params, static, opt_state, train_data, val_data, key, key_val):
+        key_perm, key_steps = jax.random.split(key)
+        n = train_data[0].shape[0]
+        n_batches = n // batch_size
+        # the rows left over by the last full batch differ from epoch to epoch, so all are used
+        order = jax.random.permutation(key_perm, n)[: n_batches * batch_size].reshape(n_batches, batch_size)
+
+        def step(carry, inputs):
+            params, opt_state = carry
+            rows, k = inputs
+            batch = tuple(a[rows] for a in train_data)
+            value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (eqx.apply_updates(params, updates), opt_state), value
+
+        (params, opt_state), losses = jax.lax.scan(
+            step, (params, opt_state), (order, jax.random.split(key_steps, n_batches))
+        )
+        return params, opt_state, losses.mean(), _validation_loss(model_loss, params, static, val_data, batch_size, key_val)
+
+    return epoch
+
+
+def _validation_loss(model_loss, params, static, val_data, batch_size, key):
+    """Mean loss over the validation rows in minibatches of the training size (atomic and
+    contrastive losses depend on the batch), the remainder padded by wrapping around.
+    The key is the same every epoch so that validation losses compare across epochs."""
+    n = val_data[0].shape[0]
+    size = min(batch_size, n)
+    n_batches = -(-n // size)
+    rows = jnp.arange(n_batches * size).reshape(n_batches, size) % n
+    losses = jax.lax.map(lambda r: model_loss(params, static, tuple(a[r] for a in val_data), key), rows)
+    return losses.mean()
