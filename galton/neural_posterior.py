@@ -31,6 +31,16 @@ def _check_x(x, shape: tuple[int, ...], *, iid: bool) -> jax.Array:
     raise ProblemError(f"x has shape {x.shape}; this posterior expects {allowed}")
 
 
+@eqx.filter_jit
+def _sample_many(model: flows.ConditionalFlow, keys: jax.Array, xs: jax.Array, n: int) -> jax.Array:
+    return jax.vmap(lambda k, x: model.sample(k, x, n))(keys, xs)
+
+
+@eqx.filter_jit
+def _log_prob_many(model: flows.ConditionalFlow, theta: jax.Array, xs: jax.Array) -> jax.Array:
+    return model.log_prob(theta, xs)
+
+
 class FlowPosterior(eqx.Module):
     """An amortized posterior q(θ | x) from NPE, restricted to the prior's support.
 
@@ -65,21 +75,36 @@ class FlowPosterior(eqx.Module):
         lp = self.model.log_prob(theta, self._x(x))
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
+    def log_prob_batch(self, theta, xs) -> jax.Array:
+        """log q(θ | x) for θ ``(m, k, d)`` at xs ``(m, *x_shape)`` -> ``(m, k)``, one jitted call."""
+        theta, xs = jnp.asarray(theta), jnp.asarray(xs, jnp.float32)
+        lp = _log_prob_many(self.model, theta, xs[:, None])
+        return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
+
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         """``n`` draws ``(n, d)`` inside the prior's support."""
-        x = self._x(x)
-        kept, total, drawn = [], 0, 0
-        while total < n:
-            key, sub = jax.random.split(key)
-            rate = max(total / drawn, 1e-3) if drawn else 1.0
-            batch = int(min(max((n - total) / rate * 1.2, 100), 1_000_000))
-            theta = self.model.sample(sub, x, batch)
-            ok = np.asarray(self.prior.in_support(theta))
-            kept.append(np.asarray(theta)[ok])
-            total, drawn = total + int(ok.sum()), drawn + batch
-            if drawn >= 1000 and total / drawn < 1e-3:
-                raise RuntimeError(f"only {total} of {drawn} draws fell inside the prior's support; the flow has not learned the posterior")
-        return jnp.asarray(np.concatenate(kept)[:n])
+        return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
+
+    def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
+        """``n`` draws for each of m observations xs ``(m, *x_shape)`` -> ``(m, n, d)``, one jitted call.
+
+        Draws outside the prior's support are replaced by fresh ones until none is left.
+        """
+        xs = jnp.asarray(xs, jnp.float32)
+        if xs.shape[1:] != self.model.c_shape:
+            raise ProblemError(f"xs has shape {xs.shape}; expected (m, *{self.model.c_shape})")
+        out, bad = None, None
+        for attempt in range(1000):
+            draws = _sample_many(self.model, jax.random.split(jax.random.fold_in(key, attempt), len(xs)), xs, n)
+            inside = self.prior.in_support(draws)
+            out = draws if out is None else jnp.where(bad[..., None], draws, out)
+            bad = ~inside if bad is None else bad & ~inside
+            if not bool(bad.any()):
+                return out
+        raise RuntimeError(
+            f"after 1000 rounds {int(bad.sum())} draws still fell outside the prior's support; "
+            "the flow has not learned the posterior"
+        )
 
     def leakage(self, *, key: jax.Array, x=None, n: int = 10_000) -> float:
         """Share of the flow's mass outside the prior's support, estimated from ``n`` draws."""
