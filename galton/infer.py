@@ -7,7 +7,6 @@ same network on all simulations so far.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import jax
@@ -36,13 +35,12 @@ def method_from(method: str | Any, **options):
     return method
 
 
-def posterior_of(method, model, prior, history: list[dict]):
+def posterior_of(method, network, prior, history: list[dict]):
     """Wrap a trained network as the posterior its method defines."""
-    history = json.dumps(history)
     if isinstance(method, NPE):
-        return FlowPosterior(model, prior, history_json=history)
-    kind = "likelihood" if isinstance(method, NLE) else "ratio"
-    return DensityPosterior(model, prior, kind=kind, sampler=method.sampler, history_json=history)
+        return FlowPosterior(network, prior, history=history)
+    term = "likelihood" if isinstance(method, NLE) else "ratio"
+    return DensityPosterior(network, prior, history=history, term=term, sampler=method.sampler)
 
 
 def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:

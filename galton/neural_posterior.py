@@ -1,13 +1,14 @@
 """Posteriors built from trained networks: a flow q(θ | x) (NPE), and likelihood × prior or
-ratio × prior densities (NLE, NRE) sampled by MCMC.
+ratio × prior densities (NLE, NRE) sampled by MCMC. Both are amortized: `condition` on any x.
+
+Saved like every `galton.posterior.Posterior`: the network's weights go to ``arrays.npz``
+beside a JSON spec that rebuilds its structure. The prior is stored with pickle (NumPyro
+distributions are objects of arrays that pickle by class name); load only files you trust.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
-from pathlib import Path
-from typing import Callable
 
 import equinox as eqx
 import jax
@@ -15,8 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton import flows
+from galton.methods import nre
+from galton.posterior import Posterior
 from galton.problem import Prior, ProblemError
 from galton.sampling import mcmc
+
+SAMPLER = (("method", "nuts"), ("num_chains", 20), ("warmup", 200))
 
 
 def _check_x(x, shape: tuple[int, ...], *, iid: bool) -> jax.Array:
@@ -41,44 +46,92 @@ def _log_prob_many(model: flows.ConditionalFlow, theta: jax.Array, xs: jax.Array
     return model.log_prob(theta, xs)
 
 
-class FlowPosterior(eqx.Module):
+def _weights(net: eqx.Module) -> dict[str, np.ndarray]:
+    leaves = jax.tree.leaves(eqx.filter(net, eqx.is_array))
+    return {f"weight_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def _with_weights(skeleton: eqx.Module, arrays: dict[str, np.ndarray]) -> eqx.Module:
+    params, static = eqx.partition(skeleton, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(params)
+    restored = [jnp.asarray(arrays[f"weight_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)]
+    return eqx.combine(jax.tree.unflatten(treedef, restored), static)
+
+
+class _NeuralPosterior(Posterior):
+    """What flow and density posteriors share: the prior, the network, history and saving."""
+
+    amortized = True
+
+    def __init__(self, network: eqx.Module, prior: Prior, x_obs=None, history: list[dict] | None = None):
+        self.network = network
+        self.prior = prior
+        self.names = list(prior.names)
+        self.history = list(history or [])
+        self.x_obs = None if x_obs is None else np.asarray(self._check_obs(x_obs))
+
+    def _check_obs(self, x) -> jax.Array:
+        raise NotImplementedError
+
+    def _x(self, x) -> jax.Array:
+        return self._check_obs(self.x_obs if x is None else x)
+
+    def condition(self, x) -> "_NeuralPosterior":
+        """The posterior at observation ``x``."""
+        return self._replace(x_obs=x)
+
+    def _replace(self, **changes) -> "_NeuralPosterior":
+        state = {"network": self.network, "prior": self.prior, "x_obs": self.x_obs, "history": self.history, **changes}
+        return type(self)(**state)
+
+    def _state(self):
+        meta = {"spec": self.network.spec, "history": self.history}
+        prior = np.frombuffer(pickle.dumps(self.prior), np.uint8)
+        return meta, {**_weights(self.network), "prior_pickle": prior}
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> eqx.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        prior = pickle.loads(arrays.pop("prior_pickle").tobytes())
+        return cls(_with_weights(cls._skeleton(meta), arrays), prior, history=meta["history"])
+
+
+class FlowPosterior(_NeuralPosterior):
     """An amortized posterior q(θ | x) from NPE, restricted to the prior's support.
 
-    Draws outside the support are rejected; `leakage(x)` reports the share rejected.
-    `log_prob` is the flow's density on the support (−inf outside), not renormalised.
+    Draws outside the support are replaced by fresh ones; `leakage` reports the share that
+    falls outside. `log_prob` is the flow's density on the support (−inf outside), not
+    renormalised by the leakage.
+
+    Args:
+        network: the trained `galton.flows.ConditionalFlow` q(θ | x).
+        prior: the problem's `Prior`.
+        x_obs: optional observation ``(*x_shape)`` to condition on.
+        history: training history of each round.
     """
 
-    model: flows.ConditionalFlow
-    prior: Prior = eqx.field(static=True)
-    x: jax.Array | None = None
-    history_json: str = eqx.field(static=True, default="[]")
+    kind = "flow"
 
-    @property
-    def names(self) -> list[str]:
-        return self.prior.names
+    def _check_obs(self, x) -> jax.Array:
+        return _check_x(x, self.network.c_shape, iid=False)
 
-    @property
-    def history(self) -> list[dict]:
-        """Training history of each round."""
-        return json.loads(self.history_json)
-
-    def condition(self, x) -> "FlowPosterior":
-        """The posterior at one observation x ``(*x_shape)``."""
-        return FlowPosterior(self.model, self.prior, _check_x(x, self.model.c_shape, iid=False), self.history_json)
-
-    def _x(self, x):
-        return _check_x(self.x if x is None else x, self.model.c_shape, iid=False)
+    @classmethod
+    def _skeleton(cls, meta):
+        return flows.skeleton(meta["spec"])
 
     def log_prob(self, theta, x=None) -> jax.Array:
         """log q(θ | x) for θ ``(..., d)`` -> ``(...)``; −inf outside the prior's support."""
         theta = jnp.asarray(theta)
-        lp = self.model.log_prob(theta, self._x(x))
+        lp = self.network.log_prob(theta, self._x(x))
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
     def log_prob_batch(self, theta, xs) -> jax.Array:
         """log q(θ | x) for θ ``(m, k, d)`` at xs ``(m, *x_shape)`` -> ``(m, k)``, one jitted call."""
         theta, xs = jnp.asarray(theta), jnp.asarray(xs, jnp.float32)
-        lp = _log_prob_many(self.model, theta, xs[:, None])
+        lp = _log_prob_many(self.network, theta, xs[:, None])
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
@@ -91,11 +144,11 @@ class FlowPosterior(eqx.Module):
         Draws outside the prior's support are replaced by fresh ones until none is left.
         """
         xs = jnp.asarray(xs, jnp.float32)
-        if xs.shape[1:] != self.model.c_shape:
-            raise ProblemError(f"xs has shape {xs.shape}; expected (m, *{self.model.c_shape})")
+        if xs.shape[1:] != self.network.c_shape:
+            raise ProblemError(f"xs has shape {xs.shape}; expected (m, *{self.network.c_shape})")
         out, bad = None, None
         for attempt in range(1000):
-            draws = _sample_many(self.model, jax.random.split(jax.random.fold_in(key, attempt), len(xs)), xs, n)
+            draws = _sample_many(self.network, jax.random.split(jax.random.fold_in(key, attempt), len(xs)), xs, n)
             inside = self.prior.in_support(draws)
             out = draws if out is None else jnp.where(bad[..., None], draws, out)
             bad = ~inside if bad is None else bad & ~inside
@@ -108,48 +161,65 @@ class FlowPosterior(eqx.Module):
 
     def leakage(self, *, key: jax.Array, x=None, n: int = 10_000) -> float:
         """Share of the flow's mass outside the prior's support, estimated from ``n`` draws."""
-        theta = self.model.sample(key, self._x(x), n)
+        theta = _sample_many(self.network, key[None], self._x(x)[None], n)[0]
         return float(1.0 - self.prior.in_support(theta).mean())
 
 
-class DensityPosterior(eqx.Module):
+class DensityPosterior(_NeuralPosterior):
     """p(θ | x) ∝ exp(log_term(θ, x)) · p(θ), sampled by MCMC: NLE (log_term = Σ log q(x_i | θ)
-    over iid observations) and NRE (log_term = the learned log ratio).
+    over iid observations) and NRE (log_term = Σ learned log ratios).
 
     `log_prob` is unnormalised.
+
+    Args:
+        network: a `ConditionalFlow` q(x | θ) (``term="likelihood"``) or an
+            `galton.methods.nre.RatioNetwork` (``term="ratio"``).
+        prior: the problem's `Prior`.
+        x_obs: optional observation ``(*x_shape)`` or iid observations ``(n_obs, *x_shape)``.
+        term: ``"likelihood"`` or ``"ratio"``.
+        sampler: settings for `galton.sampling.mcmc`, as ``((name, value), ...)``.
+        history: training history of each round.
     """
 
-    network: eqx.Module
-    prior: Prior = eqx.field(static=True)
-    x: jax.Array | None = None
-    kind: str = eqx.field(static=True, default="likelihood")
-    sampler: tuple = eqx.field(static=True, default=(("method", "nuts"), ("num_chains", 20), ("warmup", 200)))
-    history_json: str = eqx.field(static=True, default="[]")
+    kind = "density"
 
-    @property
-    def names(self) -> list[str]:
-        return self.prior.names
+    def __init__(self, network, prior, x_obs=None, history=None, term: str = "likelihood", sampler=SAMPLER):
+        if term not in ("likelihood", "ratio"):
+            raise ValueError(f"term must be 'likelihood' or 'ratio', got {term!r}")
+        self.term = term
+        self.sampler = tuple(sampler)
+        super().__init__(network, prior, x_obs, history)
 
-    @property
-    def history(self) -> list[dict]:
-        """Training history of each round."""
-        return json.loads(self.history_json)
+    def _replace(self, **changes):
+        state = {"network": self.network, "prior": self.prior, "x_obs": self.x_obs, "history": self.history,
+                 "term": self.term, "sampler": self.sampler, **changes}
+        return type(self)(**state)
 
     @property
     def x_shape(self) -> tuple[int, ...]:
-        return (self.network.y_dim,) if self.kind == "likelihood" else self.network.x_shape
+        return (self.network.y_dim,) if self.term == "likelihood" else self.network.x_shape
 
-    def condition(self, x) -> "DensityPosterior":
-        x = _check_x(x, self.x_shape, iid=True)
-        return DensityPosterior(self.network, self.prior, x, self.kind, self.sampler, self.history_json)
+    def _check_obs(self, x) -> jax.Array:
+        return _check_x(x, self.x_shape, iid=True)
 
-    def _x(self, x):
-        return _check_x(self.x if x is None else x, self.x_shape, iid=True)
+    def _state(self):
+        meta, arrays = super()._state()
+        return {**meta, "term": self.term, "sampler": [list(p) for p in self.sampler]}, arrays
+
+    @classmethod
+    def _skeleton(cls, meta):
+        return flows.skeleton(meta["spec"]) if meta["term"] == "likelihood" else nre.skeleton(meta["spec"])
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        prior = pickle.loads(arrays.pop("prior_pickle").tobytes())
+        network = _with_weights(cls._skeleton(meta), arrays)
+        return cls(network, prior, history=meta["history"], term=meta["term"], sampler=[tuple(p) for p in meta["sampler"]])
 
     def log_term(self, theta, x) -> jax.Array:
-        """Σ over iid observations of the network's log term, for θ ``(..., d)`` -> ``(...)``."""
+        """Σ over iid observations x ``(n_obs, *x_shape)`` of the network's log term -> ``(...)``."""
         theta = jnp.asarray(theta)
-        if self.kind == "likelihood":
+        if self.term == "likelihood":
             per_obs = jax.vmap(lambda xi: self.network.log_prob(xi, theta))(x)
         else:
             per_obs = jax.vmap(lambda xi: self.network.log_ratio(theta, xi))(x)
@@ -158,40 +228,12 @@ class DensityPosterior(eqx.Module):
     def log_prob(self, theta, x=None) -> jax.Array:
         """Unnormalised log p(θ | x) for θ ``(..., d)`` -> ``(...)``."""
         theta = jnp.asarray(theta)
-        x = self._x(x)
-        return self.log_term(theta, x) + self.prior.log_prob(theta)
+        return self.log_term(theta, self._x(x)) + self.prior.log_prob(theta)
 
     def sample(self, n: int, *, key: jax.Array, x=None, **sampler) -> jax.Array:
         """``n`` MCMC draws ``(n, d)``; ``sampler`` overrides `galton.sampling.mcmc` settings."""
         x = self._x(x)
-        settings = {**dict(self.sampler), **sampler}
-        return mcmc(lambda t: self.log_prob(t, x), self.prior, n, key=key, **settings)
+        return mcmc(lambda t: self.log_prob(t, x), self.prior, n, key=key, **{**dict(self.sampler), **sampler})
 
 
-def save(posterior, path: str | Path) -> None:
-    """Write a neural posterior to directory ``path`` (weights, settings, prior, observation)."""
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    net = posterior.model if isinstance(posterior, FlowPosterior) else posterior.network
-    eqx.tree_serialise_leaves(path / "weights.eqx", net)
-    meta = {"class": type(posterior).__name__, "spec": net.spec, "net": type(net).__name__, "history": posterior.history}
-    if isinstance(posterior, DensityPosterior):
-        meta.update(kind=posterior.kind, sampler=dict(posterior.sampler))
-    (path / "posterior.json").write_text(json.dumps(meta, indent=1))
-    # NumPyro distributions are plain objects of arrays; pickle is the format they support
-    (path / "prior.pkl").write_bytes(pickle.dumps(posterior.prior))
-    if posterior.x is not None:
-        np.save(path / "x.npy", np.asarray(posterior.x))
-
-
-def load(path: str | Path, skeletons: dict[str, Callable[[dict], eqx.Module]]):
-    """Read a posterior written by `save`; ``skeletons`` maps a network class name to a builder."""
-    path = Path(path)
-    meta = json.loads((path / "posterior.json").read_text())
-    net = eqx.tree_deserialise_leaves(path / "weights.eqx", skeletons[meta["net"]](meta["spec"]))
-    prior = pickle.loads((path / "prior.pkl").read_bytes())
-    x = jnp.asarray(np.load(path / "x.npy")) if (path / "x.npy").exists() else None
-    history = json.dumps(meta["history"])
-    if meta["class"] == "FlowPosterior":
-        return FlowPosterior(net, prior, x, history)
-    return DensityPosterior(net, prior, x, meta["kind"], tuple(meta["sampler"].items()), history)
+__all__ = ["DensityPosterior", "FlowPosterior"]

@@ -1,0 +1,76 @@
+"""Accuracy on the sbibm benchmark: C2ST of each method against the reference posteriors.
+
+    python bench/sbibm.py --tasks two_moons slcp --methods npe snle --budgets 1000 10000 --observations 1 2 3 4 5
+
+References: sbibm's own samples in ../shared/reference where present (observations 1–5 of
+two_moons, gaussian_linear, gaussian_mixture, slcp), else galton's reference posterior.
+Sequential methods (snpe, snle, snre) use 10 rounds, as sbibm does. Prints one line per
+run and a table of mean C2ST next to the published sbibm figure where one is quoted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from galton.diagnostics import c2st
+from galton.infer import infer
+from galton.tasks import get
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+METHODS = {"npe": ("npe", 1), "snpe": ("npe", 10), "nle": ("nle", 1), "snle": ("nle", 10), "nre": ("nre", 1), "snre": ("nre", 10)}
+# mean C2ST at 10k simulations published with sbibm (Lueckmann et al. 2021), as quoted in our issues
+PUBLISHED = {
+    ("two_moons", "npe", 10_000): 0.606,
+    ("two_moons", "snpe", 10_000): 0.554,
+    ("gaussian_linear", "npe", 10_000): 0.552,
+    ("slcp", "nle", 10_000): 0.771,
+    ("slcp", "snle", 10_000): 0.713,
+    ("two_moons", "nre", 10_000): 0.761,
+}
+
+
+def reference_samples(task, k: int) -> np.ndarray:
+    path = REFERENCE / task.name / f"num_observation_{k}" / "reference_posterior_samples.csv.bz2"
+    if path.exists():
+        with bz2.open(path, "rt") as f:
+            return np.loadtxt(f, delimiter=",", skiprows=1)
+    return np.asarray(task.reference_posterior(task.observation(k), 10_000, key=jax.random.key(1000 + k)))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", nargs="+", default=["two_moons", "gaussian_linear", "gaussian_mixture", "slcp"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    args = parser.parse_args()
+    results = {}
+    for name in args.tasks:
+        task = get(name)
+        for method in args.methods:
+            base, rounds = METHODS[method]
+            for budget in args.budgets:
+                for k in args.observations:
+                    start = time.perf_counter()
+                    posterior = infer(task.problem, task.observation(k), key=jax.random.key(k), method=base, budget=budget, rounds=rounds, progress=False)
+                    samples = np.asarray(posterior.sample(10_000, key=jax.random.key(10 + k)))
+                    seconds = time.perf_counter() - start
+                    score = c2st(reference_samples(task, k), samples)
+                    results.setdefault((name, method, budget), []).append((score, seconds))
+                    print(f"{name:16s} {method:5s} {budget:6d} obs {k}: C2ST {score:.3f}  ({seconds:.0f} s)", flush=True)
+
+    print(f"\n{'task':16s} {'method':6s} {'budget':>6s} {'C2ST':>6s} {'sbibm':>6s} {'time/run':>9s}  (mean over observations {args.observations})")
+    for (name, method, budget), runs in results.items():
+        published = PUBLISHED.get((name, method, budget))
+        shown = f"{published:.3f}" if published else "  -  "
+        print(f"{name:16s} {method:6s} {budget:6d} {np.mean([r[0] for r in runs]):6.3f} {shown:>6s} {np.mean([r[1] for r in runs]):8.0f}s")
+
+
+if __name__ == "__main__":
+    main()

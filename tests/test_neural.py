@@ -1,0 +1,133 @@
+"""NPE, NLE and NRE end to end on a Gaussian-linear problem with an analytic posterior.
+
+θ ~ N(0, 0.1·I₃), x ~ N(θ, 0.1·I₃), so p(θ | x) = N(x/2, 0.05·I₃). Networks are small and
+training short; the thresholds sit well below what the prior alone scores (checked too).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+
+from galton import ProblemError, Simulator, simulate
+from galton.calibration import expected_coverage, sbc, sbc_uniformity, tarp
+from galton.diagnostics import c2st
+from galton.infer import infer
+from galton.methods import NLE, NPE, NRE
+from galton.train import Training, TrainingError
+
+DIM = 3
+X_OBS = jnp.array([0.3, -0.2, 0.1])
+FAST = Training(max_epochs=60, patience=10)
+SAMPLER = (("method", "nuts"), ("num_chains", 8), ("warmup", 150))
+
+
+def gaussian_linear(key, theta):
+    return theta + jnp.sqrt(0.1) * jax.random.normal(key, theta.shape)
+
+
+PROBLEM = Simulator(dist.Normal(jnp.zeros(DIM), jnp.sqrt(0.1)), gaussian_linear, name="gaussian_linear_3")
+
+
+@pytest.fixture(scope="module")
+def sims():
+    return simulate(PROBLEM, 3000, key=jax.random.key(0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def exact():
+    return np.asarray(X_OBS / 2 + jnp.sqrt(0.05) * jax.random.normal(jax.random.key(99), (1500, DIM)))
+
+
+def test_prior_alone_fails_the_accuracy_threshold(exact):
+    prior_draws = np.asarray(PROBLEM.prior.sample(jax.random.key(3), (1500,)))
+    assert c2st(exact, prior_draws) > 0.68
+
+
+@pytest.fixture(scope="module")
+def npe_posterior(sims):
+    method = NPE(transforms=3, hidden=32, training=FAST)
+    return infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+
+
+@pytest.mark.parametrize(
+    "method, threshold",
+    [
+        (NLE(transforms=3, hidden=32, training=FAST, sampler=SAMPLER), 0.6),
+        (NRE(variant="b", training=FAST, sampler=SAMPLER), 0.62),
+        (NRE(variant="c", training=FAST, sampler=SAMPLER), 0.62),
+    ],
+    ids=["nle", "nre-b", "nre-c"],
+)
+def test_mcmc_methods_recover_the_analytic_posterior(method, threshold, sims, exact):
+    posterior = infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+    samples = posterior.sample(1500, key=jax.random.key(2))
+    assert c2st(exact, samples) < threshold
+
+
+def test_npe_recovers_the_analytic_posterior(npe_posterior, exact):
+    samples = npe_posterior.sample(1500, key=jax.random.key(2))
+    assert c2st(exact, samples) < 0.58
+    assert npe_posterior.history[0]["epochs"] <= FAST.max_epochs
+
+
+def test_npe_is_calibrated(npe_posterior):
+    test = simulate(PROBLEM, 300, key=jax.random.key(7), progress=False)
+    ranks = sbc(npe_posterior, test.theta, test.x, key=jax.random.key(8), n_samples=100)
+    assert ranks.shape == (300, DIM)
+    assert sbc_uniformity(ranks, 100).min() > 0.001  # KS p-value per dimension
+    levels, coverage = expected_coverage(npe_posterior, test.theta, test.x, key=jax.random.key(9), n_samples=300)
+    assert np.abs(coverage - levels).max() < 0.12
+    levels, ecp = tarp(npe_posterior, test.theta, test.x, key=jax.random.key(10), n_samples=300)
+    assert np.abs(ecp - levels).max() < 0.12
+
+
+def test_a_wrong_posterior_fails_calibration(npe_posterior):
+    # the same flow at the wrong observations: ranks pile up at the ends
+    test = simulate(PROBLEM, 300, key=jax.random.key(7), progress=False)
+    ranks = sbc(npe_posterior, test.theta, np.asarray(test.x) * 0 + np.asarray(X_OBS), key=jax.random.key(8), n_samples=100)
+    assert sbc_uniformity(ranks, 100).min() < 1e-6
+
+
+def test_sequential_npe_uses_the_atomic_loss_and_stays_accurate(exact):
+    method = NPE(transforms=3, hidden=32, training=Training(max_epochs=40, patience=10))
+    posterior = infer(PROBLEM, X_OBS, key=jax.random.key(4), method=method, budget=3000, rounds=2, progress=False)
+    assert len(posterior.history) == 2
+    assert c2st(exact, posterior.sample(1500, key=jax.random.key(5))) < 0.6
+
+
+def test_save_and_load_round_trip(npe_posterior, tmp_path):
+    from galton.posterior import load
+
+    npe_posterior.save(tmp_path / "npe")
+    loaded = load(tmp_path / "npe")
+    key = jax.random.key(11)
+    np.testing.assert_array_equal(loaded.sample(100, key=key), npe_posterior.sample(100, key=key))
+    theta = np.zeros((4, DIM))
+    np.testing.assert_array_equal(loaded.log_prob(theta), npe_posterior.log_prob(theta))
+    assert loaded.history == npe_posterior.history
+
+
+def test_bad_inputs_get_clear_errors(sims):
+    with pytest.raises(ProblemError, match=r"x_obs has shape \(4,\).*\(3,\)"):
+        infer(PROBLEM, jnp.zeros(4), key=jax.random.key(0), budget=100, progress=False)
+    with pytest.raises(ValueError, match="budget must be a positive"):
+        infer(PROBLEM, X_OBS, key=jax.random.key(0), budget=0)
+    nan_sims = type(sims)(sims.theta[:100], np.where(np.arange(100)[:, None] == 7, np.nan, sims.x[:100]))
+    with pytest.raises(TrainingError, match="x has non-finite values in 1 rows \\(first row 7\\)"):
+        NPE(training=FAST).fit(nan_sims, PROBLEM.prior, key=jax.random.key(0), progress=False)
+    with pytest.raises(TrainingError, match="cannot train on 1 simulations"):
+        NPE(training=FAST).fit(sims[:1], PROBLEM.prior, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        infer(PROBLEM, X_OBS, key=jax.random.key(0), method="abc")
+
+
+def test_flow_posterior_keeps_to_the_prior_support():
+    bounded = Simulator(dist.Uniform(-jnp.ones(2), jnp.ones(2)), lambda k, t: t + 0.5 * jax.random.normal(k, (2,)), name="box")
+    posterior = infer(bounded, jnp.array([0.95, 0.0]), key=jax.random.key(0), budget=1000, progress=False,
+                      method=NPE(transforms=2, hidden=16, training=Training(max_epochs=20)))
+    samples = posterior.sample(2000, key=jax.random.key(1))
+    assert np.abs(np.asarray(samples)).max() <= 1
+    assert 0 < posterior.leakage(key=jax.random.key(2)) < 0.6
+    assert posterior.log_prob(jnp.array([[1.5, 0.0]]))[0] == -jnp.inf
