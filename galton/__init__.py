@@ -1,12 +1,18 @@
 """galton: simulation-based inference in JAX."""
 
 from galton import tasks
+from galton.infer import infer
+from galton.methods import NLE, NPE, NRE
 from galton.problem import Blocks, Prior, Problem, ProblemError, Program, Simulator, check_theta
 from galton.simulate import SimulationError, simulate
 from galton.store import Simulations, StoreMismatchError, load_simulations
+from galton.train import Training, TrainingError
 
 __all__ = [
     "Blocks",
+    "NLE",
+    "NPE",
+    "NRE",
     "Prior",
     "Problem",
     "ProblemError",
@@ -15,7 +21,10 @@ __all__ = [
     "Simulations",
     "Simulator",
     "StoreMismatchError",
+    "Training",
+    "TrainingError",
     "check_theta",
+    "infer",
     "load_simulations",
     "simulate",
     "tasks",
