@@ -13,6 +13,17 @@ from galton.tasks.base import Task
 # name -> module under galton.tasks that defines `task(**options) -> Task`
 _REGISTRY = {
     "funnel": "funnel",
+    "two_moons": "two_moons",
+    "gaussian_linear": "gaussian_linear",
+    "gaussian_linear_uniform": "gaussian_linear_uniform",
+    "gaussian_mixture": "gaussian_mixture",
+    "slcp": "slcp",
+    "slcp_distractors": "slcp_distractors",
+    "bernoulli_glm": "bernoulli_glm",
+    "bernoulli_glm_raw": "bernoulli_glm_raw",
+    "sir": "sir",
+    "lotka_volterra": "lotka_volterra",
+    "galton_board": "galton_board",
 }
 
 

@@ -1,0 +1,129 @@
+"""Helpers shared by the benchmark task modules: shipped data, rejection sampling, NUTS."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import warnings
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@functools.cache
+def load_data(name: str) -> dict[str, np.ndarray]:
+    """Arrays of ``galton/tasks/data/<name>.npz`` (written by bench/make_task_data.py)."""
+    path = importlib.resources.files("galton.tasks") / "data" / f"{name}.npz"
+    with path.open("rb") as f, np.load(f) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def rows(array: np.ndarray) -> Callable[[int], jax.Array]:
+    """``k -> array[k - 1]`` as a JAX array: the k-th standard observation, counted from 1."""
+    return lambda k: jnp.asarray(array[k - 1])
+
+
+def theta_names(d: int) -> list[str]:
+    """``["theta_1", ..., "theta_d"]``, sbibm's 1-based parameter names."""
+    return [f"theta_{i}" for i in range(1, d + 1)]
+
+
+def rejection_sample(
+    key: jax.Array,
+    propose: Callable[[jax.Array, int], jax.Array],
+    accept: Callable[[jax.Array], jax.Array],
+    n: int,
+    *,
+    batch: int | None = None,
+    max_proposals: int = 10**9,
+) -> jax.Array:
+    """Keep accepted proposals until there are ``n``.
+
+    Args:
+        propose: ``(key, m) -> (m, d)`` proposals (pure JAX; jitted here with ``m`` static).
+        accept: ``(m, d) -> (m,)`` booleans.
+        n: number of samples wanted.
+        batch: proposals per round; defaults to ``max(4n, 10_000)``.
+
+    Returns:
+        ``(n, d)`` accepted draws in proposal order.
+    """
+    batch = batch or max(4 * n, 10_000)
+    step = jax.jit(lambda k: (lambda th: (th, accept(th)))(propose(k, batch)))
+    kept, total, proposed = [], 0, 0
+    while total < n:
+        if proposed >= max_proposals:
+            raise RuntimeError(f"rejection sampling accepted only {total} of {proposed} proposals; giving up")
+        key, sub = jax.random.split(key)
+        theta, ok = step(sub)
+        theta = np.asarray(theta)[np.asarray(ok)]
+        kept.append(theta)
+        total += len(theta)
+        proposed += batch
+    return jnp.asarray(np.concatenate(kept)[:n])
+
+
+def nuts(
+    potential: Callable[[jax.Array], jax.Array],
+    init: jax.Array,
+    n: int,
+    key: jax.Array,
+    *,
+    num_warmup: int = 1000,
+    thinning: int = 1,
+    dense_mass: bool = True,
+    forward_mode: bool = False,
+    target_accept_prob: float = 0.8,
+    max_tree_depth: int = 10,
+) -> jax.Array:
+    """Draw ``n`` samples of ``exp(-potential)`` with NumPyro NUTS, chains vectorised.
+
+    Args:
+        potential: ``(d,) -> ()`` negative log density in an unconstrained space.
+        init: ``(num_chains, d)`` starting points, one per chain.
+        n: samples wanted; each chain contributes ``ceil(n / num_chains)`` after thinning.
+        forward_mode: differentiate the potential in forward mode (for ODE solvers whose
+            reverse mode needs checkpointing; cheaper for a few parameters).
+
+    Returns:
+        ``(n, d)`` draws, shuffled across chains. Warns when split R-hat exceeds 1.05.
+    """
+    from numpyro.diagnostics import split_gelman_rubin
+    from numpyro.infer import MCMC, NUTS
+
+    num_chains = init.shape[0]
+    per_chain = -(-n // num_chains)
+    kernel = NUTS(
+        potential_fn=potential,
+        dense_mass=dense_mass,
+        target_accept_prob=target_accept_prob,
+        forward_mode_differentiation=forward_mode,
+        max_tree_depth=max_tree_depth,
+    )
+    mcmc = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=per_chain * thinning,
+        thinning=thinning,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    run_key, shuffle_key = jax.random.split(key)
+    mcmc.run(run_key, init_params=init)
+    samples = mcmc.get_samples(group_by_chain=True)  # (chains, per_chain, d)
+    if num_chains > 1:
+        rhat = np.asarray(split_gelman_rubin(np.asarray(samples)))
+        if np.nanmax(rhat) > 1.05:
+            warnings.warn(f"NUTS reference: split R-hat up to {np.nanmax(rhat):.3f} > 1.05; chains may not have mixed")
+    flat = samples.reshape(-1, samples.shape[-1])
+    return flat[jax.random.permutation(shuffle_key, flat.shape[0])[:n]]
+
+
+def best_of(log_density: Callable[[jax.Array], jax.Array], candidates: jax.Array, k: int) -> jax.Array:
+    """The ``k`` rows of ``candidates`` ``(m, d)`` with the highest finite ``log_density``: ``(k, d)``."""
+    lp = jax.jit(jax.vmap(log_density))(candidates)
+    lp = jnp.where(jnp.isfinite(lp), lp, -jnp.inf)
+    return candidates[jnp.argsort(-lp)[:k]]
