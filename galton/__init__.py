@@ -1,6 +1,10 @@
 """galton: simulation-based inference in JAX."""
 
-from galton import tasks
+from galton._cache import enable_compile_cache
+
+enable_compile_cache()
+
+from galton import tasks  # noqa: E402
 from galton.infer import infer
 from galton.methods import NLE, NPE, NRE
 from galton.problem import Blocks, Prior, Problem, ProblemError, Program, Simulator, check_theta

@@ -1,13 +1,11 @@
-"""Shared test set-up: a persistent compile cache keeps repeated runs fast."""
+"""Shared test set-up. galton's persistent compile cache (on by default, see
+galton/_cache.py) keeps repeated runs fast."""
 
 from pathlib import Path
 
-import jax
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 # the sbibm reference posteriors live beside the repository, in CI and on developer machines
 REFERENCE = ROOT.parent / "shared" / "reference"
