@@ -48,7 +48,7 @@ def galton_worker(inp: str, out: str, flow: str, seed: int) -> None:
 
 
 def run(command: list[str], out: Path, env=None):
-    subprocess.run(command, check=True, env=env)
+    subprocess.run(command, check=True, env=env, cwd=out.parent)  # sbi writes its logs into the working directory
     r = np.load(out)
     return r["samples"], float(r["train_seconds"]), float(r["sample_seconds"]), int(r["epochs"])
 

@@ -80,10 +80,8 @@ class Posterior(abc.ABC):
 
         ``key`` defaults to ``jax.random.key(0)``, so the same posterior gives the same draws.
         """
-        import arviz as az
-
         draws = np.asarray(self.sample(n, key=jax.random.key(0) if key is None else key))
-        return az.from_dict(posterior={name: draws[None, :, i] for i, name in enumerate(self.names)})
+        return samples_to_arviz(draws, self.names)
 
     # ---- saving -------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -110,6 +108,17 @@ class Posterior(abc.ABC):
     def load(cls, path) -> "Posterior":
         """Read a posterior written by `save` (any kind; see the module-level `load`)."""
         return load(path)
+
+
+def samples_to_arviz(samples, names: Sequence[str]):
+    """Samples ``(n, d)`` (one chain) or ``(chains, n, d)`` as an ArviZ ``InferenceData``, one variable per name."""
+    import arviz as az
+
+    draws = np.asarray(samples)
+    draws = draws[None] if draws.ndim == 2 else draws
+    if draws.ndim != 3 or draws.shape[-1] != len(names):
+        raise ValueError(f"samples must be (n, {len(names)}) or (chains, n, {len(names)}), got {np.shape(samples)}")
+    return az.from_dict(posterior={name: draws[..., i] for i, name in enumerate(names)})
 
 
 def load(path) -> Posterior:
@@ -319,4 +328,4 @@ class GaussianPosterior(Posterior):
         return f"GaussianPosterior({', '.join(self.names[:6])}{', ...' if self.dim > 6 else ''})"
 
 
-__all__ = ["Posterior", "GaussianPosterior", "ElementwiseBijection", "load"]
+__all__ = ["Posterior", "GaussianPosterior", "ElementwiseBijection", "load", "samples_to_arviz"]
