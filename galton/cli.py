@@ -96,6 +96,12 @@ def _run(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    print("galton demo: neural posterior estimation on two_moons (sbibm), observation 1, 5,000 simulations")
+    demo = argparse.Namespace(task="two_moons", method="npe", budget=5000, rounds=1, observation=1, samples=10_000, seed=0, out=args.out)
+    return _run(demo)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galton", description="Simulation-based inference in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="runs/latest", help="directory for samples, plots and summary")
     run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="a small inference end to end (what ./dev demo runs)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.set_defaults(handler=_demo)
     return parser
 
 

@@ -10,7 +10,7 @@ from galton.tasks import get
 def test_tasks_lists_every_task(capsys):
     assert main(["tasks"]) == 0
     out = capsys.readouterr().out
-    for name in ["funnel"]:
+    for name in ["funnel", "two_moons", "gaussian_linear", "slcp"]:
         assert name in out
 
 
@@ -23,3 +23,19 @@ def test_simulate_fills_a_store_that_resumes(tmp_path, capsys):
     np.testing.assert_array_equal(stored.x, expected.x)
     assert main(["simulate", "funnel", "-n", "300", "--store", str(path), "--seed", "5"]) == 2
     assert "different run" in capsys.readouterr().err
+
+
+def test_run_writes_samples_plot_and_summary(tmp_path, capsys):
+    import json
+
+    import arviz as az
+
+    out = tmp_path / "run"
+    assert main(["run", "gaussian_linear", "--budget", "600", "--samples", "500", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "C2ST against the reference posterior" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.5 <= summary["c2st"] <= 1.0 and summary["budget"] == 600
+    assert (out / "corner.png").stat().st_size > 10_000
+    samples = az.from_netcdf(out / "samples.nc")
+    assert samples.posterior["theta_1"].shape == (1, 500)
