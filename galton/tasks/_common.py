@@ -77,6 +77,7 @@ def nuts(
     forward_mode: bool = False,
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
+    chain_method: str = "vectorized",
 ) -> jax.Array:
     """Draw ``n`` samples of ``exp(-potential)`` with NumPyro NUTS, chains vectorised.
 
@@ -86,6 +87,9 @@ def nuts(
         n: samples wanted; each chain contributes ``ceil(n / num_chains)`` after thinning.
         forward_mode: differentiate the potential in forward mode (for ODE solvers whose
             reverse mode needs checkpointing; cheaper for a few parameters).
+        chain_method: ``"vectorized"`` runs the chains in lockstep (each step costs the longest
+            trajectory of any chain); ``"sequential"`` suits potentials with inner while-loops
+            (ODE solves), where lockstep chains also wait for each other's solver steps.
 
     Returns:
         ``(n, d)`` draws, shuffled across chains. Warns when split R-hat exceeds 1.05.
@@ -108,11 +112,11 @@ def nuts(
         num_samples=per_chain * thinning,
         thinning=thinning,
         num_chains=num_chains,
-        chain_method="vectorized",
+        chain_method=chain_method,
         progress_bar=False,
     )
     run_key, shuffle_key = jax.random.split(key)
-    mcmc.run(run_key, init_params=init)
+    mcmc.run(run_key, init_params=init if num_chains > 1 else init[0])
     samples = mcmc.get_samples(group_by_chain=True)  # (chains, per_chain, d)
     if num_chains > 1:
         rhat = np.asarray(split_gelman_rubin(np.asarray(samples)))
