@@ -19,10 +19,7 @@ from galton import flows
 from galton.methods import nre
 from galton.posterior import Posterior
 from galton.problem import Prior, ProblemError
-from galton.sampling import mcmc
-
-SAMPLER = (("method", "nuts"), ("num_chains", 20), ("warmup", 200))
-
+from galton.sampling import MCMC_DEFAULTS, mcmc
 
 def _check_x(x, shape: tuple[int, ...], *, iid: bool) -> jax.Array:
     if x is None:
@@ -183,7 +180,7 @@ class DensityPosterior(_NeuralPosterior):
 
     kind = "density"
 
-    def __init__(self, network, prior, x_obs=None, history=None, term: str = "likelihood", sampler=SAMPLER):
+    def __init__(self, network, prior, x_obs=None, history=None, term: str = "likelihood", sampler=MCMC_DEFAULTS):
         if term not in ("likelihood", "ratio"):
             raise ValueError(f"term must be 'likelihood' or 'ratio', got {term!r}")
         self.term = term

@@ -17,6 +17,8 @@ from numpyro.infer import ESS, MCMC, NUTS
 from galton.problem import Prior
 
 METHODS = ("nuts", "slice")
+# settings of `mcmc` for posteriors sampled by MCMC, as hashable (name, value) pairs
+MCMC_DEFAULTS = (("method", "nuts"), ("num_chains", 20), ("warmup", 200))
 
 
 class SamplingError(RuntimeError):

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 import jax
 
 from galton.flows import ConditionalFlow, conditional_flow
+from galton.methods.base import NeuralMethod
 from galton.problem import Prior
+from galton.sampling import MCMC_DEFAULTS
 from galton.store import Simulations
-from galton.train import Training, train
+from galton.train import Training
 
 
 def likelihood_loss(model: ConditionalFlow, batch, key) -> jax.Array:
@@ -23,7 +25,7 @@ def likelihood_loss(model: ConditionalFlow, batch, key) -> jax.Array:
 
 
 @dataclass(frozen=True)
-class NLE:
+class NLE(NeuralMethod):
     """Settings of neural likelihood estimation (sbi's defaults: MAF, 5 transforms of width 50).
 
     Attributes:
@@ -37,26 +39,14 @@ class NLE:
     hidden: int = 50
     bins: int = 10
     training: Training = field(default_factory=Training)
-    sampler: tuple = (("method", "nuts"), ("num_chains", 20), ("warmup", 200))
+    sampler: tuple = MCMC_DEFAULTS
 
-    def fit(
-        self,
-        sims: Simulations,
-        prior: Prior,
-        *,
-        key: jax.Array,
-        sequential: bool = False,
-        init: ConditionalFlow | None = None,
-        progress: bool = True,
-    ) -> tuple[ConditionalFlow, dict]:
-        """Train q(x | θ) on ``sims``; x is flattened to a vector. Returns the model and history.
+    def arrays(self, sims: Simulations):
+        """x flattened to a vector: the flow models q(x | θ) over ``(n, prod(x_shape))``."""
+        return sims.theta, sims.x.reshape(len(sims.x), -1)
 
-        ``prior`` and ``sequential`` keep the signature of every method's ``fit``: the
-        likelihood loss needs neither, as it holds for θ from any proposal.
-        """
-        key_init, key_train = jax.random.split(key)
-        x = sims.x.reshape(len(sims.x), -1)
-        model = init or conditional_flow(
-            x, sims.theta, key=key_init, flow=self.flow, transforms=self.transforms, hidden=self.hidden, bins=self.bins
-        )
-        return train(model, likelihood_loss, (sims.theta, x), key=key_train, settings=self.training, names=["theta", "x"], progress=progress)
+    def network(self, theta, x, key) -> ConditionalFlow:
+        return conditional_flow(x, theta, key=key, flow=self.flow, transforms=self.transforms, hidden=self.hidden, bins=self.bins)
+
+    def loss(self, prior: Prior, sequential: bool):
+        return likelihood_loss

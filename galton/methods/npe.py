@@ -9,6 +9,7 @@ Losses (θ, x from the training batch; p the prior; q the flow):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import equinox as eqx
@@ -16,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from galton.flows import ConditionalFlow, conditional_flow
+from galton.methods.base import NeuralMethod
 from galton.problem import Prior
-from galton.store import Simulations
-from galton.train import Training, train
+from galton.train import Training
 
 
 def maximum_likelihood_loss(model: ConditionalFlow, batch, key) -> jax.Array:
@@ -40,7 +41,7 @@ def atomic_loss(model: ConditionalFlow, batch, key, *, prior: Prior, num_atoms: 
 
 
 @dataclass(frozen=True)
-class NPE:
+class NPE(NeuralMethod):
     """Settings of neural posterior estimation (sbi's defaults where it has them).
 
     Attributes:
@@ -59,33 +60,12 @@ class NPE:
     num_atoms: int = 10
     training: Training = field(default_factory=Training)
 
-    def fit(
-        self,
-        sims: Simulations,
-        prior: Prior,
-        *,
-        key: jax.Array,
-        sequential: bool = False,
-        init: ConditionalFlow | None = None,
-        progress: bool = True,
-    ) -> tuple[ConditionalFlow, dict]:
-        """Train q(θ | x) on ``sims`` (θ ``(n, d)``, x ``(n, ...)``).
-
-        Args:
-            sequential: use the atomic loss, which stays correct when θ came from proposals
-                other than the prior (every round after the first).
-            init: a model to continue training (its z-scoring is kept).
-
-        Returns:
-            The trained `ConditionalFlow` and the training history.
-        """
-        key_init, key_train = jax.random.split(key)
-        model = init or conditional_flow(
-            sims.theta, sims.x, key=key_init, flow=self.flow, transforms=self.transforms,
-            hidden=self.hidden, bins=self.bins, embedding=self.embedding,
+    def network(self, theta, x, key) -> ConditionalFlow:
+        return conditional_flow(
+            theta, x, key=key, flow=self.flow, transforms=self.transforms, hidden=self.hidden, bins=self.bins, embedding=self.embedding
         )
+
+    def loss(self, prior: Prior, sequential: bool):
         if sequential:
-            loss = lambda m, batch, k: atomic_loss(m, batch, k, prior=prior, num_atoms=self.num_atoms)  # noqa: E731
-        else:
-            loss = maximum_likelihood_loss
-        return train(model, loss, (sims.theta, sims.x), key=key_train, settings=self.training, names=["theta", "x"], progress=progress)
+            return functools.partial(atomic_loss, prior=prior, num_atoms=self.num_atoms)
+        return maximum_likelihood_loss

@@ -13,6 +13,7 @@ sequential variant pools every round's simulations.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 
@@ -24,9 +25,10 @@ import paramax
 
 from galton import nets
 from galton.flows import standardisation
+from galton.methods.base import NeuralMethod
 from galton.problem import Prior
-from galton.store import Simulations
-from galton.train import Training, train
+from galton.sampling import MCMC_DEFAULTS
+from galton.train import Training
 
 VARIANTS = ("a", "b", "c", "balanced")
 
@@ -126,7 +128,7 @@ def skeleton(spec: dict) -> RatioNetwork:
 
 
 @dataclass(frozen=True)
-class NRE:
+class NRE(NeuralMethod):
     """Settings of neural ratio estimation.
 
     Attributes:
@@ -145,43 +147,25 @@ class NRE:
     depth: int = 2
     embedding: eqx.Module | None = None
     training: Training = field(default_factory=Training)
-    sampler: tuple = (("method", "nuts"), ("num_chains", 20), ("warmup", 200))
+    sampler: tuple = MCMC_DEFAULTS
 
-    def loss(self):
-        """The loss of this variant, ``(model, batch, key) -> scalar``."""
+    def loss(self, prior: Prior, sequential: bool):
+        """The loss of this variant, ``(model, batch, key) -> scalar``; the same in every round."""
         if self.variant == "a":
             return loss_a
         if self.variant == "balanced":
-            return lambda m, b, k: loss_balanced(m, b, k, strength=self.strength)
+            return functools.partial(loss_balanced, strength=self.strength)
         if self.variant == "b":
-            return lambda m, b, k: loss_b(m, b, k, num_atoms=self.num_atoms)
+            return functools.partial(loss_b, num_atoms=self.num_atoms)
         if self.variant == "c":
-            return lambda m, b, k: loss_c(m, b, k, num_atoms=self.num_atoms, gamma=self.gamma)
+            return functools.partial(loss_c, num_atoms=self.num_atoms, gamma=self.gamma)
         raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
-    def fit(
-        self,
-        sims: Simulations,
-        prior: Prior,
-        *,
-        key: jax.Array,
-        sequential: bool = False,
-        init: RatioNetwork | None = None,
-        progress: bool = True,
-    ) -> tuple[RatioNetwork, dict]:
-        """Train d(θ, x) on ``sims`` (θ ``(n, d)``, x ``(n, ...)``). Returns the network and history.
-
-        ``prior`` and ``sequential`` keep the signature of every method's ``fit``: the ratio
-        times the prior is the posterior whichever proposal θ came from.
-        """
-        loss = self.loss()
-        key_init, key_train = jax.random.split(key)
-        if init is None:
-            x_shape = sims.x.shape[1:]
-            embedding = nets.Identity(x_shape) if self.embedding is None else self.embedding
-            spec = {
-                "theta_dim": int(sims.theta.shape[1]), "x_shape": [int(s) for s in x_shape],
-                "hidden": self.hidden, "depth": self.depth, "embedding": embedding.spec,
-            }
-            init = _network(spec, embedding, key_init, (*standardisation(sims.theta), *standardisation(sims.x)))
-        return train(init, loss, (sims.theta, sims.x), key=key_train, settings=self.training, names=["theta", "x"], progress=progress)
+    def network(self, theta, x, key) -> RatioNetwork:
+        x_shape = x.shape[1:]
+        embedding = nets.Identity(x_shape) if self.embedding is None else self.embedding
+        spec = {
+            "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape],
+            "hidden": self.hidden, "depth": self.depth, "embedding": embedding.spec,
+        }
+        return _network(spec, embedding, key, (*standardisation(theta), *standardisation(x)))
