@@ -145,6 +145,8 @@ def load(path) -> Posterior:
 
 # ---- elementwise bijections between unconstrained and original parameter space ------------
 _FORWARD = {"identity": lambda u: u, "exp": jnp.exp, "sigmoid": jax.nn.sigmoid, "softplus": jax.nn.softplus}
+# NumPy twins, for the small host-side conversions that would otherwise dispatch one JAX op each
+_FORWARD_NUMPY = {"identity": lambda u: u, "exp": np.exp, "sigmoid": lambda u: 0.5 * (1 + np.tanh(u / 2)), "softplus": lambda u: np.logaddexp(0, u)}
 _INVERSE = {
     "identity": lambda y: y,
     "exp": jnp.log,
@@ -224,7 +226,10 @@ class ElementwiseBijection:
         return jnp.stack(cols, axis=-1)
 
     def forward(self, u: jax.Array) -> jax.Array:
-        """Unconstrained ``(..., d)`` -> original space ``(..., d)``."""
+        """Unconstrained ``(..., d)`` -> original space ``(..., d)`` (NumPy in, NumPy out)."""
+        if isinstance(u, np.ndarray):
+            cols = [_FORWARD_NUMPY[k](u[..., i]) for i, k in enumerate(self.kinds)]
+            return self.loc + self.scale * np.stack(cols, axis=-1)
         u = jnp.asarray(u)
         return jnp.asarray(self.loc, u.dtype) + jnp.asarray(self.scale, u.dtype) * self._columns(_FORWARD, u)
 

@@ -1,0 +1,678 @@
+"""MUSE: the marginal unbiased score expansion (Millea & Seljak 2021; Millea 2022).
+
+For a hierarchical model p(x, z | θ) p(θ), MUSE estimates θ while marginalising z using
+only simulations and gradients of the joint density. At θ, with ẑ(x) = argmax_z log p(x, z | θ),
+
+    s(θ, x)   = ∇θ log p(x, ẑ(x) | θ)                          the score at the MAP
+    s_MUSE(θ) = s(θ, x_obs) − ⟨s(θ, x_i)⟩_{x_i ~ p(x | θ)} + ∇θ log p(θ)
+
+and θ̂ solves s_MUSE(θ̂) = 0. Its covariance is
+
+    Σ = (Hᵀ J⁻¹ H − ∇θ² log p(θ))⁻¹,  J = Cov_i[s(θ̂, x_i)],  H = d⟨s(θ̂, x(θ', ε_i))⟩/dθ' at θ' = θ̂
+
+where the simulations x(θ', ε_i) keep their random numbers ε_i fixed. H comes from implicit
+differentiation of ẑ: dẑ = (−∇z² log p)⁻¹ ∂x∇z log p · dx, solved with conjugate gradients.
+
+All MAP solves of one iteration (the data and every simulation) are a single batched L-BFGS
+run inside one compiled function; the simulations keep their keys from iteration to
+iteration (common random numbers), so each warm-starts from its previous MAP.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from types import SimpleNamespace
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from galton.muse import solvers
+from galton.muse.models import FlatModel, as_flat_model
+from galton.posterior import ElementwiseBijection, GaussianPosterior
+from galton.problem import ProblemError
+
+JACOBIAN_METHODS = ("implicit", "finite_difference")
+PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
+JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was below this × theta_rtol
+CHUNK_BYTES = 1 << 20  # rows per compiled chunk: about this much memory in the chunk's arrays
+NOISE_FACTOR = 4  # cache a simulation's random numbers when they are at most this × (n_x + n_z) values
+# a MAP whose θ-score has settled counts as converged once max |∇z| ≤ this × map_gtol; so does one
+# whose line search stalls (float rounding) there
+LOOSE_GTOL_FACTOR = 100.0
+
+
+class MuseError(RuntimeError):
+    """MUSE met values it cannot continue from (non-finite scores, a singular J)."""
+
+
+# ---- compiled pieces, one set per model ----------------------------------------------------
+class Rows(NamedTuple):
+    """One MUSE iteration, row by row (row 0 the data, then the simulations, then padding).
+
+    Attributes: z ``(B, n_z)`` MAPs; score ``(B, d)`` ∇θ log p(x, ẑ | θ); gamma ``(B,)``;
+    iterations, evaluations, status ``(B,)`` of the L-BFGS solves; grad_max ``(B,)``;
+    H ``(B, d, d)`` dŝ/dθ' (zeros unless asked for); cg_iterations, cg_residual ``(B, d)``.
+    """
+
+    z: jax.Array
+    score: jax.Array
+    gamma: jax.Array
+    iterations: jax.Array
+    evaluations: jax.Array
+    status: jax.Array
+    grad_max: jax.Array
+    H: jax.Array
+    cg_iterations: jax.Array
+    cg_residual: jax.Array
+@functools.lru_cache(maxsize=32)
+def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
+    """The jitted functions MUSE runs for ``model``; cached so repeated runs skip compilation."""
+
+    def objective(x, z, u):
+        # -log p and its z-gradient for the optimiser, the θ-score as auxiliary output
+        value, (grad_z, score) = jax.value_and_grad(model.log_joint, argnums=(1, 2))(x, z, u)
+        return -value, -grad_z, score
+
+    def hvp(x, z, u, v):
+        # (−∇z² log p) v: the Hessian the MAP makes positive definite
+        return jax.jvp(lambda z: -jax.grad(model.log_joint, 1)(x, z, u), (z,), (v,))[1]
+
+    def solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol):
+        fun = lambda Z: jax.vmap(objective, (0, 0, None))(X, Z, u)
+        return solvers.minimize(
+            fun, Z0, gamma0, max_iterations=max_iterations, gtol=gtol, aux_tol=score_tol,
+            aux_gtol=LOOSE_GTOL_FACTOR * gtol, memory=memory,
+        )
+
+    def simulate_x(keys, u):
+        return jax.vmap(lambda k: model.sample(k, u)[0])(keys)
+
+    noise_of, x_from_noise = _split_sampler(model)
+
+    def simulate_with_tangents(noise, u):
+        """x ``(n_x,)`` and dx/dθ' along each axis ``(d, n_x)``, the random numbers held fixed."""
+        x_of = lambda u: x_from_noise(noise, u)
+        return jax.vmap(lambda e: jax.jvp(x_of, (u,), (e,)), out_axes=(None, 0))(jnp.eye(u.shape[0], dtype=u.dtype))
+
+    @jax.jit
+    def noise(keys):
+        """The random numbers of each simulation, drawn once per run: ``keys (B,)`` -> arrays ``(B, ...)``."""
+        return jax.vmap(noise_of)(keys)
+
+    def implicit_rows(u, X, dX, Z, cg_max_iterations, cg_rtol):
+        """dŝ/dθ' ``(c, d, d)`` of each row at its MAP, by implicit differentiation.
+
+        dẑ solves (−∇z² log p) dẑ = ∂x∇z log p · dx (CG with Hessian-vector products), then
+        dŝ = ∂x∇θ log p · dx + ∂z∇θ log p · dẑ. Returns also CG iterations and residuals ``(c, d)``.
+        """
+        grad_z = lambda x, z: jax.grad(model.log_joint, 1)(x, z, u)
+        over_dirs = lambda f: jax.vmap(f, (None, None, 0))
+        rhs = jax.vmap(over_dirs(lambda x, z, dx: jax.jvp(lambda x: grad_z(x, z), (x,), (dx,))[1]))(X, Z, dX)
+        matvec = lambda V: jax.vmap(over_dirs(lambda x, z, v: hvp(x, z, u, v)))(X, Z, V)
+        cg = solvers.conjugate_gradient(matvec, rhs, max_iterations=cg_max_iterations, rtol=cg_rtol)
+        score = lambda x, z: jax.grad(model.log_joint, 2)(x, z, u)
+        dS = jax.vmap(jax.vmap(lambda x, z, dx, dz: jax.jvp(score, (x, z), (dx, dz))[1], (None, None, 0, 0)))(X, Z, dX, cg.x)
+        return jnp.swapaxes(dS, 1, 2), cg.iterations, cg.relative_residual  # H_i[a, b] = d s_a / d θ'_b
+
+    def chunk(u, x_obs, extrapolate, settings, rows):
+        """One chunk of rows: simulate, solve the MAPs, and (when asked) differentiate them."""
+        noise, is_data, Z, Z_previous, gamma0 = rows
+        max_iterations, gtol, score_tol, with_jacobian, cg_max_iterations, cg_rtol = settings
+        X, dX = jax.vmap(simulate_with_tangents, (0, None))(noise, u)
+        X = jnp.where(is_data[:, None], x_obs, X)
+        out = solve(u, X, Z + extrapolate * (Z - Z_previous), gamma0, max_iterations, gtol, score_tol)
+        c, d = Z.shape[0], u.shape[0]
+        skipped = (jnp.zeros((c, d, d), u.dtype), jnp.zeros((c, d), jnp.int32), jnp.zeros((c, d), u.dtype))
+        jacobian = jax.lax.cond(with_jacobian, lambda: implicit_rows(u, X, dX, out.z, cg_max_iterations, cg_rtol), lambda: skipped)
+        return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max, *jacobian)
+
+    @functools.partial(jax.jit, static_argnames="chunk_size", donate_argnums=5)
+    def iteration(u, x_obs, noise, is_data, Z, Z_previous, gamma0, extrapolate, settings, chunk_size):
+        """Every row at u (row 0 the data, then the simulations, then padding): `Rows`.
+
+        Rows go through in chunks of ``chunk_size`` (a compiled loop, `jax.lax.map`), each
+        chunk vectorised: the arrays of a chunk stay in cache from simulation to MAP to H,
+        where whole-batch arrays would stream through memory at every step of the optimiser.
+        The solves start from ``Z + extrapolate (Z - Z_previous)``, the last MAPs moved on
+        along the line through the last two; ``Z_previous`` is donated.
+        """
+        B = Z.shape[0]
+        split = lambda a: a.reshape(B // chunk_size, chunk_size, *a.shape[1:])
+        rows = jax.tree_util.tree_map(split, (noise, is_data, Z, Z_previous, gamma0))
+        out = jax.lax.map(functools.partial(chunk, u, x_obs, extrapolate, settings), rows)
+        return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)
+
+    @jax.jit
+    def implicit_jacobian(u, keys, Z, cg_max_iterations, cg_rtol):
+        """Per simulation dŝ/dθ' ``(nsims, d, d)`` at the MAPs Z ``(nsims, n_z)``, CG iterations and residuals."""
+        X, dX = jax.vmap(simulate_with_tangents, (0, None))(jax.vmap(noise_of)(keys), u)
+        return implicit_rows(u, X, dX, Z, cg_max_iterations, cg_rtol)
+
+    @jax.jit
+    def finite_difference_jacobian(u, keys, Z, gamma, steps, max_iterations, gtol, score_tol):
+        """Per simulation central differences of ŝ in θ' ``(nsims, d, d)`` and the MAP results."""
+        d, nsims = u.shape[0], keys.shape[0]
+        shifts = jnp.concatenate([jnp.diag(steps), -jnp.diag(steps)])  # (2d, d)
+        X = jax.vmap(lambda du: simulate_x(keys, u + du))(shifts).reshape(2 * d * nsims, -1)
+        Z0 = jnp.broadcast_to(Z, (2 * d, *Z.shape)).reshape(2 * d * nsims, -1)
+        gamma0 = jnp.broadcast_to(gamma, (2 * d, nsims)).reshape(-1)
+        out = solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol)
+        S = out.aux.reshape(2, d, nsims, d)
+        H = (S[0] - S[1]) / (2 * steps[:, None, None])  # (d_b, nsims, d_a)
+        return jnp.transpose(H, (1, 2, 0)), out
+
+    @jax.jit
+    def prior_terms(u):
+        return jax.grad(model.log_prior)(u), jax.hessian(model.log_prior)(u)
+
+    # one row at a time: the reference package's way, kept for benchmarks and for problems too
+    # large to batch in memory
+    one_x = jax.jit(lambda key, u: model.sample(key, u)[0])
+    one_solve = jax.jit(lambda u, x, z0, gamma0, it, gtol, stol: solve(u, x[None], z0[None], gamma0[None], it, gtol, stol))
+    one_implicit = jax.jit(lambda u, key, z, it, rtol: implicit_jacobian(u, key[None], z[None], it, rtol))
+
+    def iteration_loop(u, x_obs, keys, is_data, Z, Z_previous, gamma0, extrapolate, settings, chunk_size=None):
+        # (keys, not cached random numbers: each simulation is drawn afresh, as muse_inference does)
+        """`iteration` one row at a time, H left out (`implicit_jacobian_loop` gives it)."""
+        max_iterations, gtol, score_tol = settings[:3]
+        Z0 = Z + extrapolate * (Z - Z_previous)
+        xs = [x_obs if data else one_x(k, u) for k, data in zip(keys, np.asarray(is_data))]
+        rows = [one_solve(u, x, z0, g0, max_iterations, gtol, score_tol) for x, z0, g0 in zip(xs, Z0, gamma0)]
+        out = jax.tree_util.tree_map(lambda *r: jnp.concatenate(r), *rows)
+        B, d = Z.shape[0], u.shape[0]
+        return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max,
+                    jnp.zeros((B, d, d), u.dtype), jnp.zeros((B, d), jnp.int32), jnp.zeros((B, d), u.dtype))
+
+    def implicit_jacobian_loop(u, keys, Z, cg_max_iterations, cg_rtol):
+        rows = [one_implicit(u, k, z, cg_max_iterations, cg_rtol) for k, z in zip(keys, Z)]
+        return tuple(jnp.concatenate(r) for r in zip(*rows))
+
+    return SimpleNamespace(
+        iteration=iteration, noise=noise, implicit_jacobian=implicit_jacobian, finite_difference_jacobian=finite_difference_jacobian,
+        prior_terms=prior_terms, iteration_loop=iteration_loop, implicit_jacobian_loop=implicit_jacobian_loop,
+    )
+
+
+def _split_sampler(model: FlatModel):
+    """``(noise_of(key), x_from_noise(noise, u))`` with ``x_from_noise(noise_of(key), u) == sample(key, u)[0]``.
+
+    MUSE keeps each simulation's random numbers fixed and moves θ, so the part of the
+    simulator that depends on the key alone (drawing random numbers: most of its cost) can
+    run once per run. Partial evaluation of the sampler's jaxpr with the key known and θ
+    unknown splits it there: ``noise`` is whatever the θ-dependent part reads from the
+    key-dependent part. Where that is larger than the simulation itself several times over,
+    or the split fails, the key itself is the noise and the simulator runs in full.
+    """
+    from jax._src.interpreters import partial_eval as pe  # no public API for partial evaluation yet
+    from jax.extend.core import jaxpr_as_fun
+
+    def plain():
+        return (lambda key: key), (lambda key, u: model.sample(key, u)[0])
+
+    sample_x = lambda key, u: model.sample(key, u)[0]
+    try:
+        closed = jax.make_jaxpr(sample_x)(jax.random.key(0), jnp.zeros(model.theta_dim))
+        known, unknown, _, residuals = pe.partial_eval_jaxpr_nounits(closed, [False, True], True)
+    except Exception:  # an exotic primitive partial evaluation cannot split: simulate in full
+        return plain()
+    size = sum(int(np.prod(r.shape)) for r in residuals)
+    if size > NOISE_FACTOR * max(model.x_dim + model.z_dim, 1):
+        return plain()
+    noise_of, x_of = jaxpr_as_fun(known), jaxpr_as_fun(unknown)
+    return (lambda key: tuple(noise_of(key))), (lambda noise, u: x_of(*noise, u)[0])
+
+
+# ---- the result --------------------------------------------------------------------------
+class MuseResult(GaussianPosterior):
+    """MUSE's estimate: a Gaussian posterior N(θ̂, Σ) in unconstrained θ, plus the run's record.
+
+    As a `Posterior`, ``sample`` draws u ~ N(θ̂, Σ) in unconstrained space and returns
+    them mapped to the parameters' support (the identity for unbounded parameters).
+
+    Attributes:
+        theta: θ̂ in the original space and the user's structure (a dict of arrays, an
+            array, or the PyTree of a `HierarchicalModel`).
+        theta_flat: ``(d,)`` θ̂ in the original space.  std: ``(d,)`` standard deviations in
+            the original space (delta method through the bijection).
+        loc, cov: ``(d,)`` θ̂ and ``(d, d)`` Σ in unconstrained space.
+        J: ``(d, d)`` covariance of the simulations' scores.  H: ``(d, d)`` Jacobian of the
+            expected score, ``H[a, b] = d⟨s_a⟩/dθ_b``.  H_prior: ``(d, d)`` −∇² log p(θ̂).
+        theta_evaluated: ``(d,)`` the unconstrained θ at which the last MAPs, J and H were
+            computed (within ``theta_rtol`` σ of θ̂ when converged).
+        history: one dict per iteration (θ, step in σ, MAP iterations and failures, time).
+        nsims, converged, iterations, time_s, n_gradient_evaluations, n_hessian_vector_products.
+        scores: ``(nsims, d)`` the simulations' scores at ``theta_evaluated``.
+        z_map: ``(1 + nsims, n_z)`` the MAPs (data first) in unconstrained latent space.
+    """
+
+    kind = "muse"
+
+    def __init__(self, loc, cov, names, bijection, x_obs, **record):
+        super().__init__(loc, cov, names, bijection, x_obs)
+        self.J, self.H, self.H_prior = (np.asarray(record.pop(k)) for k in ("J", "H", "H_prior"))
+        self.theta_evaluated = np.asarray(record.pop("theta_evaluated"))
+        self.scores = np.asarray(record.pop("scores"))
+        self.z_map = np.asarray(record.pop("z_map"))
+        self.key_data = np.asarray(record.pop("key_data"))
+        self.history: list[dict[str, Any]] = list(record.pop("history"))
+        self.nsims: int = int(record.pop("nsims"))
+        self.converged: bool = bool(record.pop("converged"))
+        self.time_s: float = float(record.pop("time_s"))
+        self.n_gradient_evaluations: int = int(record.pop("n_gradient_evaluations"))
+        self.n_hessian_vector_products: int = int(record.pop("n_hessian_vector_products"))
+        self.jacobian: str = record.pop("jacobian")
+        self.problem_name: str = record.pop("problem_name")
+        self._unflatten = record.pop("unflatten", None)
+        if record:
+            raise TypeError(f"unexpected fields {sorted(record)}")
+
+    @property
+    def iterations(self) -> int:
+        return len(self.history)
+
+    @property
+    def theta_flat(self) -> np.ndarray:
+        return np.asarray(self.bijection.forward(np.asarray(self.loc, np.float64)), np.float64)
+
+    @property
+    def theta(self):
+        """θ̂ in the user's structure (after `load`, a dict of flat names)."""
+        if self._unflatten is not None:
+            return self._unflatten(self.theta_flat)
+        return dict(zip(self.names, self.theta_flat.tolist()))
+
+    @property
+    def std(self) -> np.ndarray:
+        return np.abs(self.bijection.jacobian_diagonal(self.loc)) * self.std_unconstrained
+
+    @property
+    def key(self) -> jax.Array:
+        return jax.random.wrap_key_data(jnp.asarray(self.key_data))
+
+    def _state(self):
+        meta, arrays = super()._state()
+        meta = {
+            **meta, "history": self.history, "nsims": self.nsims, "converged": self.converged, "time_s": self.time_s,
+            "n_gradient_evaluations": self.n_gradient_evaluations,
+            "n_hessian_vector_products": self.n_hessian_vector_products,
+            "jacobian": self.jacobian, "problem_name": self.problem_name,
+        }
+        arrays = {
+            **arrays, "J": self.J, "H": self.H, "H_prior": self.H_prior, "theta_evaluated": self.theta_evaluated,
+            "scores": self.scores, "z_map": self.z_map, "key_data": self.key_data,
+        }
+        return meta, arrays
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        record = {k: meta[k] for k in ("history", "nsims", "converged", "time_s", "n_gradient_evaluations",
+                                       "n_hessian_vector_products", "jacobian", "problem_name")}
+        record.update({k: arrays[k] for k in ("J", "H", "H_prior", "theta_evaluated", "scores", "z_map", "key_data")})
+        return cls(arrays["loc"], arrays["cov"], meta["names"], ElementwiseBijection.from_dict(meta["bijection"]), None, **record)
+
+    def __repr__(self) -> str:
+        state = f"converged in {self.iterations} iterations" if self.converged else f"NOT converged after {self.iterations} iterations"
+        lines = [f"MuseResult({self.problem_name}: {self.nsims} simulations, {state}, {self.time_s:.3g} s)"]
+        width = max(len(n) for n in self.names)
+        for name, value, sd in zip(self.names, self.theta_flat, self.std):
+            lines.append(f"  {name:<{width}} = {value:.4g} ± {sd:.2g}")
+        if not self.bijection.is_identity:
+            lines.append("  (± by the delta method; the Gaussian lives in unconstrained space)")
+        return "\n".join(lines)
+
+
+# ---- the algorithm -----------------------------------------------------------------------
+def _as_key(key) -> jax.Array:
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key.astype(jnp.uint32))
+
+
+def _check_scores(scores: np.ndarray, names: list[str], what: str) -> None:
+    bad = np.flatnonzero(~np.all(np.isfinite(scores), axis=1))
+    if bad.size == 0:
+        return
+    labels = ["the data" if i == 0 else f"simulation {i - 1}" for i in bad[:10]]
+    raise MuseError(
+        f"non-finite θ-score during {what} for {', '.join(labels)}"
+        f"{f' and {bad.size - 10} more' if bad.size > 10 else ''} (parameters {names}); the simulation or "
+        "its MAP produced NaN or inf: check the simulator at this θ, or start from a different theta_start"
+    )
+
+
+class _Batch:
+    """The rows MUSE solves at every iteration, with their warm starts between iterations.
+
+    Row 0 is the data, rows 1..nsims the simulations (keys fixed), and padding rows fill the
+    last chunk. Holds the MAPs Z of the last solve and those before (for extrapolation), the
+    L-BFGS curvature scales, and counts the objective evaluations.
+    """
+
+    def __init__(self, fns, x, keys, Z, u_of_Z, vectorize, chunk_size, z_dim):
+        self.fns, self.x, self.vectorize = fns, x, vectorize
+        self.dtype = x.dtype
+        self.rows = 1 + keys.shape[0]
+        if chunk_size is None:
+            chunk_size = max(1, CHUNK_BYTES // (4 * 40 * max(z_dim, x.shape[0])))
+        self.chunk_size = int(min(chunk_size, self.rows)) if vectorize else 1
+        padded = -(-self.rows // self.chunk_size) * self.chunk_size
+        # the data row simulates too (with a borrowed key) and is then given x_obs
+        self.keys = jnp.concatenate([keys[:1], keys, jnp.broadcast_to(keys[:1], (padded - self.rows,))])
+        self.noise = fns.noise(self.keys) if vectorize else self.keys
+        self.is_data = jnp.arange(padded) == 0
+        self.Z = jnp.zeros((padded, z_dim), self.dtype)
+        if Z is not None:
+            self.Z = self.Z.at[: len(Z)].set(jnp.asarray(Z, self.dtype))
+        self.Z_previous = jnp.zeros_like(self.Z)
+        self.u_of_Z, self.u_of_Z_previous = u_of_Z, None
+        self.gamma = jnp.full(padded, jnp.nan, self.dtype)  # unknown: the first solve finds them
+        self.n_evals = 0
+
+    def run(self, u, max_iterations, score_tol, with_jacobian, *, gtol, cg_max_iterations, cg_rtol) -> Rows:
+        """Solve every row at unconstrained θ ``u``; returns `Rows` of the data and simulations as NumPy."""
+        extrapolate = _extrapolation(u, self.u_of_Z, self.u_of_Z_previous)
+        settings = (
+            jnp.asarray(max_iterations, jnp.int32), jnp.asarray(gtol, self.dtype), jnp.asarray(score_tol, self.dtype),
+            jnp.asarray(with_jacobian), jnp.asarray(cg_max_iterations, jnp.int32), jnp.asarray(cg_rtol, self.dtype),
+        )
+        iterate = self.fns.iteration if self.vectorize else self.fns.iteration_loop
+        out = iterate(
+            jnp.asarray(u, self.dtype), self.x, self.noise, self.is_data, self.Z, self.Z_previous, self.gamma,
+            jnp.asarray(extrapolate, self.dtype), settings, chunk_size=self.chunk_size,
+        )
+        self.Z_previous, self.u_of_Z_previous = self.Z, self.u_of_Z  # (the old Z_previous was donated)
+        self.Z, self.gamma, self.u_of_Z = out.z, out.gamma, u
+        # one transfer of everything but the MAPs, which stay on the device for the next solve
+        host = jax.device_get(out._replace(z=None))
+        rows = Rows(*(None if a is None else np.asarray(a)[: self.rows] for a in host))
+        self.n_evals += int(rows.evaluations.sum())
+        return rows._replace(score=rows.score.astype(np.float64), H=rows.H.astype(np.float64))
+
+
+def _record(model, u, s_post, distance, kind, rows: Rows, failed, seconds) -> dict[str, Any]:
+    """The history entry of one iteration."""
+    status, counts = np.unique(rows.status, return_counts=True)
+    return {
+        "theta": model.bijection.forward(u).tolist(),
+        "theta_unconstrained": u.tolist(),
+        "score": s_post.tolist(),
+        "step_sigma": distance,
+        "newton": kind,
+        "map_iterations_max": int(rows.iterations.max()),
+        "map_iterations_mean": float(rows.iterations.mean()),
+        "map_gradient_evaluations": int(rows.evaluations.sum()),
+        "map_failed": np.flatnonzero(failed).tolist(),
+        "map_status": {solvers.STATUS_NAMES[int(c)]: int(n) for c, n in zip(status, counts)},
+        "time_s": seconds,
+    }
+
+
+def _extrapolation(u, u_of_Z, u_of_Z_previous) -> float:
+    """How far to carry the MAPs on along their last move: the new step projected on the last.
+
+    The MAPs Z were found at θ = u_of_Z and Z_previous at u_of_Z_previous; at u the solves
+    start from Z + c (Z - Z_previous), linear in θ along the last step.
+    """
+    if u_of_Z is None or u_of_Z_previous is None:
+        return 0.0
+    last = u_of_Z - u_of_Z_previous
+    norm = float(last @ last)
+    return 0.0 if norm == 0 else float(np.clip((u - u_of_Z) @ last / norm, 0.0, 2.0))
+
+
+def _newton_step(u, s_post, s_sims, h_prior, secant):
+    """The Newton step to the root of the MUSE score, its length in σ, its kind, the secant state.
+
+    The matrix F ≈ −ds/dθ is the simulations' score covariance minus the prior's Hessian
+    (J ≈ H, as muse_inference takes it). From the second iteration on, a Broyden update from
+    the last two (θ, s) pairs replaces it when it stays within a factor of 5 of it: the
+    simulations keep their random numbers, so s(θ) is smooth and the secant measures its slope.
+    The length in σ is measured with the covariance F either way.
+    """
+    F_cov = np.atleast_2d(np.cov(s_sims, rowvar=False)) - np.atleast_2d(h_prior)
+    F, kind = F_cov, "covariance"
+    if secant is not None:
+        u_last, s_last, F_last = secant
+        du, ds = u - u_last, s_post - s_last
+        if du @ du > 0:
+            F_b = F_last + np.outer(-ds - F_last @ du, du) / (du @ du)
+            F_b = 0.5 * (F_b + F_b.T)
+            ratio = np.linalg.eigvals(np.linalg.solve(F_cov, F_b)).real
+            if np.all(ratio > 0.2) and np.all(ratio < 5):
+                F, kind = F_b, "secant"
+    newton = np.linalg.solve(F, s_post)
+    distance = float(np.sqrt(max(newton @ F_cov @ newton, 0.0)))
+    return newton, distance, kind, (u, s_post, F)
+
+
+def _failed_rows(result, gtol: float) -> np.ndarray:
+    status = np.asarray(result.status)
+    gmax = np.asarray(result.grad_max)
+    # a stall with a gradient near the tolerance is rounding noise; far from it, a failure
+    return (status == solvers.MAX_ITERATIONS) | ((status == solvers.STALLED) & (gmax > LOOSE_GTOL_FACTOR * gtol))
+
+
+def muse(
+    problem,
+    x_obs,
+    *,
+    theta_start=None,
+    nsims: int | None = None,
+    key: jax.Array | None = None,
+    result: MuseResult | None = None,
+    max_iterations: int = 50,
+    theta_rtol: float = 1e-2,
+    step_scale: float = 0.7,
+    jacobian: str = "implicit",
+    finite_difference_step: float = 0.1,
+    map_max_iterations: int = 200,
+    map_gtol: float = 1e-4,
+    map_score_rtol: float = 1e-3,
+    map_memory: int = 5,
+    cg_max_iterations: int = 200,
+    cg_rtol: float = 1e-4,
+    vectorize: bool = True,
+    chunk_size: int | None = None,
+    progress: bool = True,
+) -> MuseResult:
+    """Estimate θ of a hierarchical model by MUSE, marginalising the latents z.
+
+    Args:
+        problem: a `galton.Program` (its ``params`` sites are θ, other unobserved sites z)
+            or a `galton.muse.HierarchicalModel`. A black-box `Simulator` is refused.
+        x_obs: the observation: flat ``(d_x,)`` (or a dict of observed sites) for a Program,
+            the PyTree ``sample_x_z`` returns for a HierarchicalModel.
+        theta_start: starting θ in the user's structure (or flat), original space. Required
+            for a HierarchicalModel; for a Program it defaults to the point whose
+            unconstrained image is 0 (0 for unbounded, 1 for positive, 0.5 for (0, 1)).
+        nsims: simulations per iteration, also the number behind J and H: 100 by default,
+            or as many as the run continued from.
+        key: a ``jax.random`` key; simulation i always uses ``fold_in(key, i)``. Defaults
+            to the previous run's key when continuing.
+        result: a previous `MuseResult` to continue from: starts at its θ̂ with its MAPs as
+            warm starts, keeps its history; with a larger ``nsims`` it adds simulations
+            to J and H (the first simulations are the same ones).
+        max_iterations: MUSE iterations in this call at most.
+        theta_rtol: stop when the Newton step to the root is below this many σ.
+        step_scale: damping of the Newton step (1 is a full step).
+        jacobian: ``"implicit"`` (implicit differentiation through the MAP) or
+            ``"finite_difference"`` (re-solve the MAPs at θ ± step).
+        finite_difference_step: the finite-difference step, in units of each parameter's σ.
+        map_max_iterations, map_gtol, map_memory: L-BFGS limits: iterations, tolerance on
+            ``max |∇z log p|`` and number of curvature pairs.
+        map_score_rtol: a MAP also counts as converged when its θ-score moved less than this
+            fraction of the scores' spread over one L-BFGS iteration and ``max |∇z log p|`` is
+            below ``100 map_gtol``.
+        cg_max_iterations, cg_rtol: conjugate-gradient limits for the implicit H.
+        vectorize: ``False`` runs one compiled solve per simulation in a Python loop (the
+            reference package's way, for comparison).
+        chunk_size: simulations solved together, vectorised, in each step of the compiled
+            loop over them; by default as many as keep a chunk's arrays near 1 MB (in cache).
+        progress: show a progress bar.
+
+    Returns:
+        a `MuseResult`.
+
+    Raises:
+        ProblemError: the problem or the inputs are not usable by MUSE.
+        MuseError: a score became NaN or inf (the message names the simulation).
+    """
+    if jacobian not in JACOBIAN_METHODS:
+        raise ValueError(f"jacobian must be one of {JACOBIAN_METHODS}, got {jacobian!r}")
+    nsims = (100 if result is None else result.nsims) if nsims is None else int(nsims)
+    if theta_start is None and result is not None and result._unflatten is not None:
+        theta_start = result.theta
+    model = as_flat_model(problem, theta_start)
+    d = model.theta_dim
+    if nsims <= d + 1:
+        raise ProblemError(f"nsims={nsims} is too few for {d} parameters: J, their score covariance, needs nsims > d + 1")
+    dtype = jnp.result_type(float)
+    x = jnp.asarray(model.flatten_x(x_obs), dtype)
+    if x.shape != (model.x_dim,):
+        raise ProblemError(f"x_obs has {x.size} values; the model's observations have {model.x_dim}")
+    if not bool(jnp.all(jnp.isfinite(x))):
+        raise ProblemError("x_obs has non-finite values")
+
+    if result is not None:
+        if list(result.names) != model.names:
+            raise ProblemError(f"result has parameters {result.names}; this problem has {model.names}")
+        result._check_x(np.asarray(x))
+        if result.z_map.shape[1] != model.z_dim:
+            raise ProblemError(f"result's MAPs have {result.z_map.shape[1]} latents; this problem has {model.z_dim}")
+        key = result.key if key is None else key
+        u = np.asarray(result.loc, np.float64)
+        history = list(result.history)
+        Z = np.asarray(result.z_map)[: 1 + nsims]
+        score_scale = np.sqrt(np.diag(result.J))
+        n_evals, n_hvps = result.n_gradient_evaluations, result.n_hessian_vector_products
+        elapsed = result.time_s
+    else:
+        if key is None:
+            raise ProblemError("muse needs key=jax.random.key(...) (or result= to continue a run)")
+        theta0 = np.zeros(d) if theta_start is None else model.flatten_theta(theta_start)
+        u = np.asarray(model.bijection.inverse(jnp.asarray(theta0)), np.float64) if theta_start is not None else theta0
+        if not np.all(np.isfinite(u)):
+            bad = [n for n, v in zip(model.names, u) if not np.isfinite(v)]
+            raise ProblemError(f"theta_start is outside the prior's support for {bad}")
+        history, Z = [], None
+        score_scale = None
+        n_evals = n_hvps = 0
+        elapsed = 0.0
+    key = _as_key(key)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(nsims))
+    fns = _compiled(model, int(map_memory))
+    batch = _Batch(fns, x, keys, Z, u if result is not None else None, vectorize, chunk_size, model.z_dim)
+    tolerances = dict(gtol=map_gtol, cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol)
+    want_jacobian = jacobian == "implicit" and vectorize
+    secant = None  # the last θ, score and Newton matrix, for secant updates
+
+    start = time.perf_counter()
+    converged, distance = False, np.inf
+    bar = tqdm(total=max_iterations, desc=f"MUSE {model.name}", unit="it", disable=not progress)
+    try:
+        for i in range(max_iterations):
+            t0 = time.perf_counter()
+            # H comes with the MAPs when this iteration is likely the last; else one more pass later
+            with_jacobian = want_jacobian and (distance < JACOBIAN_AHEAD * theta_rtol or i == max_iterations - 1)
+            if score_scale is None:
+                # no spread of the scores known yet to say when a score is stable: a short pilot
+                # solve finds it, and the solve goes on from there unless every MAP converged
+                rows = batch.run(u, min(map_max_iterations, PILOT_ITERATIONS), -np.ones(d), False, **tolerances)
+                _check_scores(rows.score, model.names, f"iteration {len(history) + 1}")
+                score_scale = np.std(rows.score[1:], axis=0)
+                if np.any(rows.status > solvers.CONVERGED_AUX):
+                    rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
+            else:
+                rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
+            _check_scores(rows.score, model.names, f"iteration {len(history) + 1}")
+            u_evaluated, last = u, rows
+            g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(jnp.asarray(u, batch.dtype)))
+            s_sims = rows.score[1:]
+            s_post = rows.score[0] - s_sims.mean(0) + g_prior
+            newton, distance, kind, secant = _newton_step(u, s_post, s_sims, h_prior, secant)
+            score_scale = np.std(s_sims, axis=0)
+            failed = _failed_rows(rows, map_gtol)
+            history.append(_record(model, u, s_post, distance, kind, rows, failed, time.perf_counter() - t0))
+            bar.update()
+            bar.set_postfix_str(
+                f"θ={', '.join(f'{v:.4g}' for v in history[-1]['theta'][:4])} step={distance:.3g}σ "
+                f"MAP its≤{rows.iterations.max()} failed={int(failed.sum())}"
+            )
+            if distance < theta_rtol:
+                converged = True
+                break
+            # a step from the sims' covariance is damped; a secant step has measured the slope
+            u = u + (step_scale if kind == "covariance" else 1.0) * newton
+    finally:
+        bar.close()
+    theta_hat = u_evaluated + newton
+    n_evals += batch.n_evals
+
+    u_eval = jnp.asarray(u_evaluated, batch.dtype)
+    J = np.atleast_2d(np.cov(s_sims, rowvar=False))
+    if jacobian == "implicit":
+        if not vectorize:
+            H_sims, cg_its, cg_residual = (np.asarray(a) for a in fns.implicit_jacobian_loop(u_eval, keys, batch.Z[1 : 1 + nsims], cg_max_iterations, cg_rtol))
+        else:
+            if not np.any(last.cg_iterations):  # H was not computed with the last MAPs: one more pass
+                last = batch.run(u_evaluated, map_max_iterations, map_score_rtol * score_scale, True, **tolerances)
+            H_sims, cg_its, cg_residual = last.H[1:], last.cg_iterations[1:], last.cg_residual[1:]
+        n_hvps += int(cg_its.sum()) + 2 * nsims * d  # CG products, plus the two jvps per direction
+        unsolved = np.flatnonzero(~(cg_residual <= cg_rtol).all(axis=1))
+        if unsolved.size:
+            warnings.warn(
+                f"MUSE: conjugate gradients for H reached a relative residual of {cg_residual.max():.2g} > cg_rtol={cg_rtol} "
+                f"for {unsolved.size} of {nsims} simulations (first: {unsolved[:5].tolist()}); raise cg_max_iterations "
+                "or check that the MAPs are maxima",
+                RuntimeWarning, stacklevel=2,
+            )
+    else:
+        steps = finite_difference_step / np.sqrt(np.diag(J))
+        H_sims, fd_out = fns.finite_difference_jacobian(
+            u_eval, keys, batch.Z[1 : 1 + nsims], batch.gamma[1 : 1 + nsims], jnp.asarray(steps, batch.dtype),
+            map_max_iterations, map_gtol, -jnp.ones(d, batch.dtype),
+        )
+        n_evals += int(np.asarray(fd_out.evaluations).sum())
+        if _failed_rows(fd_out, map_gtol).any():
+            warnings.warn("MUSE: some MAP solves for the finite-difference H did not converge", RuntimeWarning, stacklevel=2)
+    H_sims = np.asarray(H_sims, np.float64)
+    _check_scores(np.concatenate([np.zeros((1, d * d)), H_sims.reshape(nsims, -1)]), model.names, "the computation of H")
+    H = H_sims.mean(0)
+    H_prior = -np.atleast_2d(np.asarray(fns.prior_terms(jnp.asarray(theta_hat, dtype))[1], np.float64))
+    precision = H.T @ np.linalg.solve(J, H) + H_prior
+    cov = np.linalg.inv(precision)
+    cov = 0.5 * (cov + cov.T)
+    elapsed += time.perf_counter() - start
+
+    # failures in the first iteration only slow the next one down, which re-solves from there;
+    # failures later, and above all in the last (whose MAPs give θ̂, J and H), matter
+    failures = [(i + 1, len(h["map_failed"])) for i, h in enumerate(history) if h["map_failed"] and (i > 0 or i == len(history) - 1)]
+    if failures:
+        warnings.warn(
+            "MUSE: MAP solves did not converge in iterations "
+            + ", ".join(f"{i} ({n} of {nsims + 1})" for i, n in failures[:8])
+            + "; raise map_max_iterations or loosen map_gtol (history[i]['map_failed'] lists the rows, 0 = data)",
+            RuntimeWarning, stacklevel=2,
+        )
+    if not converged:
+        warnings.warn(
+            f"MUSE did not converge in {max_iterations} iterations (last step {distance:.3g}σ > theta_rtol={theta_rtol}); "
+            "continue with muse(..., result=result)",
+            RuntimeWarning, stacklevel=2,
+        )
+    return MuseResult(
+        theta_hat, cov, model.names, model.bijection, np.asarray(x),
+        J=J, H=H, H_prior=H_prior, theta_evaluated=np.asarray(u_evaluated), scores=s_sims,
+        z_map=np.asarray(batch.Z[: 1 + nsims]), key_data=np.asarray(jax.random.key_data(key)), history=history, nsims=nsims,
+        converged=converged, time_s=elapsed, n_gradient_evaluations=n_evals, n_hessian_vector_products=n_hvps,
+        jacobian=jacobian, problem_name=model.name, unflatten=model.unflatten_theta,
+    )
+
+
+__all__ = ["muse", "MuseResult", "MuseError"]

@@ -1,0 +1,272 @@
+"""Batched solvers: many independent L-BFGS minimisations and CG solves run as one loop.
+
+Every array carries a leading batch axis ``B`` (one row per simulation). The loops run
+until every row has finished; finished rows are frozen with masks, so the work per step
+is one batched function evaluation, never a Python loop over rows.
+
+Why our own and not ``jax.vmap`` of optax's or optimistix's L-BFGS: a vmapped
+``while_loop`` selects its whole carry (the L-BFGS memory, ``2 m B n`` floats) at every
+step and runs every line-search branch under ``vmap``. On the noisy funnel with
+101 × 10,000 latents that cost 35 ms per iteration against 0.7 ms for the batched
+gradient. With arrays this large the time goes into sweeps over memory (and, on a fresh
+allocation, into page faults), so the loop below keeps its state small and touches each
+array as few times as it can.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+# `status` codes of `minimize`, per row
+CONVERGED_GRADIENT = 0  # max |∇f| ≤ gtol
+CONVERGED_AUX = 1  # the auxiliary output (MUSE: the θ-score) stopped changing
+STALLED = 2  # the line search found no decrease: floating-point precision reached
+MAX_ITERATIONS = 3
+DIAG_RANGE = 1e3
+STATUS_NAMES = {
+    CONVERGED_GRADIENT: "gradient tolerance",
+    CONVERGED_AUX: "score stable",
+    STALLED: "line search stalled",
+    MAX_ITERATIONS: "max iterations",
+}
+
+
+class MinimizeResult(NamedTuple):
+    """Per-row outcome of `minimize`; every field has leading axis ``B``.
+
+    Attributes:
+        z: ``(B, n)`` minimisers.  value: ``(B,)``.  grad_max: ``(B,)`` max |∇f| at ``z``.
+        aux: ``(B, k)`` auxiliary output of the objective at ``z``.
+        gamma: ``(B,)`` the last inverse-curvature scale sᵀy / yᵀy, to warm-start a later solve.
+        iterations: ``(B,)`` L-BFGS iterations taken.  evaluations: ``(B,)`` objective
+        evaluations (each one value and gradient).
+        status: ``(B,)`` one of the codes in `STATUS_NAMES`.
+    """
+
+    z: jax.Array
+    value: jax.Array
+    grad_max: jax.Array
+    aux: jax.Array
+    gamma: jax.Array
+    iterations: jax.Array
+    evaluations: jax.Array
+    status: jax.Array
+
+
+def _rowdot(a, b):
+    return jnp.sum(a * b, axis=-1)
+
+
+def _two_loop(g, S, Y, rho, h0, newest, n_pairs):
+    """Apply each row's L-BFGS inverse Hessian to ``g (B, n)``.
+
+    ``S, Y (m, B, n)`` and ``rho (m, B)`` hold the curvature pairs, slot ``newest`` the
+    latest; a row that stored nothing in a slot has ``rho = 0`` there and skips it.
+    ``h0(q)`` applies the initial inverse Hessian.
+    """
+    m = rho.shape[0]
+
+    def backward(i, carry):
+        q, alphas = carry
+        j = (newest - i) % m
+        a = rho[j] * _rowdot(S[j], q)
+        return q - a[:, None] * Y[j], alphas.at[i].set(a)
+
+    q, alphas = jax.lax.fori_loop(0, n_pairs, backward, (g, jnp.zeros_like(rho)))
+    r = h0(q)
+
+    def forward(k, r):
+        i = n_pairs - 1 - k
+        j = (newest - i) % m
+        b = rho[j] * _rowdot(Y[j], r)
+        return r + (alphas[i] - b)[:, None] * S[j]
+
+    return jax.lax.fori_loop(0, n_pairs, forward, r)
+
+
+def minimize(
+    fun: Callable,
+    z0: jax.Array,
+    gamma0: jax.Array,
+    *,
+    max_iterations,
+    gtol,
+    aux_tol,
+    aux_gtol=jnp.inf,
+    memory: int = 5,
+    max_backtracks: int = 20,
+) -> MinimizeResult:
+    """Minimise ``B`` independent functions at once with L-BFGS and a backtracking line search.
+
+    One pass of the loop evaluates ``fun`` once on every row: rows in their line search
+    try a shorter step, the others take a new L-BFGS direction. Tracing ``fun`` once keeps
+    the compiled program, and its compile time, small.
+
+    Args:
+        fun: ``z (B, n) -> (value (B,), grad (B, n), aux (B, k))``, row ``b`` depending on
+            row ``b`` of ``z`` only.
+        z0: ``(B, n)`` starting points (warm starts welcome).
+        gamma0: ``(B,)`` initial inverse-curvature scales (a previous solve's ``gamma``);
+            NaN where unknown, and the first step is then ``-g / max(1, max |g|)``.
+        max_iterations: L-BFGS iterations per row at most (may be traced).
+        gtol: a row has converged when ``max |grad| ≤ gtol``.
+        aux_tol: ``(k,)``; a row has also converged when every ``|Δaux|`` over one iteration
+            is at most ``aux_tol`` (pass negative values to switch this test off) and either
+            ``max |grad| ≤ aux_gtol`` or f changed by no more than its rounding noise.
+        memory: number of curvature pairs kept per row.
+        max_backtracks: halvings of the step before a row is declared stalled.
+
+    Returns:
+        a `MinimizeResult`.
+    """
+    B, n = z0.shape
+    dtype = z0.dtype
+    eps = jnp.finfo(dtype).eps
+    aux_shape = jax.eval_shape(fun, z0)[2]
+    zeros_b = jnp.zeros(B, dtype)
+    gamma0 = jnp.asarray(gamma0, dtype)
+    state = dict(
+        # the first pass evaluates z0 itself (t = 0) and accepts it whatever f is
+        z=z0, f=jnp.full(B, jnp.inf, dtype), g=jnp.zeros_like(z0), aux=jnp.full(aux_shape.shape, jnp.inf, aux_shape.dtype),
+        d=jnp.zeros_like(z0), t=zeros_b, backtracks=jnp.zeros(B, jnp.int32),
+        S=jnp.zeros((memory, B, n), dtype), Y=jnp.zeros((memory, B, n), dtype), rho=jnp.zeros((memory, B), dtype),
+        gamma=gamma0, diag=jnp.broadcast_to(jnp.where(jnp.isfinite(gamma0), gamma0, 1)[:, None], z0.shape),
+        use_diag=jnp.zeros(B, bool), pairs=jnp.asarray(0),
+        active=jnp.ones(B, bool), started=jnp.zeros(B, bool),
+        status=jnp.full(B, MAX_ITERATIONS, jnp.int32), iterations=jnp.zeros(B, jnp.int32),
+        evaluations=jnp.zeros(B, jnp.int32), passes=jnp.asarray(0),
+    )
+    max_passes = max_iterations * (max_backtracks + 1) + 1
+
+    # The arrays are (B, n) and the objective is often cheap, so the time goes into sweeps
+    # over memory: each pass takes the few row sums it needs and updates in place.
+    def body(s):
+        active, started, t, d, g, diag = s["active"], s["started"], s["t"], s["d"], s["g"], s["diag"]
+        tc = t[:, None]
+        f_t, g_t, aux_t = fun(s["z"] + tc * d)
+        y = g_t - g
+        slope, dy, yy, dd = _rowdot(d, g), _rowdot(d, y), _rowdot(y, y), _rowdot(d, d)
+        diag_error = _rowdot(diag * y - tc * d, diag * y - tc * d)  # |D y - s|²
+        gmax = jnp.max(jnp.abs(g_t), axis=-1)
+        sy = t * dy
+        # Armijo with a slack of a few ulps of |f|: near the optimum the true decrease drops
+        # below the rounding noise of f, and the gradient test has to take over. A direction
+        # that rounding turned uphill (slope ≥ 0) is refused and replaced by the scaled gradient.
+        uphill = started & ~(slope < 0)
+        ok = jnp.isfinite(f_t) & jnp.isfinite(gmax) & ~uphill & (f_t <= s["f"] + 1e-4 * t * slope + 8 * eps * jnp.abs(f_t))
+        accepted = active & ok
+        moved = accepted & started
+
+        # store the pair (s, y) = (t d, Δg) where sᵀy > 0 keeps H⁻¹ definite; all rows share one
+        # ring of slots: a row with nothing to store leaves a void pair (ρ = 0) there, and the
+        # slot is written on every pass but only kept, by advancing, when used
+        store = moved & (sy > eps * jnp.sqrt(t * t * dd * yy))
+        slot = s["pairs"] % memory
+        S = s["S"].at[slot].set(jnp.where(store[:, None], tc * d, 0))
+        Y = s["Y"].at[slot].set(jnp.where(store[:, None], y, 0))
+        rho = s["rho"].at[slot].set(jnp.where(store, 1 / jnp.where(store, sy, 1), 0))
+        pairs = s["pairs"] + jnp.any(store)
+        # the initial inverse Hessian: γ I, or a diagonal of per-coordinate secants s_i / y_i
+        # (exact 1 / ∇²f_ii where coordinates are independent), whichever predicted this pair
+        # better: |D y - s|² against |γ y - s|²
+        ss = t * t * dd
+        scalar_error = s["gamma"] ** 2 * yy - 2 * s["gamma"] * sy + ss
+        use_diag = jnp.where(store, diag_error < scalar_error, s["use_diag"])
+        gamma = jnp.where(store, sy / jnp.where(store, yy, 1), s["gamma"])
+        unknown = accepted & ~started & ~jnp.isfinite(gamma)
+        gamma = jnp.where(unknown, 1 / jnp.maximum(1, gmax), gamma)
+        bound = jnp.where(jnp.isfinite(gamma), gamma, 1)[:, None]
+        secant = tc * d * y / jnp.where(y == 0, 1, y * y)
+        secant = jnp.where(secant > 0, jnp.clip(secant, bound / DIAG_RANGE, bound * DIAG_RANGE), bound)
+        diag = jnp.where(store[:, None], secant, jnp.where(unknown[:, None], bound, diag))
+
+        z = s["z"] + jnp.where(accepted, t, 0)[:, None] * d
+        g = jnp.where(accepted[:, None], g_t, g)
+        f = jnp.where(accepted, f_t, s["f"])
+        aux = jnp.where(accepted[:, None], aux_t, s["aux"])
+        iterations = s["iterations"] + moved
+
+        converged_g = accepted & (gmax <= gtol)
+        # a settled aux output counts once the gradient is small or f changes by rounding noise
+        # only: a row crawling through a flat or non-convex stretch also moves aux little, but
+        # its f still falls and its gradient is large
+        at_noise_floor = jnp.abs(f_t - s["f"]) <= 16 * eps * jnp.abs(f_t)
+        converged_aux = moved & jnp.all(jnp.abs(aux_t - s["aux"]) <= aux_tol, axis=-1) & ((gmax <= aux_gtol) | at_noise_floor)
+        out_of_iterations = accepted & (iterations >= max_iterations)
+        retry = active & ~ok
+        backtracks = jnp.where(retry, s["backtracks"] + 1, 0)
+        stalled = retry & ((backtracks > max_backtracks) | ~started)  # ~started: z0 itself is not finite
+        status = jnp.where(converged_g, CONVERGED_GRADIENT, jnp.where(converged_aux, CONVERGED_AUX, jnp.where(stalled, STALLED, s["status"])))
+        active = active & ~converged_g & ~converged_aux & ~out_of_iterations & ~stalled
+
+        # the next direction, for rows that accepted a point (or turned uphill)
+        h0 = jnp.where(use_diag[:, None], diag, gamma[:, None])
+        r = _two_loop(g, S, Y, rho, lambda q: h0 * q, (pairs - 1) % memory, jnp.minimum(pairs, memory))
+        new_direction = accepted | (active & uphill)
+        d = jnp.where(new_direction[:, None], -jnp.where(uphill[:, None], h0 * g, r), d)
+        return dict(
+            z=z, f=f, g=g, aux=aux, d=d,
+            t=jnp.where(new_direction, 1, jnp.where(retry, t / 2, t)).astype(dtype),
+            backtracks=backtracks, S=S, Y=Y, rho=rho, gamma=gamma, diag=diag, use_diag=use_diag, pairs=pairs,
+            active=active, started=started | accepted, status=status.astype(jnp.int32),
+            iterations=iterations, evaluations=s["evaluations"] + s["active"], passes=s["passes"] + 1,
+        )
+
+    s = jax.lax.while_loop(lambda s: jnp.any(s["active"]) & (s["passes"] < max_passes), body, state)
+    grad_max = jnp.max(jnp.abs(s["g"]), axis=-1)
+    return MinimizeResult(s["z"], s["f"], grad_max, s["aux"], s["gamma"], s["iterations"], s["evaluations"], s["status"])
+
+
+class CGResult(NamedTuple):
+    """Per-system outcome of `conjugate_gradient` (leading axes as ``b``).
+
+    Attributes: x: solutions.  iterations: operator applications.  converged: residual
+    norm at most ``rtol`` times that of ``b``.  relative_residual: ``|r| / |b|``.
+    """
+
+    x: jax.Array
+    iterations: jax.Array
+    converged: jax.Array
+    relative_residual: jax.Array
+
+
+def conjugate_gradient(matvec: Callable, b: jax.Array, *, max_iterations, rtol) -> CGResult:
+    """Solve ``A x = b`` for many symmetric positive-definite systems at once.
+
+    Args:
+        matvec: ``v (..., n) -> A v (..., n)``, system by system along the leading axes.
+        b: ``(..., n)`` right-hand sides.
+        max_iterations: at most this many operator applications (may be traced).
+        rtol: stop a system when ``|r| ≤ rtol |b|``.
+    """
+    bb = _rowdot(b, b)
+    target = (rtol**2) * bb
+    x = jnp.zeros_like(b)
+    state = (x, b, b, bb, jnp.zeros(bb.shape, jnp.int32), bb > target, 0)
+
+    def cond(s):
+        return jnp.any(s[5]) & (s[6] < max_iterations)
+
+    def body(s):
+        x, r, p, rr, its, active, n = s
+        Ap = matvec(p)
+        pAp = _rowdot(p, Ap)
+        # a non-positive pAp means the MAP is not a strict maximum along p: freeze the system
+        good = active & (pAp > 0)
+        alpha = jnp.where(good, rr / jnp.where(good, pAp, 1), 0)
+        x = x + alpha[..., None] * p
+        r_new = r - alpha[..., None] * Ap
+        rr_new = jnp.where(good, _rowdot(r_new, r_new), rr)
+        beta = jnp.where(good, rr_new / jnp.where(good, rr, 1), 0)
+        p = jnp.where(good[..., None], r_new + beta[..., None] * p, p)
+        r = jnp.where(good[..., None], r_new, r)
+        return x, r, p, rr_new, its + active, good & (rr_new > target), n + 1
+
+    x, r, p, rr, its, active, _ = jax.lax.while_loop(cond, body, state)
+    return CGResult(x, its, rr <= target, jnp.sqrt(rr / jnp.where(bb > 0, bb, 1)))
+
+
+__all__ = ["minimize", "MinimizeResult", "conjugate_gradient", "CGResult", "STATUS_NAMES"]
