@@ -125,9 +125,3 @@ def nuts(
     flat = samples.reshape(-1, samples.shape[-1])
     return flat[jax.random.permutation(shuffle_key, flat.shape[0])[:n]]
 
-
-def best_of(log_density: Callable[[jax.Array], jax.Array], candidates: jax.Array, k: int) -> jax.Array:
-    """The ``k`` rows of ``candidates`` ``(m, d)`` with the highest finite ``log_density``: ``(k, d)``."""
-    lp = jax.jit(jax.vmap(log_density))(candidates)
-    lp = jnp.where(jnp.isfinite(lp), lp, -jnp.inf)
-    return candidates[jnp.argsort(-lp)[:k]]
