@@ -40,6 +40,7 @@ JACOBIAN_METHODS = ("implicit", "finite_difference")
 PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
 JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was below this × theta_rtol
 CHUNK_BYTES = 1 << 20  # rows per compiled chunk: about this much memory in the chunk's arrays
+SECANT_RANGE = 4.0  # a secant step is used only within this factor of the covariance step's length
 NOISE_FACTOR = 4  # cache a simulation's random numbers when they are at most this × (n_x + n_z) values
 # a MAP whose θ-score has settled counts as converged once max |∇z| ≤ this × map_gtol; so does one
 # whose line search stalls (float rounding) there
@@ -426,29 +427,47 @@ def _extrapolation(u, u_of_Z, u_of_Z_previous) -> float:
     return 0.0 if norm == 0 else float(np.clip((u - u_of_Z) @ last / norm, 0.0, 2.0))
 
 
-def _newton_step(u, s_post, s_sims, h_prior, secant):
-    """The Newton step to the root of the MUSE score, its length in σ, its kind, the secant state.
+class _RootFinder:
+    """Steps θ towards the root of the MUSE score: Newton steps, secant updates, retreats.
 
-    The matrix F ≈ −ds/dθ is the simulations' score covariance minus the prior's Hessian
-    (J ≈ H, as muse_inference takes it). From the second iteration on, a Broyden update from
-    the last two (θ, s) pairs replaces it when it stays within a factor of 5 of it: the
-    simulations keep their random numbers, so s(θ) is smooth and the secant measures its slope.
-    The length in σ is measured with the covariance F either way.
+    The Newton matrix F ≈ −ds/dθ starts as the simulations' score covariance minus the
+    prior's Hessian (J ≈ H, as muse_inference takes it) and then follows Broyden's secant
+    update along the steps taken, kept while positive definite: the simulations keep their
+    random numbers, so s(θ) is smooth and the secant measures its actual slope (far from the
+    root J and ds/dθ can differ many times over). Covariance steps are damped by
+    ``step_scale``; secant steps are full. A step that leaves the score further from zero
+    (in σ units) than the best point so far is taken back halfway.
     """
-    F_cov = np.atleast_2d(np.cov(s_sims, rowvar=False)) - np.atleast_2d(h_prior)
-    F, kind = F_cov, "covariance"
-    if secant is not None:
-        u_last, s_last, F_last = secant
-        du, ds = u - u_last, s_post - s_last
-        if du @ du > 0:
-            F_b = F_last + np.outer(-ds - F_last @ du, du) / (du @ du)
-            F_b = 0.5 * (F_b + F_b.T)
-            ratio = np.linalg.eigvals(np.linalg.solve(F_cov, F_b)).real
-            if np.all(ratio > 0.2) and np.all(ratio < 5):
-                F, kind = F_b, "secant"
-    newton = np.linalg.solve(F, s_post)
-    distance = float(np.sqrt(max(newton @ F_cov @ newton, 0.0)))
-    return newton, distance, kind, (u, s_post, F)
+
+    def __init__(self, step_scale: float):
+        self.step_scale = step_scale
+        self.F = None
+        self.last = None  # (θ, s) of the last evaluation
+        self.best = None  # (θ, length of its Newton step in σ)
+
+    def step(self, u, s_post, F_cov):
+        """Returns (the Newton step from u, its length in σ, the kind of step, the next θ)."""
+        length = lambda step: float(np.sqrt(max(step @ F_cov @ step, 0.0)))  # in σ
+        F, kind = F_cov, "covariance"
+        merit = length(np.linalg.solve(F_cov, s_post))
+        if self.last is not None:
+            du, ds = u - self.last[0], s_post - self.last[1]
+            if du @ du > 0:
+                F_b = self.F + np.outer(-ds - self.F @ du, du) / (du @ du)
+                F_b = 0.5 * (F_b + F_b.T)
+                # a secant from a far-off or curved stretch can propose wild steps: keep it
+                # only while its step stays within a factor of SECANT_RANGE of the covariance step
+                if np.all(np.linalg.eigvalsh(F_b) > 0):
+                    ratio = length(np.linalg.solve(F_b, s_post)) / max(merit, 1e-300)
+                    if 1 / SECANT_RANGE < ratio < SECANT_RANGE:
+                        F, kind = F_b, "secant"
+        self.F, self.last = F, (u, s_post)
+        newton = np.linalg.solve(F, s_post)
+        distance = length(newton)
+        if self.best is not None and merit > self.best[1]:
+            return newton, distance, kind + ", retreat", self.best[0] + 0.5 * (u - self.best[0])
+        self.best = (u, merit)
+        return newton, distance, kind, u + (self.step_scale if kind == "covariance" else 1.0) * newton
 
 
 def _failed_rows(result, gtol: float) -> np.ndarray:
@@ -570,7 +589,7 @@ def muse(
     batch = _Batch(fns, x, keys, Z, u if result is not None else None, vectorize, chunk_size, model.z_dim)
     tolerances = dict(gtol=map_gtol, cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol)
     want_jacobian = jacobian == "implicit" and vectorize
-    secant = None  # the last θ, score and Newton matrix, for secant updates
+    root_finder = _RootFinder(step_scale)
 
     start = time.perf_counter()
     converged, distance = False, np.inf
@@ -595,7 +614,8 @@ def muse(
             g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(jnp.asarray(u, batch.dtype)))
             s_sims = rows.score[1:]
             s_post = rows.score[0] - s_sims.mean(0) + g_prior
-            newton, distance, kind, secant = _newton_step(u, s_post, s_sims, h_prior, secant)
+            F_cov = np.atleast_2d(np.cov(s_sims, rowvar=False)) - np.atleast_2d(h_prior)
+            newton, distance, kind, u_next = root_finder.step(u, s_post, F_cov)
             score_scale = np.std(s_sims, axis=0)
             failed = _failed_rows(rows, map_gtol)
             history.append(_record(model, u, s_post, distance, kind, rows, failed, time.perf_counter() - t0))
@@ -607,8 +627,7 @@ def muse(
             if distance < theta_rtol:
                 converged = True
                 break
-            # a step from the sims' covariance is damped; a secant step has measured the slope
-            u = u + (step_scale if kind == "covariance" else 1.0) * newton
+            u = u_next
     finally:
         bar.close()
     theta_hat = u_evaluated + newton
