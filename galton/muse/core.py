@@ -13,9 +13,14 @@ and θ̂ solves s_MUSE(θ̂) = 0. Its covariance is
 where the simulations x(θ', ε_i) keep their random numbers ε_i fixed. H comes from implicit
 differentiation of ẑ: dẑ = (−∇z² log p)⁻¹ ∂x∇z log p · dx, solved with conjugate gradients.
 
-All MAP solves of one iteration (the data and every simulation) are a single batched L-BFGS
-run inside one compiled function; the simulations keep their keys from iteration to
-iteration (common random numbers), so each warm-starts from its previous MAP.
+How it runs fast: every iteration is one compiled call. The simulations keep their random
+numbers from iteration to iteration (common random numbers), so those are drawn once per run
+(`_split_sampler`) and only the θ-dependent part of the simulator runs again. The data and all
+simulations then go through a compiled loop over chunks of rows; within a chunk, simulation,
+batched L-BFGS (`solvers.minimize`) and, near convergence, the implicit-differentiation H
+all run vectorised on arrays small enough to stay in cache. Each MAP warm-starts from its last
+value carried along the last step in θ. θ moves by damped Newton steps that turn into secant
+steps once two points are known (`_RootFinder`).
 """
 
 from __future__ import annotations
@@ -39,7 +44,10 @@ from galton.problem import ProblemError
 JACOBIAN_METHODS = ("implicit", "finite_difference")
 PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
 JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was below this × theta_rtol
-CHUNK_BYTES = 1 << 20  # rows per compiled chunk: about this much memory in the chunk's arrays
+# rows per compiled chunk: about this many bytes per (chunk, n) array; measured on the funnel with
+# 10,000 latents (2-core CPU), 4 to 16 rows are equally fast, 1 row (per-kernel overhead) and
+# all 101 rows (arrays streaming from memory) 2 to 3 times slower
+CHUNK_BYTES = 1 << 18
 SECANT_RANGE = 4.0  # a secant step is used only within this factor of the covariance step's length
 NOISE_FACTOR = 4  # cache a simulation's random numbers when they are at most this × (n_x + n_z) values
 # a MAP whose θ-score has settled counts as converged once max |∇z| ≤ this × map_gtol; so does one
@@ -360,7 +368,7 @@ class _Batch:
         self.dtype = x.dtype
         self.rows = 1 + keys.shape[0]
         if chunk_size is None:
-            chunk_size = max(1, CHUNK_BYTES // (4 * 40 * max(z_dim, x.shape[0])))
+            chunk_size = max(2, CHUNK_BYTES // (4 * max(z_dim, x.shape[0])))
         self.chunk_size = int(min(chunk_size, self.rows)) if vectorize else 1
         padded = -(-self.rows // self.chunk_size) * self.chunk_size
         # the data row simulates too (with a borrowed key) and is then given x_obs
@@ -532,7 +540,7 @@ def muse(
         vectorize: ``False`` runs one compiled solve per simulation in a Python loop (the
             reference package's way, for comparison).
         chunk_size: simulations solved together, vectorised, in each step of the compiled
-            loop over them; by default as many as keep a chunk's arrays near 1 MB (in cache).
+            loop over them; by default as many as keep a chunk's arrays near 256 kB.
         progress: show a progress bar.
 
     Returns:
@@ -544,6 +552,8 @@ def muse(
     """
     if jacobian not in JACOBIAN_METHODS:
         raise ValueError(f"jacobian must be one of {JACOBIAN_METHODS}, got {jacobian!r}")
+    if max_iterations < 1:
+        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
     nsims = (100 if result is None else result.nsims) if nsims is None else int(nsims)
     if theta_start is None and result is not None and result._unflatten is not None:
         theta_start = result.theta
@@ -605,17 +615,27 @@ def muse(
                 rows = batch.run(u, min(map_max_iterations, PILOT_ITERATIONS), -np.ones(d), False, **tolerances)
                 _check_scores(rows.score, model.names, f"iteration {len(history) + 1}")
                 score_scale = np.std(rows.score[1:], axis=0)
+                has_jacobian = False
                 if np.any(rows.status > solvers.CONVERGED_AUX):
                     rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
+                    has_jacobian = with_jacobian
             else:
                 rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
+                has_jacobian = with_jacobian
             _check_scores(rows.score, model.names, f"iteration {len(history) + 1}")
             u_evaluated, last = u, rows
             g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(jnp.asarray(u, batch.dtype)))
             s_sims = rows.score[1:]
             s_post = rows.score[0] - s_sims.mean(0) + g_prior
             F_cov = np.atleast_2d(np.cov(s_sims, rowvar=False)) - np.atleast_2d(h_prior)
-            newton, distance, kind, u_next = root_finder.step(u, s_post, F_cov)
+            try:
+                newton, distance, kind, u_next = root_finder.step(u, s_post, F_cov)
+            except np.linalg.LinAlgError:
+                raise MuseError(
+                    f"the simulations' scores have a singular covariance at θ = {history[-1]['theta'] if history else theta_start} "
+                    f"(variances {np.diag(F_cov).tolist()} for {model.names}): the data do not inform some parameter there, "
+                    f"or nsims={nsims} is too few"
+                ) from None
             score_scale = np.std(s_sims, axis=0)
             failed = _failed_rows(rows, map_gtol)
             history.append(_record(model, u, s_post, distance, kind, rows, failed, time.perf_counter() - t0))
@@ -639,7 +659,7 @@ def muse(
         if not vectorize:
             H_sims, cg_its, cg_residual = (np.asarray(a) for a in fns.implicit_jacobian_loop(u_eval, keys, batch.Z[1 : 1 + nsims], cg_max_iterations, cg_rtol))
         else:
-            if not np.any(last.cg_iterations):  # H was not computed with the last MAPs: one more pass
+            if not has_jacobian:  # H did not come with the last MAPs: one more pass at the same θ
                 last = batch.run(u_evaluated, map_max_iterations, map_score_rtol * score_scale, True, **tolerances)
             H_sims, cg_its, cg_residual = last.H[1:], last.cg_iterations[1:], last.cg_residual[1:]
         n_hvps += int(cg_its.sum()) + 2 * nsims * d  # CG products, plus the two jvps per direction
@@ -663,9 +683,15 @@ def muse(
     H_sims = np.asarray(H_sims, np.float64)
     _check_scores(np.concatenate([np.zeros((1, d * d)), H_sims.reshape(nsims, -1)]), model.names, "the computation of H")
     H = H_sims.mean(0)
-    H_prior = -np.atleast_2d(np.asarray(fns.prior_terms(jnp.asarray(theta_hat, dtype))[1], np.float64))
-    precision = H.T @ np.linalg.solve(J, H) + H_prior
-    cov = np.linalg.inv(precision)
+    H_prior = -np.atleast_2d(np.asarray(fns.prior_terms(jnp.asarray(theta_hat, batch.dtype))[1], np.float64))
+    try:
+        cov = np.linalg.inv(H.T @ np.linalg.solve(J, H) + H_prior)
+    except np.linalg.LinAlgError:
+        flat = [n for n, v in zip(model.names, np.diag(J)) if not v > 0]
+        raise MuseError(
+            f"J, the covariance of the simulations' scores, is singular (zero variance for {flat or 'a combination of'} "
+            f"{'' if flat else model.names}): the data do not inform some parameter, or nsims={nsims} is too few"
+        ) from None
     cov = 0.5 * (cov + cov.T)
     elapsed += time.perf_counter() - start
 

@@ -69,7 +69,7 @@ class FlatModel:
 
     Attributes:
         name, names (flat θ names), theta_dim, z_dim, x_dim, bijection (unconstrained θ ->
-        original θ, column by column), has_structure (whether θ comes in the user's structure).
+        original θ, column by column).
     """
 
     name: str
