@@ -8,6 +8,8 @@ import time
 
 import jax
 
+from galton.muse_cli import add_muse_command
+
 
 def _tasks(args) -> int:
     from galton import tasks
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="runs/latest", help="directory for samples, plots and summary")
     run.set_defaults(handler=_run)
+
+    add_muse_command(commands)
 
     demo = commands.add_parser("demo", help="a small inference end to end (what ./dev demo runs)")
     demo.add_argument("--out", default="runs/demo")
