@@ -13,7 +13,7 @@ import numpy as np
 import paramax
 from flowjax.bijections import RationalQuadraticSpline
 from flowjax.distributions import Normal
-from flowjax.flows import coupling_flow, masked_autoregressive_flow
+from flowjax.flows import masked_autoregressive_flow
 
 from galton import nets
 
@@ -21,10 +21,12 @@ FLOWS = ("nsf", "maf")
 
 
 def make_flow(kind: str, dim: int, cond_dim: int, *, key: jax.Array, transforms: int = 5, hidden: int = 50, depth: int = 2, bins: int = 10):
-    """A conditional flow over ``(dim,)`` given ``(cond_dim,)`` (sizes follow sbi's defaults).
+    """A conditional masked autoregressive flow over ``(dim,)`` given ``(cond_dim,)`` (sbi's sizes).
 
-    ``"nsf"``: rational-quadratic spline coupling layers (autoregressive when dim = 1, where
-    coupling has nothing to condition on); ``"maf"``: masked autoregressive affine layers.
+    ``"nsf"``: rational-quadratic spline transformers; ``"maf"``: affine ones (tanh conditioners,
+    as sbi's MAF). Autoregressive splines rather than coupling ones: on gaussian_linear (10-d)
+    coupling splines overfit (C2ST 0.57–0.80 at 10k simulations against 0.55 autoregressive),
+    while on two_moons both score alike.
     """
     base = Normal(jnp.zeros(dim))
     if kind == "maf":
@@ -33,8 +35,9 @@ def make_flow(kind: str, dim: int, cond_dim: int, *, key: jax.Array, transforms:
         )
     if kind == "nsf":
         spline = RationalQuadraticSpline(knots=bins, interval=4.0)
-        build = coupling_flow if dim > 1 else masked_autoregressive_flow
-        return build(key, base_dist=base, transformer=spline, cond_dim=cond_dim, flow_layers=transforms, nn_width=hidden, nn_depth=depth)
+        return masked_autoregressive_flow(
+            key, base_dist=base, transformer=spline, cond_dim=cond_dim, flow_layers=transforms, nn_width=hidden, nn_depth=depth
+        )
     raise ValueError(f"flow must be one of {FLOWS}, got {kind!r}")
 
 
