@@ -57,8 +57,10 @@ def npe_posterior(sims):
         (NLE(transforms=3, hidden=32, training=FAST, sampler=SAMPLER), 0.6),
         (NRE(variant="b", training=FAST, sampler=SAMPLER), 0.62),
         (NRE(variant="c", training=FAST, sampler=SAMPLER), 0.62),
+        (NRE(variant="a", training=FAST, sampler=SAMPLER), 0.62),
+        (NRE(variant="balanced", training=FAST, sampler=SAMPLER), 0.65),
     ],
-    ids=["nle", "nre-b", "nre-c"],
+    ids=["nle", "nre-b", "nre-c", "nre-a", "bnre"],
 )
 def test_mcmc_methods_recover_the_analytic_posterior(method, threshold, sims, exact):
     posterior = infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
@@ -95,6 +97,28 @@ def test_sequential_npe_uses_the_atomic_loss_and_stays_accurate(exact):
     posterior = infer(PROBLEM, X_OBS, key=jax.random.key(4), method=method, budget=3000, rounds=2, progress=False)
     assert len(posterior.history) == 2
     assert c2st(exact, posterior.sample(1500, key=jax.random.key(5))) < 0.6
+
+
+@pytest.mark.parametrize("method", ["nle", "nre"])
+def test_sequential_mcmc_methods_train_on_every_round(method, exact):
+    small = dict(training=Training(max_epochs=40, patience=10), sampler=SAMPLER)
+    posterior = infer(PROBLEM, X_OBS, key=jax.random.key(4), method=method, budget=2000, rounds=2, progress=False, **small)
+    assert len(posterior.history) == 2
+    assert c2st(exact, posterior.sample(1000, key=jax.random.key(5))) < 0.65
+
+
+def test_mcmc_posterior_save_and_load_round_trip(sims, tmp_path):
+    from galton.posterior import load
+
+    method = NLE(transforms=2, hidden=16, training=Training(max_epochs=5), sampler=(("num_chains", 4), ("warmup", 50)))
+    posterior = infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+    posterior.save(tmp_path / "nle")
+    loaded = load(tmp_path / "nle")
+    key = jax.random.key(12)
+    np.testing.assert_array_equal(loaded.sample(40, key=key), posterior.sample(40, key=key))
+    theta = np.zeros((4, DIM))
+    np.testing.assert_array_equal(loaded.log_prob(theta), posterior.log_prob(theta))
+    assert loaded.sampler == posterior.sampler
 
 
 def test_save_and_load_round_trip(npe_posterior, tmp_path):
