@@ -36,14 +36,26 @@ def _log_density_unconstrained(log_density: Callable, prior: Prior) -> Callable:
 
 
 def initial_points(log_density: Callable, prior: Prior, n: int, *, key: jax.Array, candidates: int = 1000) -> jax.Array:
-    """``n`` starting points ``(n, d)``: prior draws resampled in proportion to ``exp(log_density)``."""
+    """``n`` starting points ``(n, d)``, each resampled from its own ``candidates`` prior draws
+    in proportion to ``exp(log_density)``.
+
+    Separate candidate sets matter for sharp, multimodal posteriors: resampling all chains
+    from one set puts them all on its single best draw, hence in one mode (slcp observation 2,
+    exact likelihood: 90 % of the draws in one of four equal modes, C2ST 0.83), while the best
+    draws of independent sets fall in each mode in proportion to its mass.
+    """
     key_draw, key_pick = jax.random.split(key)
-    theta = prior.sample(key_draw, (candidates,))
-    logp = jax.vmap(log_density)(theta)
-    if not bool(jnp.isfinite(logp).any()):
-        raise SamplingError(f"the log density is not finite at any of {candidates} prior draws")
-    logp = jnp.where(jnp.isfinite(logp), logp, -jnp.inf)
-    return theta[jax.random.categorical(key_pick, logp, shape=(n,))]
+    theta = prior.sample(key_draw, (n, candidates))
+    logp = jax.lax.map(jax.vmap(log_density), theta)
+    finite = jnp.isfinite(logp)
+    if not bool(finite.any()):
+        raise SamplingError(f"the log density is not finite at any of {n * candidates} prior draws")
+    logp = jnp.where(finite, logp, -jnp.inf)
+    picks = jax.random.categorical(key_pick, logp, axis=1)
+    starts = theta[jnp.arange(n), picks]
+    # a chain whose own draws all have zero density takes one from the pooled draws
+    pooled = theta.reshape(-1, theta.shape[-1])[jax.random.categorical(key_pick, logp.reshape(-1), shape=(n,))]
+    return jnp.where(finite.any(axis=1)[:, None], starts, pooled)
 
 
 def mcmc(
