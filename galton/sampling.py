@@ -7,11 +7,13 @@ draws resampled by their density, which spreads them over the modes in proportio
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.diagnostics import split_gelman_rubin
 from numpyro.infer import ESS, MCMC, NUTS
 
 from galton.problem import Prior
@@ -92,7 +94,37 @@ def mcmc(
         init = initial_points(log_density, prior, num_chains, key=key_init)
     u0 = prior.to_unconstrained(jnp.asarray(init))
     target = _log_density_unconstrained(log_density, prior)
-    kernel = NUTS(potential_fn=lambda u: -target(u)) if method == "nuts" else ESS(potential_fn=lambda u: -target(u))
+    potential = lambda u: -target(u)  # noqa: E731
+    kernel = NUTS(potential_fn=potential) if method == "nuts" else ESS(potential_fn=potential)
+    u = run_chains(kernel, u0, n, key_run=key_run, key_shuffle=key_shuffle, warmup=warmup, thin=thin, progress=progress)
+    theta = prior.to_constrained(u)
+    if not bool(jnp.isfinite(theta).all()):
+        raise SamplingError("MCMC produced non-finite parameters; check the log density for NaNs")
+    return theta
+
+
+def run_chains(
+    kernel,
+    init: jax.Array,
+    n: int,
+    *,
+    key_run: jax.Array,
+    key_shuffle: jax.Array,
+    warmup: int,
+    thin: int = 1,
+    chain_method: str = "vectorized",
+    max_rhat: float | None = None,
+    progress: bool = False,
+) -> jax.Array:
+    """Run a NumPyro kernel from ``init (num_chains, d)`` and return ``n`` draws ``(n, d)``
+    pooled over chains and shuffled (each chain gives ``ceil(n / num_chains)`` after thinning).
+
+    ``chain_method``: ``"vectorized"`` runs the chains in lockstep (a step costs the longest
+    trajectory of any chain); ``"sequential"`` suits potentials with inner while-loops (ODE
+    solves), where lockstep chains would also wait for each other's solver steps.
+    ``max_rhat``: warn when a split R-hat exceeds it.
+    """
+    num_chains = init.shape[0]
     per_chain = -(-n // num_chains)
     sampler = MCMC(
         kernel,
@@ -100,15 +132,17 @@ def mcmc(
         num_samples=per_chain * thin,
         thinning=thin,
         num_chains=num_chains,
-        chain_method="vectorized",
+        chain_method=chain_method,
         progress_bar=progress,
     )
-    sampler.run(key_run, init_params=u0)
-    u = sampler.get_samples()
-    theta = prior.to_constrained(u)
-    if not bool(jnp.isfinite(theta).all()):
-        raise SamplingError("MCMC produced non-finite parameters; check the log density for NaNs")
-    return jax.random.permutation(key_shuffle, theta)[:n]
+    sampler.run(key_run, init_params=init if num_chains > 1 else init[0])
+    samples = sampler.get_samples(group_by_chain=True)  # (chains, per_chain, d)
+    if max_rhat is not None and num_chains > 1:
+        rhat = np.asarray(split_gelman_rubin(np.asarray(samples)))
+        if np.nanmax(rhat) > max_rhat:
+            warnings.warn(f"MCMC: split R-hat up to {np.nanmax(rhat):.3f} > {max_rhat}; chains may not have mixed", stacklevel=2)
+    flat = samples.reshape(-1, samples.shape[-1])
+    return flat[jax.random.permutation(key_shuffle, flat.shape[0])[:n]]
 
 
 def importance_resample(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import warnings
 from typing import Callable
 
 import jax
@@ -94,11 +93,10 @@ def nuts(
     Returns:
         ``(n, d)`` draws, shuffled across chains. Warns when split R-hat exceeds 1.05.
     """
-    from numpyro.diagnostics import split_gelman_rubin
-    from numpyro.infer import MCMC, NUTS
+    from numpyro.infer import NUTS
 
-    num_chains = init.shape[0]
-    per_chain = -(-n // num_chains)
+    from galton.sampling import run_chains
+
     kernel = NUTS(
         potential_fn=potential,
         dense_mass=dense_mass,
@@ -106,22 +104,9 @@ def nuts(
         forward_mode_differentiation=forward_mode,
         max_tree_depth=max_tree_depth,
     )
-    mcmc = MCMC(
-        kernel,
-        num_warmup=num_warmup,
-        num_samples=per_chain * thinning,
-        thinning=thinning,
-        num_chains=num_chains,
-        chain_method=chain_method,
-        progress_bar=False,
-    )
     run_key, shuffle_key = jax.random.split(key)
-    mcmc.run(run_key, init_params=init if num_chains > 1 else init[0])
-    samples = mcmc.get_samples(group_by_chain=True)  # (chains, per_chain, d)
-    if num_chains > 1:
-        rhat = np.asarray(split_gelman_rubin(np.asarray(samples)))
-        if np.nanmax(rhat) > 1.05:
-            warnings.warn(f"NUTS reference: split R-hat up to {np.nanmax(rhat):.3f} > 1.05; chains may not have mixed")
-    flat = samples.reshape(-1, samples.shape[-1])
-    return flat[jax.random.permutation(shuffle_key, flat.shape[0])[:n]]
+    return run_chains(
+        kernel, init, n, key_run=run_key, key_shuffle=shuffle_key, warmup=num_warmup, thin=thinning,
+        chain_method=chain_method, max_rhat=1.05,
+    )
 
