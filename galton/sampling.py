@@ -55,9 +55,11 @@ def initial_points(log_density: Callable, prior: Prior, n: int, *, key: jax.Arra
     logp = jnp.where(finite, logp, -jnp.inf)
     picks = jax.random.categorical(key_pick, logp, axis=1)
     starts = theta[jnp.arange(n), picks]
-    # a chain whose own draws all have zero density takes one from the pooled draws
-    pooled = theta.reshape(-1, theta.shape[-1])[jax.random.categorical(key_pick, logp.reshape(-1), shape=(n,))]
-    return jnp.where(finite.any(axis=1)[:, None], starts, pooled)
+    missing = ~finite.any(axis=1)
+    if bool(missing.any()):  # a chain whose own draws all have zero density takes one from the pooled draws
+        pool = jax.random.categorical(jax.random.fold_in(key_pick, 1), logp.reshape(-1), shape=(n,))
+        starts = jnp.where(missing[:, None], theta.reshape(-1, theta.shape[-1])[pool], starts)
+    return starts
 
 
 def mcmc(
