@@ -343,15 +343,30 @@ def _as_key(key) -> jax.Array:
     return jax.random.wrap_key_data(key.astype(jnp.uint32))
 
 
-def _check_scores(scores: np.ndarray, names: list[str], what: str) -> None:
+def _check_scores(scores: np.ndarray, names: list[str], what: str, rows: Rows | None = None) -> None:
+    """Raise `MuseError` naming the rows (0 = the data) whose scores are not finite.
+
+    With ``rows`` (the solve those scores came from, row for row) the message also says how
+    each of the first few MAP solves ended: an unconverged MAP is the usual cause.
+    """
     bad = np.flatnonzero(~np.all(np.isfinite(scores), axis=1))
     if bad.size == 0:
         return
-    labels = ["the data" if i == 0 else f"simulation {i - 1}" for i in bad[:10]]
+    label = lambda i: "the data" if i == 0 else f"simulation {i - 1}"
+    detail = ""
+    if rows is not None:
+        ends = [
+            f"{label(i)}: {solvers.STATUS_NAMES.get(int(rows.status[i]), '?')}, max |∇z log p| = {float(rows.grad_max[i]):.3g}"
+            for i in bad[:3]
+        ]
+        detail = (
+            f". Their MAP solves ended with {'; '.join(ends)}: a MAP far from converged (large |∇z log p|) "
+            "is the likely cause; raise map_max_iterations, reparametrise the latents, or start nearer"
+        )
     raise MuseError(
-        f"non-finite θ-score during {what} for {', '.join(labels)}"
+        f"non-finite θ-score during {what} for {', '.join(label(i) for i in bad[:10])}"
         f"{f' and {bad.size - 10} more' if bad.size > 10 else ''} (parameters {names}); the simulation or "
-        "its MAP produced NaN or inf: check the simulator at this θ, or start from a different theta_start"
+        f"its MAP produced NaN or inf: check the simulator at this θ, or start from a different theta_start{detail}"
     )
 
 
@@ -500,7 +515,7 @@ def muse(
     finite_difference_step: float = 0.1,
     map_max_iterations: int = 200,
     map_gtol: float = 1e-4,
-    map_score_rtol: float = 1e-3,
+    map_score_rtol: float = 1e-4,
     map_memory: int = 5,
     cg_max_iterations: int = 200,
     cg_rtol: float = 1e-4,
@@ -613,7 +628,7 @@ def muse(
                 # no spread of the scores known yet to say when a score is stable: a short pilot
                 # solve finds it, and the solve goes on from there unless every MAP converged
                 rows = batch.run(u, min(map_max_iterations, PILOT_ITERATIONS), -np.ones(d), False, **tolerances)
-                _check_scores(rows.score, model.names, f"iteration {len(history) + 1}")
+                _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
                 score_scale = np.std(rows.score[1:], axis=0)
                 has_jacobian = False
                 if np.any(rows.status > solvers.CONVERGED_AUX):
@@ -622,7 +637,7 @@ def muse(
             else:
                 rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
                 has_jacobian = with_jacobian
-            _check_scores(rows.score, model.names, f"iteration {len(history) + 1}")
+            _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
             u_evaluated, last = u, rows
             g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(jnp.asarray(u, batch.dtype)))
             s_sims = rows.score[1:]
@@ -681,7 +696,7 @@ def muse(
         if _failed_rows(fd_out, map_gtol).any():
             warnings.warn("MUSE: some MAP solves for the finite-difference H did not converge", RuntimeWarning, stacklevel=2)
     H_sims = np.asarray(H_sims, np.float64)
-    _check_scores(np.concatenate([np.zeros((1, d * d)), H_sims.reshape(nsims, -1)]), model.names, "the computation of H")
+    _check_scores(np.concatenate([np.zeros((1, d * d)), H_sims.reshape(nsims, -1)]), model.names, "the computation of H", last)
     H = H_sims.mean(0)
     H_prior = -np.atleast_2d(np.asarray(fns.prior_terms(jnp.asarray(theta_hat, batch.dtype))[1], np.float64))
     try:

@@ -108,7 +108,8 @@ def minimize(
     Args:
         fun: ``z (B, n) -> (value (B,), grad (B, n), aux (B, k))``, row ``b`` depending on
             row ``b`` of ``z`` only.
-        z0: ``(B, n)`` starting points (warm starts welcome).
+        z0: ``(B, n)`` starting points (warm starts welcome); a row whose f is not finite
+            there starts again, once, from 0.
         gamma0: ``(B,)`` initial inverse-curvature scales (a previous solve's ``gamma``);
             NaN where unknown, and the first step is then ``-g / max(1, max |g|)``.
         max_iterations: L-BFGS iterations per row at most (may be traced).
@@ -135,7 +136,7 @@ def minimize(
         S=jnp.zeros((memory, B, n), dtype), Y=jnp.zeros((memory, B, n), dtype), rho=jnp.zeros((memory, B), dtype),
         gamma=gamma0, diag=jnp.broadcast_to(jnp.where(jnp.isfinite(gamma0), gamma0, 1)[:, None], z0.shape),
         use_diag=jnp.zeros(B, bool), pairs=jnp.asarray(0),
-        active=jnp.ones(B, bool), started=jnp.zeros(B, bool),
+        active=jnp.ones(B, bool), started=jnp.zeros(B, bool), restarted=jnp.zeros(B, bool),
         status=jnp.full(B, MAX_ITERATIONS, jnp.int32), iterations=jnp.zeros(B, jnp.int32),
         evaluations=jnp.zeros(B, jnp.int32), passes=jnp.asarray(0),
     )
@@ -179,11 +180,18 @@ def minimize(
         unknown = accepted & ~started & ~jnp.isfinite(gamma)
         gamma = jnp.where(unknown, 1 / jnp.maximum(1, gmax), gamma)
         bound = jnp.where(jnp.isfinite(gamma), gamma, 1)[:, None]
-        secant = tc * d * y / jnp.where(y == 0, 1, y * y)
-        secant = jnp.where(secant > 0, jnp.clip(secant, bound / DIAG_RANGE, bound * DIAG_RANGE), bound)
-        diag = jnp.where(store[:, None], secant, jnp.where(unknown[:, None], bound, diag))
+        # a coordinate's secant counts only where its gradient change stands clear of rounding;
+        # elsewhere (it barely moved, or rounding flipped the sign) it keeps its last value
+        step = tc * d
+        determined = (step * y > 0) & (jnp.abs(y) > 64 * eps * (jnp.abs(g_t) + jnp.abs(g)))
+        secant = jnp.clip(step / jnp.where(determined, y, 1), bound / DIAG_RANGE, bound * DIAG_RANGE)
+        diag = jnp.where(store[:, None], jnp.where(determined, secant, diag), jnp.where(unknown[:, None], bound, diag))
 
-        z = s["z"] + jnp.where(accepted, t, 0)[:, None] * d
+        # a start where f is not finite (a warm start carried out of the support) is replaced,
+        # once, by the origin of the unconstrained space
+        bad_start = active & ~started & ~ok
+        restart = bad_start & ~s["restarted"]
+        z = jnp.where(restart[:, None], 0, s["z"] + jnp.where(accepted, t, 0)[:, None] * d)
         g = jnp.where(accepted[:, None], g_t, g)
         f = jnp.where(accepted, f_t, s["f"])
         aux = jnp.where(accepted[:, None], aux_t, s["aux"])
@@ -198,7 +206,7 @@ def minimize(
         out_of_iterations = accepted & (iterations >= max_iterations)
         retry = active & ~ok
         backtracks = jnp.where(retry, s["backtracks"] + 1, 0)
-        stalled = retry & ((backtracks > max_backtracks) | ~started)  # ~started: z0 itself is not finite
+        stalled = retry & ((backtracks > max_backtracks) | (bad_start & s["restarted"]))
         status = jnp.where(converged_g, CONVERGED_GRADIENT, jnp.where(converged_aux, CONVERGED_AUX, jnp.where(stalled, STALLED, s["status"])))
         active = active & ~converged_g & ~converged_aux & ~out_of_iterations & ~stalled
 
@@ -211,7 +219,7 @@ def minimize(
             z=z, f=f, g=g, aux=aux, d=d,
             t=jnp.where(new_direction, 1, jnp.where(retry, t / 2, t)).astype(dtype),
             backtracks=backtracks, S=S, Y=Y, rho=rho, gamma=gamma, diag=diag, use_diag=use_diag, pairs=pairs,
-            active=active, started=started | accepted, status=status.astype(jnp.int32),
+            active=active, started=started | accepted, restarted=s["restarted"] | restart, status=status.astype(jnp.int32),
             iterations=iterations, evaluations=s["evaluations"] + s["active"], passes=s["passes"] + 1,
         )
 
