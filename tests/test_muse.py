@@ -75,6 +75,16 @@ def test_gaussian_hierarchy_matches_the_analytic_posterior():
     assert abs(result.H[0, 1]) < 0.1 * np.sqrt(fisher[0, 0] * fisher[1, 1])
 
 
+def test_far_start_reaches_the_same_root_without_crawling():
+    # From a log-variance far too small the first covariance step overshoots to where the
+    # score saturates, and fixed-length steps then crawl back (47 iterations before the
+    # covariance steps were allowed to grow while they fall short)
+    far = muse(GAUSSIAN, gaussian_x_obs(), theta_start={"mu": 0.0, "log_var": -3.0}, nsims=400, key=jax.random.key(0), max_iterations=30, progress=False)
+    near = gaussian_result()
+    assert far.converged and far.iterations <= 30
+    assert np.all(np.abs(far.loc - near.loc) < 0.05 * near.std_unconstrained)
+
+
 def test_plain_jax_model_with_pytree_parameters_matches_too():
     def sample_x_z(key, theta):
         kz, kx = jax.random.split(key)

@@ -48,7 +48,8 @@ JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was be
 # 10,000 latents (2-core CPU), 4 to 16 rows are equally fast, 1 row (per-kernel overhead) and
 # all 101 rows (arrays streaming from memory) 2 to 3 times slower
 CHUNK_BYTES = 1 << 18
-SECANT_RANGE = 4.0  # a secant step is used only within this factor of the covariance step's length
+SECANT_RANGE = 4.0  # secant steps are used while within this factor of the covariance step's length
+MAX_GROWTH = 64.0  # covariance steps grow up to this many times while they fall short of the root
 NOISE_FACTOR = 4  # cache a simulation's random numbers when they are at most this × (n_x + n_z) values
 # a MAP whose θ-score has settled counts as converged once max |∇z| ≤ this × map_gtol; so does one
 # whose line search stalls (float rounding) there
@@ -451,28 +452,42 @@ def _extrapolation(u, u_of_Z, u_of_Z_previous) -> float:
 
 
 class _RootFinder:
-    """Steps θ towards the root of the MUSE score: Newton steps, secant updates, retreats.
+    """Steps θ towards the root of the MUSE score: Newton steps, secant updates, bracketing.
 
     The Newton matrix F ≈ −ds/dθ starts as the simulations' score covariance minus the
     prior's Hessian (J ≈ H, as muse_inference takes it) and then follows Broyden's secant
     update along the steps taken, kept while positive definite: the simulations keep their
     random numbers, so s(θ) is smooth and the secant measures its actual slope (far from the
     root J and ds/dθ can differ many times over). Covariance steps are damped by
-    ``step_scale``; secant steps are full. A step that leaves the score further from zero
-    (in σ units) than the best point so far is taken back halfway.
+    ``step_scale``; secant steps are full.
+
+    Far from the root the covariance step points the right way but can be many times too
+    short (where the score saturates, e.g. a variance far too large). While each new step
+    still points the way of the last one, the root has not been passed, and covariance steps
+    double in length (up to MAX_GROWTH times). A step that passed the root to a point further
+    from zero (in σ units) than the last is taken back halfway. Over 25 starts of the funnel,
+    the Gaussian hierarchy and the LogNormal example the growth took 242 iterations against
+    302 without it (one start, which did not converge in 50, now converging in 35), the worst
+    start 35 against 47, and no start more.
     """
 
     def __init__(self, step_scale: float):
         self.step_scale = step_scale
         self.F = None
         self.last = None  # (θ, s) of the last evaluation
-        self.best = None  # (θ, length of its Newton step in σ)
+        self.best = None  # (θ, length of its covariance step in σ): the point to retreat to
+        self.moved = None  # the last step taken
+        self.grow = 1.0  # growth of the allowed step while steps fall short
 
     def step(self, u, s_post, F_cov):
         """Returns (the Newton step from u, its length in σ, the kind of step, the next θ)."""
         length = lambda step: float(np.sqrt(max(step @ F_cov @ step, 0.0)))  # in σ
-        F, kind = F_cov, "covariance"
-        merit = length(np.linalg.solve(F_cov, s_post))
+        covariance = np.linalg.solve(F_cov, s_post)
+        merit = length(covariance)
+        newton, F, kind = covariance, F_cov, "covariance"
+        short = self.moved is not None and float(self.moved @ F_cov @ covariance) > 0
+        if self.moved is not None:
+            self.grow = min(2 * self.grow, MAX_GROWTH) if short else 1.0
         if self.last is not None:
             du, ds = u - self.last[0], s_post - self.last[1]
             if du @ du > 0:
@@ -481,16 +496,18 @@ class _RootFinder:
                 # a secant from a far-off or curved stretch can propose wild steps: keep it
                 # only while its step stays within a factor of SECANT_RANGE of the covariance step
                 if np.all(np.linalg.eigvalsh(F_b) > 0):
-                    ratio = length(np.linalg.solve(F_b, s_post)) / max(merit, 1e-300)
-                    if 1 / SECANT_RANGE < ratio < SECANT_RANGE:
-                        F, kind = F_b, "secant"
+                    secant = np.linalg.solve(F_b, s_post)
+                    if 1 / SECANT_RANGE < length(secant) / max(merit, 1e-300) < SECANT_RANGE:
+                        newton, F, kind = secant, F_b, "secant"
         self.F, self.last = F, (u, s_post)
-        newton = np.linalg.solve(F, s_post)
         distance = length(newton)
-        if self.best is not None and merit > self.best[1]:
+        if not short and self.best is not None and merit > self.best[1]:
+            self.moved, self.grow = None, 1.0  # (a retreat says nothing of the way to the root)
             return newton, distance, kind + ", retreat", self.best[0] + 0.5 * (u - self.best[0])
         self.best = (u, merit)
-        return newton, distance, kind, u + (self.step_scale if kind == "covariance" else 1.0) * newton
+        step = self.step_scale * self.grow * newton if kind == "covariance" else newton
+        self.moved = step
+        return newton, distance, kind, u + step
 
 
 def _failed_rows(result, gtol: float) -> np.ndarray:
