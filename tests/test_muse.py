@@ -164,6 +164,17 @@ def test_funnel_matches_quadrature_at_10000_latents():
     assert result.std[0] == pytest.approx(sd, rel=0.15)
 
 
+def test_stopping_on_the_predicted_error_keeps_the_estimate():
+    # MUSE stops once the error left after the last secant step is predicted below theta_rtol
+    # (superlinear convergence), one iteration before the step itself is that short
+    quick = funnel_result()
+    tight = muse(get("funnel", dim=1000).problem, funnel_data(1000), theta_start=0.0, nsims=200, key=jax.random.key(1),
+                 theta_rtol=1e-5, progress=False)
+    assert quick.converged and tight.converged and tight.iterations > quick.iterations
+    assert abs(quick.loc[0] - tight.loc[0]) < 0.01 * tight.std_unconstrained[0]
+    np.testing.assert_allclose(quick.std_unconstrained, tight.std_unconstrained, rtol=0.01)
+
+
 def test_finite_difference_h_agrees_with_implicit_differentiation():
     implicit = funnel_result()
     fd = muse(get("funnel", dim=1000).problem, funnel_data(1000), result=implicit, jacobian="finite_difference", progress=False)

@@ -43,6 +43,7 @@ from galton.problem import ProblemError
 
 JACOBIAN_METHODS = ("implicit", "finite_difference")
 PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
+SUPERLINEAR_BELOW = 0.1  # secant steps shorter than this (in σ) are taken to converge superlinearly
 JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was below this × theta_rtol
 # rows per compiled chunk: about this many bytes per (chunk, n) array; measured on the funnel with
 # 10,000 latents (2-core CPU), 4 to 16 rows are equally fast, 1 row (per-kernel overhead) and
@@ -159,6 +160,20 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         out = jax.lax.map(functools.partial(chunk, u, x_obs, extrapolate, settings), rows)
         return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)
 
+    @functools.partial(jax.jit, static_argnames="chunk_size")
+    def jacobian(u, x_obs, noise, is_data, Z, cg_max_iterations, cg_rtol, chunk_size):
+        """`implicit_rows` of every row at its MAP in Z, chunk by chunk as in `iteration`."""
+
+        def chunk(rows):
+            noise, is_data, Z = rows
+            X, dX = jax.vmap(simulate_with_tangents, (0, None))(noise, u)
+            return implicit_rows(u, jnp.where(is_data[:, None], x_obs, X), dX, Z, cg_max_iterations, cg_rtol)
+
+        B = Z.shape[0]
+        split = lambda a: a.reshape(B // chunk_size, chunk_size, *a.shape[1:])
+        out = jax.lax.map(chunk, jax.tree_util.tree_map(split, (noise, is_data, Z)))
+        return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)
+
     @jax.jit
     def implicit_jacobian(u, keys, Z, cg_max_iterations, cg_rtol):
         """Per simulation dŝ/dθ' ``(nsims, d, d)`` at the MAPs Z ``(nsims, n_z)``, CG iterations and residuals."""
@@ -205,7 +220,7 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         return tuple(jnp.concatenate(r) for r in zip(*rows))
 
     return SimpleNamespace(
-        iteration=iteration, noise=noise, implicit_jacobian=implicit_jacobian, finite_difference_jacobian=finite_difference_jacobian,
+        iteration=iteration, noise=noise, jacobian=jacobian, implicit_jacobian=implicit_jacobian, finite_difference_jacobian=finite_difference_jacobian,
         prior_terms=prior_terms, iteration_loop=iteration_loop, implicit_jacobian_loop=implicit_jacobian_loop,
     )
 
@@ -255,7 +270,7 @@ class MuseResult(GaussianPosterior):
         J: ``(d, d)`` covariance of the simulations' scores.  H: ``(d, d)`` Jacobian of the
             expected score, ``H[a, b] = d⟨s_a⟩/dθ_b``.  H_prior: ``(d, d)`` −∇² log p(θ̂).
         theta_evaluated: ``(d,)`` the unconstrained θ at which the last MAPs, J and H were
-            computed (within ``theta_rtol`` σ of θ̂ when converged).
+            computed (θ̂ is this plus the last Newton step, of at most 0.1 σ when converged).
         history: one dict per iteration (θ, step in σ, MAP iterations and failures, time).
         nsims, converged, iterations, time_s, n_gradient_evaluations, n_hessian_vector_products.
         scores: ``(nsims, d)`` the simulations' scores at ``theta_evaluated``.
@@ -422,6 +437,15 @@ class _Batch:
         self.n_evals += int(rows.evaluations.sum())
         return rows._replace(score=rows.score.astype(np.float64), H=rows.H.astype(np.float64))
 
+
+    def jacobian(self, cg_max_iterations, cg_rtol):
+        """H of every simulation at the MAPs of the last solve (its θ): ``(nsims, d, d)``, CG
+        iterations and residuals ``(nsims, d)``, as NumPy."""
+        out = self.fns.jacobian(
+            jnp.asarray(self.u_of_Z, self.dtype), self.x, self.noise, self.is_data, self.Z,
+            jnp.asarray(cg_max_iterations, jnp.int32), jnp.asarray(cg_rtol, self.dtype), chunk_size=self.chunk_size,
+        )
+        return tuple(np.asarray(a)[1 : self.rows] for a in jax.device_get(out))
 
     def undo(self) -> None:
         """Forget the last solve (its MAPs broke down): warm starts return to the MAPs before it."""
@@ -591,7 +615,9 @@ def muse(
             warm starts, keeps its history; with a larger ``nsims`` it adds simulations
             to J and H (the first simulations are the same ones).
         max_iterations: MUSE iterations in this call at most.
-        theta_rtol: stop when the Newton step to the root is below this many σ.
+        theta_rtol: stop when the error left in θ̂ is below this many σ: the length of the
+            Newton step to the root or, for secant steps shorter than 0.1 σ (where the secant
+            converges superlinearly), that length times its ratio to the step before.
         step_scale: damping of the Newton step (1 is a full step).
         jacobian: ``"implicit"`` (implicit differentiation through the MAP) or
             ``"finite_difference"`` (re-solve the MAPs at θ ± step).
@@ -668,7 +694,7 @@ def muse(
 
     start = time.perf_counter()
     converged, distance = False, np.inf
-    u_evaluated, retreats = None, 0
+    u_evaluated, retreats, previous = None, 0, None
     bar = tqdm(total=max_iterations, desc=f"MUSE {model.name}", unit="it", disable=not progress)
     try:
         for i in range(max_iterations):
@@ -701,7 +727,7 @@ def muse(
                     continue
             _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
             retreats = 0
-            u_evaluated, last = u, rows
+            u_evaluated, last, last_has_jacobian = u, rows, has_jacobian
             g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(jnp.asarray(u, batch.dtype)))
             s_sims = rows.score[1:]
             s_post = rows.score[0] - s_sims.mean(0) + g_prior
@@ -723,7 +749,14 @@ def muse(
                 f"θ={', '.join(f'{v:.4g}' for v in history[-1]['theta'][:4])} step={distance:.3g}σ "
                 f"MAP its≤{rows.iterations.max()} failed={int(failed.sum())}"
             )
-            if distance < theta_rtol:
+            # secant steps converge superlinearly: once in that regime the error left after this
+            # step is about its length times its ratio to the step before
+            remaining = distance
+            if kind == "secant" and previous is not None and distance < SUPERLINEAR_BELOW:
+                remaining = distance * min(1.0, distance / previous)
+            history[-1]["remaining_sigma"] = remaining
+            previous = distance
+            if remaining < theta_rtol:
                 converged = True
                 break
             u = u_next
@@ -738,9 +771,10 @@ def muse(
         if not vectorize:
             H_sims, cg_its, cg_residual = (np.asarray(a) for a in fns.implicit_jacobian_loop(u_eval, keys, batch.Z[1 : 1 + nsims], cg_max_iterations, cg_rtol))
         else:
-            if not has_jacobian:  # H did not come with the last MAPs: one more pass at the same θ
-                last = batch.run(u_evaluated, map_max_iterations, map_score_rtol * score_scale, True, **tolerances)
-            H_sims, cg_its, cg_residual = last.H[1:], last.cg_iterations[1:], last.cg_residual[1:]
+            if last_has_jacobian:
+                H_sims, cg_its, cg_residual = last.H[1:], last.cg_iterations[1:], last.cg_residual[1:]
+            else:  # H did not come with the last MAPs: from them, at the same θ
+                H_sims, cg_its, cg_residual = batch.jacobian(cg_max_iterations, cg_rtol)
         n_hvps += int(cg_its.sum()) + 2 * nsims * d  # CG products, plus the two jvps per direction
         unsolved = np.flatnonzero(~(cg_residual <= cg_rtol).all(axis=1))
         if unsolved.size:
