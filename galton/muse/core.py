@@ -138,8 +138,15 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         max_iterations, gtol, score_tol, with_jacobian, cg_max_iterations, cg_rtol = settings
         X, dX = jax.vmap(simulate_with_tangents, (0, None))(noise, u)
         X = jnp.where(is_data[:, None], x_obs, X)
-        out = solve(u, X, Z + extrapolate * (Z - Z_previous), gamma0, max_iterations, gtol, score_tol)
         c, d = Z.shape[0], u.shape[0]
+        Z0 = Z + extrapolate * (Z - Z_previous)
+        # max_iterations = 0 keeps the MAPs as they are: H from the last solve's MAPs, without
+        # a program of its own to compile
+        kept = lambda: solvers.MinimizeResult(
+            Z0, jnp.zeros(c, Z.dtype), jnp.zeros(c, Z.dtype), jnp.zeros((c, d), u.dtype), gamma0,
+            jnp.zeros(c, jnp.int32), jnp.zeros(c, jnp.int32), jnp.full(c, solvers.CONVERGED_GRADIENT, jnp.int32),
+        )
+        out = jax.lax.cond(max_iterations > 0, lambda: solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol), kept)
         skipped = (jnp.zeros((c, d, d), u.dtype), jnp.zeros((c, d), jnp.int32), jnp.zeros((c, d), u.dtype))
         jacobian = jax.lax.cond(with_jacobian, lambda: implicit_rows(u, X, dX, out.z, cg_max_iterations, cg_rtol), lambda: skipped)
         return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max, *jacobian)
@@ -158,20 +165,6 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         split = lambda a: a.reshape(B // chunk_size, chunk_size, *a.shape[1:])
         rows = jax.tree_util.tree_map(split, (noise, is_data, Z, Z_previous, gamma0))
         out = jax.lax.map(functools.partial(chunk, u, x_obs, extrapolate, settings), rows)
-        return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)
-
-    @functools.partial(jax.jit, static_argnames="chunk_size")
-    def jacobian(u, x_obs, noise, is_data, Z, cg_max_iterations, cg_rtol, chunk_size):
-        """`implicit_rows` of every row at its MAP in Z, chunk by chunk as in `iteration`."""
-
-        def chunk(rows):
-            noise, is_data, Z = rows
-            X, dX = jax.vmap(simulate_with_tangents, (0, None))(noise, u)
-            return implicit_rows(u, jnp.where(is_data[:, None], x_obs, X), dX, Z, cg_max_iterations, cg_rtol)
-
-        B = Z.shape[0]
-        split = lambda a: a.reshape(B // chunk_size, chunk_size, *a.shape[1:])
-        out = jax.lax.map(chunk, jax.tree_util.tree_map(split, (noise, is_data, Z)))
         return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)
 
     @jax.jit
@@ -220,7 +213,7 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         return tuple(jnp.concatenate(r) for r in zip(*rows))
 
     return SimpleNamespace(
-        iteration=iteration, noise=noise, jacobian=jacobian, implicit_jacobian=implicit_jacobian, finite_difference_jacobian=finite_difference_jacobian,
+        iteration=iteration, noise=noise, implicit_jacobian=implicit_jacobian, finite_difference_jacobian=finite_difference_jacobian,
         prior_terms=prior_terms, iteration_loop=iteration_loop, implicit_jacobian_loop=implicit_jacobian_loop,
     )
 
@@ -439,13 +432,10 @@ class _Batch:
 
 
     def jacobian(self, cg_max_iterations, cg_rtol):
-        """H of every simulation at the MAPs of the last solve (its θ): ``(nsims, d, d)``, CG
-        iterations and residuals ``(nsims, d)``, as NumPy."""
-        out = self.fns.jacobian(
-            jnp.asarray(self.u_of_Z, self.dtype), self.x, self.noise, self.is_data, self.Z,
-            jnp.asarray(cg_max_iterations, jnp.int32), jnp.asarray(cg_rtol, self.dtype), chunk_size=self.chunk_size,
-        )
-        return tuple(np.asarray(a)[1 : self.rows] for a in jax.device_get(out))
+        """H of every simulation at the MAPs of the last solve (its θ), without solving again:
+        ``(nsims, d, d)``, CG iterations and residuals ``(nsims, d)``, as NumPy."""
+        rows = self.run(self.u_of_Z, 0, np.zeros_like(self.u_of_Z), True, gtol=0.0, cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol)
+        return rows.H[1:], rows.cg_iterations[1:], rows.cg_residual[1:]
 
     def undo(self) -> None:
         """Forget the last solve (its MAPs broke down): warm starts return to the MAPs before it."""
