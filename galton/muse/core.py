@@ -69,7 +69,8 @@ class Rows(NamedTuple):
 
     Attributes: z ``(B, n_z)`` MAPs; score ``(B, d)`` ∇θ log p(x, ẑ | θ); gamma ``(B,)``;
     iterations, evaluations, status ``(B,)`` of the L-BFGS solves; grad_max ``(B,)``;
-    H ``(B, d, d)`` dŝ/dθ' (zeros unless asked for); cg_iterations, cg_residual ``(B, d)``.
+    H ``(B, d, d)`` dŝ/dθ' (zeros unless asked for); cg_iterations, cg_residual ``(B, d)``;
+    hvps ``(B,)`` Hessian-vector products of the solves (first steps).
     """
 
     z: jax.Array
@@ -82,6 +83,7 @@ class Rows(NamedTuple):
     H: jax.Array
     cg_iterations: jax.Array
     cg_residual: jax.Array
+    hvps: jax.Array
 @functools.lru_cache(maxsize=32)
 def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
     """The jitted functions MUSE runs for ``model``; cached so repeated runs skip compilation."""
@@ -97,9 +99,10 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
 
     def solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol):
         fun = lambda Z: jax.vmap(objective, (0, 0, None))(X, Z, u)
+        hvps = lambda Z, V: jax.vmap(hvp, (0, 0, None, 0))(X, Z, u, V)
         return solvers.minimize(
             fun, Z0, gamma0, max_iterations=max_iterations, gtol=gtol, aux_tol=score_tol,
-            aux_gtol=LOOSE_GTOL_FACTOR * gtol, memory=memory,
+            aux_gtol=LOOSE_GTOL_FACTOR * gtol, memory=memory, hvp=hvps,
         )
 
     def simulate_x(keys, u):
@@ -145,11 +148,12 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         kept = lambda: solvers.MinimizeResult(
             Z0, jnp.zeros(c, Z.dtype), jnp.zeros(c, Z.dtype), jnp.zeros((c, d), u.dtype), gamma0,
             jnp.zeros(c, jnp.int32), jnp.zeros(c, jnp.int32), jnp.full(c, solvers.CONVERGED_GRADIENT, jnp.int32),
+            jnp.zeros(c, jnp.int32),
         )
         out = jax.lax.cond(max_iterations > 0, lambda: solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol), kept)
         skipped = (jnp.zeros((c, d, d), u.dtype), jnp.zeros((c, d), jnp.int32), jnp.zeros((c, d), u.dtype))
         jacobian = jax.lax.cond(with_jacobian, lambda: implicit_rows(u, X, dX, out.z, cg_max_iterations, cg_rtol), lambda: skipped)
-        return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max, *jacobian)
+        return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max, *jacobian, out.hvps)
 
     @functools.partial(jax.jit, static_argnames="chunk_size", donate_argnums=5)
     def iteration(u, x_obs, noise, is_data, Z, Z_previous, gamma0, extrapolate, settings, chunk_size):
@@ -206,7 +210,7 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         out = jax.tree_util.tree_map(lambda *r: jnp.concatenate(r), *rows)
         B, d = Z.shape[0], u.shape[0]
         return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max,
-                    jnp.zeros((B, d, d), u.dtype), jnp.zeros((B, d), jnp.int32), jnp.zeros((B, d), u.dtype))
+                    jnp.zeros((B, d, d), u.dtype), jnp.zeros((B, d), jnp.int32), jnp.zeros((B, d), u.dtype), out.hvps)
 
     def implicit_jacobian_loop(u, keys, Z, cg_max_iterations, cg_rtol):
         rows = [one_implicit(u, k, z, cg_max_iterations, cg_rtol) for k, z in zip(keys, Z)]
@@ -407,7 +411,7 @@ class _Batch:
         self.Z_previous = jnp.zeros_like(self.Z)
         self.u_of_Z, self.u_of_Z_previous = u_of_Z, None
         self.gamma = jnp.full(padded, jnp.nan, self.dtype)  # unknown: the first solve finds them
-        self.n_evals = 0
+        self.n_evals = self.n_hvps = 0
 
     def run(self, u, max_iterations, score_tol, with_jacobian, *, gtol, cg_max_iterations, cg_rtol) -> Rows:
         """Solve every row at unconstrained θ ``u``; returns `Rows` of the data and simulations as NumPy."""
@@ -428,6 +432,7 @@ class _Batch:
         host = jax.device_get(out._replace(z=None))
         rows = Rows(*(None if a is None else np.asarray(a)[: self.rows] for a in host))
         self.n_evals += int(rows.evaluations.sum())
+        self.n_hvps += int(rows.hvps.sum())
         return rows._replace(score=rows.score.astype(np.float64), H=rows.H.astype(np.float64))
 
 
@@ -754,6 +759,7 @@ def muse(
         bar.close()
     theta_hat = u_evaluated + newton
     n_evals += batch.n_evals
+    n_hvps += batch.n_hvps
 
     u_eval = jnp.asarray(u_evaluated, batch.dtype)
     J = np.atleast_2d(np.cov(s_sims, rowvar=False))

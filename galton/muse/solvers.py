@@ -44,6 +44,7 @@ class MinimizeResult(NamedTuple):
         iterations: ``(B,)`` L-BFGS iterations taken.  evaluations: ``(B,)`` objective
         evaluations (each one value and gradient).
         status: ``(B,)`` one of the codes in `STATUS_NAMES`.
+        hvps: ``(B,)`` Hessian-vector products taken (for the first step).
     """
 
     z: jax.Array
@@ -54,6 +55,7 @@ class MinimizeResult(NamedTuple):
     iterations: jax.Array
     evaluations: jax.Array
     status: jax.Array
+    hvps: jax.Array
 
 
 def _rowdot(a, b):
@@ -98,6 +100,7 @@ def minimize(
     aux_gtol=jnp.inf,
     memory: int = 5,
     max_backtracks: int = 20,
+    hvp: Callable | None = None,
 ) -> MinimizeResult:
     """Minimise ``B`` independent functions at once with L-BFGS and a backtracking line search.
 
@@ -109,9 +112,10 @@ def minimize(
         fun: ``z (B, n) -> (value (B,), grad (B, n), aux (B, k))``, row ``b`` depending on
             row ``b`` of ``z`` only.
         z0: ``(B, n)`` starting points (warm starts welcome); a row whose f is not finite
-            there starts again, once, from 0.
+            there starts from 0 instead.
         gamma0: ``(B,)`` initial inverse-curvature scales (a previous solve's ``gamma``);
-            NaN where unknown, and the first step is then ``-g / max(1, max |g|)``.
+            NaN where unknown: the first step is then the minimiser along -∇f of the local
+            quadratic, gᵀg / gᵀ∇²f g (with ``hvp``), else ``-g / max(1, max |g|)``.
         max_iterations: L-BFGS iterations per row at most (may be traced).
         gtol: a row has converged when ``max |grad| ≤ gtol``.
         aux_tol: ``(k,)``; a row has also converged when every ``|Δaux|`` over one iteration
@@ -119,6 +123,8 @@ def minimize(
             ``max |grad| ≤ aux_gtol`` or f changed by no more than its rounding noise.
         memory: number of curvature pairs kept per row.
         max_backtracks: halvings of the step before a row is declared stalled.
+        hvp: optional ``(z (B, n), v (B, n)) -> (B, n)``, each row's ∇²f v (used once per
+            row of unknown scale).
 
     Returns:
         a `MinimizeResult`.
@@ -126,87 +132,98 @@ def minimize(
     B, n = z0.shape
     dtype = z0.dtype
     eps = jnp.finfo(dtype).eps
-    aux_shape = jax.eval_shape(fun, z0)[2]
-    zeros_b = jnp.zeros(B, dtype)
     gamma0 = jnp.asarray(gamma0, dtype)
+
+    # the start, outside the loop so that the loop's passes all do the same work
+    f0, g0, aux0 = fun(z0)
+    bad = ~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0), axis=-1))
+
+    def from_origin():  # a warm start carried out of the support: start those rows from 0
+        z = jnp.where(bad[:, None], 0, z0).astype(dtype)
+        f1, g1, aux1 = fun(z)
+        return z, jnp.where(bad, f1, f0), jnp.where(bad[:, None], g1, g0), jnp.where(bad[:, None], aux1, aux0)
+
+    z, f, g, aux = jax.lax.cond(jnp.any(bad), from_origin, lambda: (z0, f0, g0, aux0))
+    gmax = jnp.max(jnp.abs(g), axis=-1)
+    finite = jnp.isfinite(f) & jnp.isfinite(gmax)
+    g = jnp.where(finite[:, None], g, 0)
+    aux = jnp.where(finite[:, None], aux, jnp.inf)  # (a row with no finite point has no aux output)
+    unknown = finite & ~jnp.isfinite(gamma0)
+    scale = 1 / jnp.maximum(1, gmax)
+    hvps = jnp.zeros(B, jnp.int32)
+    if hvp is not None:
+        Hg = jax.lax.cond(jnp.any(unknown), lambda: hvp(z, g), lambda: jnp.zeros_like(g))
+        gHg = _rowdot(g, Hg)
+        scale = jnp.where(gHg > 0, _rowdot(g, g) / jnp.where(gHg > 0, gHg, 1), scale)
+        hvps = unknown.astype(jnp.int32)
+    gamma = jnp.where(unknown, scale, jnp.where(jnp.isfinite(gamma0), gamma0, 1)).astype(dtype)
+    converged = finite & (gmax <= gtol)
     state = dict(
-        # the first pass evaluates z0 itself (t = 0) and accepts it whatever f is
-        z=z0, f=jnp.full(B, jnp.inf, dtype), g=jnp.zeros_like(z0), aux=jnp.full(aux_shape.shape, jnp.inf, aux_shape.dtype),
-        d=jnp.zeros_like(z0), t=zeros_b, backtracks=jnp.zeros(B, jnp.int32),
+        z=z, f=f, g=g, aux=aux, d=-gamma[:, None] * g, t=jnp.ones(B, dtype), backtracks=jnp.zeros(B, jnp.int32),
         S=jnp.zeros((memory, B, n), dtype), Y=jnp.zeros((memory, B, n), dtype), rho=jnp.zeros((memory, B), dtype),
-        gamma=gamma0, diag=jnp.broadcast_to(jnp.where(jnp.isfinite(gamma0), gamma0, 1)[:, None], z0.shape),
-        use_diag=jnp.zeros(B, bool), pairs=jnp.asarray(0),
-        active=jnp.ones(B, bool), started=jnp.zeros(B, bool), restarted=jnp.zeros(B, bool),
-        status=jnp.full(B, MAX_ITERATIONS, jnp.int32), iterations=jnp.zeros(B, jnp.int32),
-        evaluations=jnp.zeros(B, jnp.int32), passes=jnp.asarray(0),
+        gamma=gamma, diag=jnp.broadcast_to(gamma[:, None], z0.shape), use_diag=jnp.zeros(B, bool), pairs=jnp.asarray(0),
+        active=finite & ~converged & (max_iterations > 0),
+        status=jnp.where(converged, CONVERGED_GRADIENT, jnp.where(finite, MAX_ITERATIONS, STALLED)).astype(jnp.int32),
+        iterations=jnp.zeros(B, jnp.int32), evaluations=1 + bad.astype(jnp.int32), passes=jnp.asarray(0),
     )
-    max_passes = max_iterations * (max_backtracks + 1) + 1
+    max_passes = max_iterations * (max_backtracks + 1)
 
     # The arrays are (B, n) and the objective is often cheap, so the time goes into sweeps
     # over memory: each pass takes the few row sums it needs and updates in place.
     def body(s):
-        active, started, t, d, g, diag = s["active"], s["started"], s["t"], s["d"], s["g"], s["diag"]
+        active, t, d, g, diag = s["active"], s["t"], s["d"], s["g"], s["diag"]
         tc = t[:, None]
-        f_t, g_t, aux_t = fun(s["z"] + tc * d)
+        step = tc * d
+        f_t, g_t, aux_t = fun(s["z"] + step)
         y = g_t - g
         slope, dy, yy, dd = _rowdot(d, g), _rowdot(d, y), _rowdot(y, y), _rowdot(d, d)
-        diag_error = _rowdot(diag * y - tc * d, diag * y - tc * d)  # |D y - s|²
+        diag_error = _rowdot(diag * y - step, diag * y - step)  # |D y - s|²
         gmax = jnp.max(jnp.abs(g_t), axis=-1)
         sy = t * dy
         # Armijo with a slack of a few ulps of |f|: near the optimum the true decrease drops
         # below the rounding noise of f, and the gradient test has to take over. A direction
         # that rounding turned uphill (slope ≥ 0) is refused and replaced by the scaled gradient.
-        uphill = started & ~(slope < 0)
+        uphill = ~(slope < 0)
         ok = jnp.isfinite(f_t) & jnp.isfinite(gmax) & ~uphill & (f_t <= s["f"] + 1e-4 * t * slope + 8 * eps * jnp.abs(f_t))
         accepted = active & ok
-        moved = accepted & started
 
         # store the pair (s, y) = (t d, Δg) where sᵀy > 0 keeps H⁻¹ definite; all rows share one
         # ring of slots: a row with nothing to store leaves a void pair (ρ = 0) there, and the
         # slot is written on every pass but only kept, by advancing, when used
-        store = moved & (sy > eps * jnp.sqrt(t * t * dd * yy))
+        store = accepted & (sy > eps * jnp.sqrt(t * t * dd * yy))
         slot = s["pairs"] % memory
-        S = s["S"].at[slot].set(jnp.where(store[:, None], tc * d, 0))
+        S = s["S"].at[slot].set(jnp.where(store[:, None], step, 0))
         Y = s["Y"].at[slot].set(jnp.where(store[:, None], y, 0))
         rho = s["rho"].at[slot].set(jnp.where(store, 1 / jnp.where(store, sy, 1), 0))
         pairs = s["pairs"] + jnp.any(store)
         # the initial inverse Hessian: γ I, or a diagonal of per-coordinate secants s_i / y_i
         # (exact 1 / ∇²f_ii where coordinates are independent), whichever predicted this pair
         # better: |D y - s|² against |γ y - s|²
-        ss = t * t * dd
-        scalar_error = s["gamma"] ** 2 * yy - 2 * s["gamma"] * sy + ss
+        scalar_error = s["gamma"] ** 2 * yy - 2 * s["gamma"] * sy + t * t * dd
         use_diag = jnp.where(store, diag_error < scalar_error, s["use_diag"])
         gamma = jnp.where(store, sy / jnp.where(store, yy, 1), s["gamma"])
-        unknown = accepted & ~started & ~jnp.isfinite(gamma)
-        gamma = jnp.where(unknown, 1 / jnp.maximum(1, gmax), gamma)
-        bound = jnp.where(jnp.isfinite(gamma), gamma, 1)[:, None]
+        bound = gamma[:, None]
         # a coordinate's secant counts only where its gradient change stands clear of rounding;
         # elsewhere (it barely moved, or rounding flipped the sign) it keeps its last value
-        step = tc * d
-        determined = (step * y > 0) & (jnp.abs(y) > 64 * eps * (jnp.abs(g_t) + jnp.abs(g)))
-        secant = jnp.clip(step / jnp.where(determined, y, 1), bound / DIAG_RANGE, bound * DIAG_RANGE)
-        diag = jnp.where(store[:, None], jnp.where(determined, secant, diag), jnp.where(unknown[:, None], bound, diag))
+        determined = store[:, None] & (step * y > 0) & (jnp.abs(y) > 64 * eps * (jnp.abs(g_t) + jnp.abs(g)))
+        diag = jnp.where(determined, jnp.clip(step / jnp.where(determined, y, 1), bound / DIAG_RANGE, bound * DIAG_RANGE), diag)
 
-        # a start where f is not finite (a warm start carried out of the support) is replaced,
-        # once, by the origin of the unconstrained space
-        bad_start = active & ~started & ~ok
-        restart = bad_start & ~s["restarted"]
-        z = jnp.where(restart[:, None], 0, s["z"] + jnp.where(accepted, t, 0)[:, None] * d)
+        z = s["z"] + jnp.where(accepted, t, 0)[:, None] * d
         g = jnp.where(accepted[:, None], g_t, g)
         f = jnp.where(accepted, f_t, s["f"])
         aux = jnp.where(accepted[:, None], aux_t, s["aux"])
-        iterations = s["iterations"] + moved
+        iterations = s["iterations"] + accepted
 
         converged_g = accepted & (gmax <= gtol)
         # a settled aux output counts once the gradient is small or f changes by rounding noise
         # only: a row crawling through a flat or non-convex stretch also moves aux little, but
         # its f still falls and its gradient is large
         at_noise_floor = jnp.abs(f_t - s["f"]) <= 16 * eps * jnp.abs(f_t)
-        converged_aux = moved & jnp.all(jnp.abs(aux_t - s["aux"]) <= aux_tol, axis=-1) & ((gmax <= aux_gtol) | at_noise_floor)
+        converged_aux = accepted & jnp.all(jnp.abs(aux_t - s["aux"]) <= aux_tol, axis=-1) & ((gmax <= aux_gtol) | at_noise_floor)
         out_of_iterations = accepted & (iterations >= max_iterations)
         retry = active & ~ok
         backtracks = jnp.where(retry, s["backtracks"] + 1, 0)
-        stalled = retry & ((backtracks > max_backtracks) | (bad_start & s["restarted"]))
+        stalled = retry & (backtracks > max_backtracks)
         status = jnp.where(converged_g, CONVERGED_GRADIENT, jnp.where(converged_aux, CONVERGED_AUX, jnp.where(stalled, STALLED, s["status"])))
         active = active & ~converged_g & ~converged_aux & ~out_of_iterations & ~stalled
 
@@ -219,13 +236,13 @@ def minimize(
             z=z, f=f, g=g, aux=aux, d=d,
             t=jnp.where(new_direction, 1, jnp.where(retry, t / 2, t)).astype(dtype),
             backtracks=backtracks, S=S, Y=Y, rho=rho, gamma=gamma, diag=diag, use_diag=use_diag, pairs=pairs,
-            active=active, started=started | accepted, restarted=s["restarted"] | restart, status=status.astype(jnp.int32),
+            active=active, status=status.astype(jnp.int32),
             iterations=iterations, evaluations=s["evaluations"] + s["active"], passes=s["passes"] + 1,
         )
 
     s = jax.lax.while_loop(lambda s: jnp.any(s["active"]) & (s["passes"] < max_passes), body, state)
     grad_max = jnp.max(jnp.abs(s["g"]), axis=-1)
-    return MinimizeResult(s["z"], s["f"], grad_max, s["aux"], s["gamma"], s["iterations"], s["evaluations"], s["status"])
+    return MinimizeResult(s["z"], s["f"], grad_max, s["aux"], s["gamma"], s["iterations"], s["evaluations"], s["status"], hvps)
 
 
 class CGResult(NamedTuple):
