@@ -139,8 +139,7 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         """One chunk of rows: simulate, solve the MAPs, and (when asked) differentiate them."""
         noise, is_data, Z, Z_previous, gamma0 = rows
         max_iterations, gtol, score_tol, with_jacobian, cg_max_iterations, cg_rtol = settings
-        X, dX = jax.vmap(simulate_with_tangents, (0, None))(noise, u)
-        X = jnp.where(is_data[:, None], x_obs, X)
+        X = jnp.where(is_data[:, None], x_obs, jax.vmap(x_from_noise, (0, None))(noise, u))
         c, d = Z.shape[0], u.shape[0]
         Z0 = Z + extrapolate * (Z - Z_previous)
         # max_iterations = 0 keeps the MAPs as they are: H from the last solve's MAPs, without
@@ -152,7 +151,9 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         )
         out = jax.lax.cond(max_iterations > 0, lambda: solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol), kept)
         skipped = (jnp.zeros((c, d, d), u.dtype), jnp.zeros((c, d), jnp.int32), jnp.zeros((c, d), u.dtype))
-        jacobian = jax.lax.cond(with_jacobian, lambda: implicit_rows(u, X, dX, out.z, cg_max_iterations, cg_rtol), lambda: skipped)
+        # (the tangents dx/dθ' only when H is asked for)
+        tangents = lambda: jax.vmap(simulate_with_tangents, (0, None))(noise, u)[1]
+        jacobian = jax.lax.cond(with_jacobian, lambda: implicit_rows(u, X, tangents(), out.z, cg_max_iterations, cg_rtol), lambda: skipped)
         return Rows(out.z, out.aux, out.gamma, out.iterations, out.evaluations, out.status, out.grad_max, *jacobian, out.hvps)
 
     @functools.partial(jax.jit, static_argnames="chunk_size", donate_argnums=5)
@@ -358,6 +359,18 @@ def _as_key(key) -> jax.Array:
     return jax.random.wrap_key_data(key.astype(jnp.uint32))
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _simulation_keys(key, n):
+    """``fold_in(key, i)`` for i < n: ``(n,)`` keys (compiled: eagerly it costs milliseconds)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _padded_keys(keys, padded):
+    """The keys of the rows: the data's (borrowed from simulation 0), the simulations', padding."""
+    return jnp.concatenate([keys[:1], keys, jnp.broadcast_to(keys[:1], (padded - 1 - keys.shape[0],))])
+
+
 def _check_scores(scores: np.ndarray, names: list[str], what: str, rows: Rows | None = None) -> None:
     """Raise `MuseError` naming the rows (0 = the data) whose scores are not finite.
 
@@ -402,28 +415,30 @@ class _Batch:
         self.chunk_size = int(min(chunk_size, self.rows)) if vectorize else 1
         padded = -(-self.rows // self.chunk_size) * self.chunk_size
         # the data row simulates too (with a borrowed key) and is then given x_obs
-        self.keys = jnp.concatenate([keys[:1], keys, jnp.broadcast_to(keys[:1], (padded - self.rows,))])
+        self.keys = _padded_keys(keys, padded)
         self.noise = fns.noise(self.keys) if vectorize else self.keys
-        self.is_data = jnp.arange(padded) == 0
+        self.is_data = np.arange(padded) == 0
         self.Z = jnp.zeros((padded, z_dim), self.dtype)
         if Z is not None:
             self.Z = self.Z.at[: len(Z)].set(jnp.asarray(Z, self.dtype))
         self.Z_previous = jnp.zeros_like(self.Z)
         self.u_of_Z, self.u_of_Z_previous = u_of_Z, None
-        self.gamma = jnp.full(padded, jnp.nan, self.dtype)  # unknown: the first solve finds them
+        self.gamma = np.full(padded, np.nan, self.dtype)  # unknown: the first solve finds them
         self.n_evals = self.n_hvps = 0
 
     def run(self, u, max_iterations, score_tol, with_jacobian, *, gtol, cg_max_iterations, cg_rtol) -> Rows:
         """Solve every row at unconstrained θ ``u``; returns `Rows` of the data and simulations as NumPy."""
         extrapolate = _extrapolation(u, self.u_of_Z, self.u_of_Z_previous)
+        # (NumPy values: the compiled call takes them as they are, where jnp.asarray would
+        # dispatch one eager operation each)
         settings = (
-            jnp.asarray(max_iterations, jnp.int32), jnp.asarray(gtol, self.dtype), jnp.asarray(score_tol, self.dtype),
-            jnp.asarray(with_jacobian), jnp.asarray(cg_max_iterations, jnp.int32), jnp.asarray(cg_rtol, self.dtype),
+            np.int32(max_iterations), np.asarray(gtol, self.dtype), np.asarray(score_tol, self.dtype),
+            np.bool_(with_jacobian), np.int32(cg_max_iterations), np.asarray(cg_rtol, self.dtype),
         )
         iterate = self.fns.iteration if self.vectorize else self.fns.iteration_loop
         out = iterate(
-            jnp.asarray(u, self.dtype), self.x, self.noise, self.is_data, self.Z, self.Z_previous, self.gamma,
-            jnp.asarray(extrapolate, self.dtype), settings, chunk_size=self.chunk_size,
+            np.asarray(u, self.dtype), self.x, self.noise, self.is_data, self.Z, self.Z_previous, self.gamma,
+            np.asarray(extrapolate, self.dtype), settings, chunk_size=self.chunk_size,
         )
         self._before = (self.gamma, self.u_of_Z)
         self.Z_previous, self.u_of_Z_previous = self.Z, self.u_of_Z  # (the old Z_previous was donated)
@@ -680,7 +695,7 @@ def muse(
         n_evals = n_hvps = 0
         elapsed = 0.0
     key = _as_key(key)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(nsims))
+    keys = _simulation_keys(key, nsims)
     fns = _compiled(model, int(map_memory))
     batch = _Batch(fns, x, keys, Z, u if result is not None else None, vectorize, chunk_size, model.z_dim)
     tolerances = dict(gtol=map_gtol, cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol)
@@ -723,7 +738,7 @@ def muse(
             _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
             retreats = 0
             u_evaluated, last, last_has_jacobian = u, rows, has_jacobian
-            g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(jnp.asarray(u, batch.dtype)))
+            g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(np.asarray(u, batch.dtype)))
             s_sims = rows.score[1:]
             s_post = rows.score[0] - s_sims.mean(0) + g_prior
             F_cov = np.atleast_2d(np.cov(s_sims, rowvar=False)) - np.atleast_2d(h_prior)
@@ -792,7 +807,7 @@ def muse(
     H_sims = np.asarray(H_sims, np.float64)
     _check_scores(np.concatenate([np.zeros((1, d * d)), H_sims.reshape(nsims, -1)]), model.names, "the computation of H", last)
     H = H_sims.mean(0)
-    H_prior = -np.atleast_2d(np.asarray(fns.prior_terms(jnp.asarray(theta_hat, batch.dtype))[1], np.float64))
+    H_prior = -np.atleast_2d(np.asarray(fns.prior_terms(np.asarray(theta_hat, batch.dtype))[1], np.float64))
     try:
         cov = np.linalg.inv(H.T @ np.linalg.solve(J, H) + H_prior)
     except np.linalg.LinAlgError:
@@ -841,7 +856,7 @@ def muse(
     return MuseResult(
         theta_hat, cov, model.names, model.bijection, np.asarray(x),
         J=J, H=H, H_prior=H_prior, theta_evaluated=np.asarray(u_evaluated), scores=s_sims,
-        z_map=np.asarray(batch.Z[: 1 + nsims]), key_data=np.asarray(jax.random.key_data(key)), history=history, nsims=nsims,
+        z_map=np.asarray(batch.Z)[: 1 + nsims], key_data=np.asarray(jax.random.key_data(key)), history=history, nsims=nsims,
         converged=converged, time_s=elapsed, n_gradient_evaluations=n_evals, n_hessian_vector_products=n_hvps,
         jacobian=jacobian, problem_name=model.name, unflatten=model.unflatten_theta,
     )
