@@ -310,7 +310,7 @@ def test_non_finite_scores_name_the_simulation():
 def test_unconverged_map_solves_and_iterations_warn():
     with pytest.warns(RuntimeWarning) as record:
         muse(get("funnel", dim=1000).problem, funnel_data(1000), theta_start=2.0, nsims=100, key=jax.random.key(0),
-             map_max_iterations=1, max_iterations=2, progress=False)
+             map_max_iterations=1, map_gtol=1e-12, max_iterations=2, progress=False)
     messages = [str(w.message) for w in record]
     assert any("MAP solves did not converge in iterations 2" in m for m in messages)
     assert any("MUSE did not converge in 2 iterations" in m for m in messages)

@@ -429,6 +429,11 @@ class _Batch:
     def run(self, u, max_iterations, score_tol, with_jacobian, *, gtol, cg_max_iterations, cg_rtol) -> Rows:
         """Solve every row at unconstrained θ ``u``; returns `Rows` of the data and simulations as NumPy."""
         extrapolate = _extrapolation(u, self.u_of_Z, self.u_of_Z_previous)
+        gamma = self.gamma
+        if self.u_of_Z is not None and self.u_of_Z_previous is None and np.any(np.asarray(u) != np.asarray(self.u_of_Z)):
+            # the first move of θ, no trend yet to carry the MAPs along: their curvature scales
+            # belong to the first θ, so the first steps measure theirs afresh (gᵀg / gᵀ∇²f g)
+            gamma = np.full(self.Z.shape[0], np.nan, self.dtype)
         # (NumPy values: the compiled call takes them as they are, where jnp.asarray would
         # dispatch one eager operation each)
         settings = (
@@ -437,7 +442,7 @@ class _Batch:
         )
         iterate = self.fns.iteration if self.vectorize else self.fns.iteration_loop
         out = iterate(
-            np.asarray(u, self.dtype), self.x, self.noise, self.is_data, self.Z, self.Z_previous, self.gamma,
+            np.asarray(u, self.dtype), self.x, self.noise, self.is_data, self.Z, self.Z_previous, gamma,
             np.asarray(extrapolate, self.dtype), settings, chunk_size=self.chunk_size,
         )
         self._before = (self.gamma, self.u_of_Z)
