@@ -736,6 +736,7 @@ def muse(
                     history.append(_record_breakdown(model, u, bad, time.perf_counter() - t0))
                     bar.update()
                     u = u_evaluated + 0.5 * (u - u_evaluated)
+                    previous = None  # (the next step's ratio to one from before the retreat means nothing)
                     continue
             _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
             retreats = 0
@@ -824,7 +825,7 @@ def muse(
         raise MuseError(
             f"MUSE {state} and its estimate is not finite (θ̂ = {theta_hat.tolist()}, diagonal of J {np.diag(J).tolist()}, "
             f"of H {np.diag(H).tolist()}); the MAP solves at the last θ "
-            f"{'failed for ' + str(len(history[-1]['map_failed'])) + ' rows' if history[-1]['map_failed'] else 'converged'}: "
+            f"{'failed for ' + str(int(n_failed)) + ' rows' if (n_failed := _failed_rows(last, map_gtol).sum()) else 'converged'}: "
             "start nearer the data (theta_start) or with a smaller step_scale"
         )
     elapsed += time.perf_counter() - start
