@@ -160,9 +160,7 @@ def minimize(
     converged = finite & (gmax <= gtol)
     state = dict(
         z=z, f=f, g=g, aux=aux, d=-gamma[:, None] * g, t=jnp.ones(B, dtype), backtracks=jnp.zeros(B, jnp.int32),
-        S=jnp.zeros((memory, B, n), dtype), Y=jnp.zeros((memory, B, n), dtype), rho=jnp.zeros((memory, B), dtype),
-        gamma=gamma, diag=jnp.broadcast_to(gamma[:, None], z0.shape), use_diag=jnp.zeros(B, bool), pairs=jnp.asarray(0),
-        active=finite & ~converged & (max_iterations > 0),
+        gamma=gamma, active=finite & ~converged & (max_iterations > 0),
         status=jnp.where(converged, CONVERGED_GRADIENT, jnp.where(finite, MAX_ITERATIONS, STALLED)).astype(jnp.int32),
         iterations=jnp.zeros(B, jnp.int32), evaluations=1 + bad.astype(jnp.int32), passes=jnp.asarray(0),
     )
@@ -170,14 +168,16 @@ def minimize(
 
     # The arrays are (B, n) and the objective is often cheap, so the time goes into sweeps
     # over memory: each pass takes the few row sums it needs and updates in place.
-    def body(s):
-        active, t, d, g, diag = s["active"], s["t"], s["d"], s["g"], s["diag"]
-        tc = t[:, None]
-        step = tc * d
+    def trial(s):
+        """One evaluation per row: a row in its line search tries its step, the others stay.
+
+        Returns the new state (its direction ``d`` not yet renewed) and what the curvature
+        memory and the next direction need of this pass."""
+        active, t, d, g = s["active"], s["t"], s["d"], s["g"]
+        step = t[:, None] * d
         f_t, g_t, aux_t = fun(s["z"] + step)
         y = g_t - g
         slope, dy, yy, dd = _rowdot(d, g), _rowdot(d, y), _rowdot(y, y), _rowdot(d, d)
-        diag_error = _rowdot(diag * y - step, diag * y - step)  # |D y - s|²
         gmax = jnp.max(jnp.abs(g_t), axis=-1)
         sy = t * dy
         # Armijo with a slack of a few ulps of |f|: near the optimum the true decrease drops
@@ -186,30 +186,12 @@ def minimize(
         uphill = ~(slope < 0)
         ok = jnp.isfinite(f_t) & jnp.isfinite(gmax) & ~uphill & (f_t <= s["f"] + 1e-4 * t * slope + 8 * eps * jnp.abs(f_t))
         accepted = active & ok
-
-        # store the pair (s, y) = (t d, Δg) where sᵀy > 0 keeps H⁻¹ definite; all rows share one
-        # ring of slots: a row with nothing to store leaves a void pair (ρ = 0) there, and the
-        # slot is written on every pass but only kept, by advancing, when used
+        # a pair (s, y) = (t d, Δg) is kept where sᵀy > 0 keeps H⁻¹ definite
         store = accepted & (sy > eps * jnp.sqrt(t * t * dd * yy))
-        slot = s["pairs"] % memory
-        S = s["S"].at[slot].set(jnp.where(store[:, None], step, 0))
-        Y = s["Y"].at[slot].set(jnp.where(store[:, None], y, 0))
-        rho = s["rho"].at[slot].set(jnp.where(store, 1 / jnp.where(store, sy, 1), 0))
-        pairs = s["pairs"] + jnp.any(store)
-        # the initial inverse Hessian: γ I, or a diagonal of per-coordinate secants s_i / y_i
-        # (exact 1 / ∇²f_ii where coordinates are independent), whichever predicted this pair
-        # better: |D y - s|² against |γ y - s|²
-        scalar_error = s["gamma"] ** 2 * yy - 2 * s["gamma"] * sy + t * t * dd
-        use_diag = jnp.where(store, diag_error < scalar_error, s["use_diag"])
         gamma = jnp.where(store, sy / jnp.where(store, yy, 1), s["gamma"])
-        bound = gamma[:, None]
-        # a coordinate's secant counts only where its gradient change stands clear of rounding;
-        # elsewhere (it barely moved, or rounding flipped the sign) it keeps its last value
-        determined = store[:, None] & (step * y > 0) & (jnp.abs(y) > 64 * eps * (jnp.abs(g_t) + jnp.abs(g)))
-        diag = jnp.where(determined, jnp.clip(step / jnp.where(determined, y, 1), bound / DIAG_RANGE, bound * DIAG_RANGE), diag)
 
         z = s["z"] + jnp.where(accepted, t, 0)[:, None] * d
-        g = jnp.where(accepted[:, None], g_t, g)
+        g_new = jnp.where(accepted[:, None], g_t, g)
         f = jnp.where(accepted, f_t, s["f"])
         aux = jnp.where(accepted[:, None], aux_t, s["aux"])
         iterations = s["iterations"] + accepted
@@ -226,21 +208,75 @@ def minimize(
         stalled = retry & (backtracks > max_backtracks)
         status = jnp.where(converged_g, CONVERGED_GRADIENT, jnp.where(converged_aux, CONVERGED_AUX, jnp.where(stalled, STALLED, s["status"])))
         active = active & ~converged_g & ~converged_aux & ~out_of_iterations & ~stalled
-
-        # the next direction, for rows that accepted a point (or turned uphill)
-        h0 = jnp.where(use_diag[:, None], diag, gamma[:, None])
-        r = _two_loop(g, S, Y, rho, lambda q: h0 * q, (pairs - 1) % memory, jnp.minimum(pairs, memory))
+        # rows that accepted a point (or turned uphill) take a new direction after this pass
         new_direction = accepted | (active & uphill)
-        d = jnp.where(new_direction[:, None], -jnp.where(uphill[:, None], h0 * g, r), d)
-        return dict(
-            z=z, f=f, g=g, aux=aux, d=d,
-            t=jnp.where(new_direction, 1, jnp.where(retry, t / 2, t)).astype(dtype),
-            backtracks=backtracks, S=S, Y=Y, rho=rho, gamma=gamma, diag=diag, use_diag=use_diag, pairs=pairs,
-            active=active, status=status.astype(jnp.int32),
+        new = dict(
+            s, z=z, f=f, g=g_new, aux=aux, t=jnp.where(new_direction, 1, jnp.where(retry, t / 2, t)).astype(dtype),
+            backtracks=backtracks, gamma=gamma, active=active, status=status.astype(jnp.int32),
             iterations=iterations, evaluations=s["evaluations"] + s["active"], passes=s["passes"] + 1,
         )
+        made = dict(step=step, y=y, store=store, sy=sy, yy=yy, step_sq=t * t * dd, gamma_before=s["gamma"],
+                    g_before=g, g_t=g_t, uphill=uphill, new_direction=new_direction)
+        return new, made
 
-    s = jax.lax.while_loop(lambda s: jnp.any(s["active"]) & (s["passes"] < max_passes), body, state)
+    def remember(m, p, gamma):
+        """The curvature memory after a pass: its pair stored, the initial inverse Hessian renewed.
+
+        All rows share one ring of slots: a row with nothing to store leaves a void pair
+        (ρ = 0) there, and the ring advances when any row stores."""
+        store, step, y = p["store"], p["step"], p["y"]
+        slot = m["pairs"] % memory
+        S = m["S"].at[slot].set(jnp.where(store[:, None], step, 0))
+        Y = m["Y"].at[slot].set(jnp.where(store[:, None], y, 0))
+        rho = m["rho"].at[slot].set(jnp.where(store, 1 / jnp.where(store, p["sy"], 1), 0))
+        # the initial inverse Hessian: γ I, or a diagonal of per-coordinate secants s_i / y_i
+        # (exact 1 / ∇²f_ii where coordinates are independent), whichever predicted this pair
+        # better: |D y - s|² against |γ y - s|²
+        diag = m["diag"]
+        diag_error = _rowdot(diag * y - step, diag * y - step)
+        gamma_before = p["gamma_before"]
+        scalar_error = gamma_before**2 * p["yy"] - 2 * gamma_before * p["sy"] + p["step_sq"]
+        use_diag = jnp.where(store, diag_error < scalar_error, m["use_diag"])
+        bound = gamma[:, None]
+        # a coordinate's secant counts only where its gradient change stands clear of rounding;
+        # elsewhere (it barely moved, or rounding flipped the sign) it keeps its last value
+        determined = store[:, None] & (step * y > 0) & (jnp.abs(y) > 64 * eps * (jnp.abs(p["g_t"]) + jnp.abs(p["g_before"])))
+        diag = jnp.where(determined, jnp.clip(step / jnp.where(determined, y, 1), bound / DIAG_RANGE, bound * DIAG_RANGE), diag)
+        return dict(S=S, Y=Y, rho=rho, pairs=m["pairs"] + jnp.any(store), diag=diag, use_diag=use_diag)
+
+    def direction(s, m, p):
+        """The next L-BFGS direction of the rows that moved (or turned uphill); the others keep theirs."""
+        h0 = jnp.where(m["use_diag"][:, None], m["diag"], s["gamma"][:, None])
+        r = _two_loop(s["g"], m["S"], m["Y"], m["rho"], lambda q: h0 * q, (m["pairs"] - 1) % memory, jnp.minimum(m["pairs"], memory))
+        return jnp.where(p["new_direction"][:, None], -jnp.where(p["uphill"][:, None], h0 * s["g"], r), s["d"])
+
+    def body(carry):
+        s, m = carry
+        s, p = trial(s)
+        m = remember(m, p, s["gamma"])
+        return dict(s, d=direction(s, m, p)), m
+
+    keep = ("z", "f", "g", "aux", "gamma", "iterations", "evaluations", "status")
+
+    def solve(s):
+        # The first pass runs before the curvature memory exists: a warm start close to its
+        # minimum (every MUSE iteration after the first) often converges in it, and then the
+        # memory, 2 m (B, n) arrays, is never allocated and no direction is computed.
+        s, p = trial(s)
+
+        def more():
+            m = dict(
+                S=jnp.zeros((memory, B, n), dtype), Y=jnp.zeros((memory, B, n), dtype), rho=jnp.zeros((memory, B), dtype),
+                pairs=jnp.asarray(0), diag=jnp.broadcast_to(p["gamma_before"][:, None], (B, n)), use_diag=jnp.zeros(B, bool),
+            )
+            m = remember(m, p, s["gamma"])
+            carry = (dict(s, d=direction(s, m, p)), m)
+            out, _ = jax.lax.while_loop(lambda c: jnp.any(c[0]["active"]) & (c[0]["passes"] < max_passes), body, carry)
+            return {k: out[k] for k in keep}
+
+        return jax.lax.cond(jnp.any(s["active"]) & (s["passes"] < max_passes), more, lambda: {k: s[k] for k in keep})
+
+    s = jax.lax.cond(jnp.any(state["active"]), solve, lambda s: {k: s[k] for k in keep}, state)
     grad_max = jnp.max(jnp.abs(s["g"]), axis=-1)
     return MinimizeResult(s["z"], s["f"], grad_max, s["aux"], s["gamma"], s["iterations"], s["evaluations"], s["status"], hvps)
 
