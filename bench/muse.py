@@ -5,7 +5,9 @@ muse_inference's own example: θ_true = 0, z ~ N(0, e^{θ/2}), x = z + N(0, 1), 
 ``split(PRNGKey(0))``; its exact posterior, by quadrature, is θ = 0.0614 ± 0.0274. Cold
 times are the first call in a fresh process with galton's persistent compile cache off
 (``GALTON_COMPILE_CACHE=0``): import excluded, compilation included. Warm times are the
-best of several calls once compiled. Gradient evaluations count value-and-gradient calls
+best of several calls once compiled; galton and the loop are also timed side by side in
+one process, call for call with the same seeds, since this machine's speed drifts by tens of
+per cent from minute to minute. Gradient evaluations count value-and-gradient calls
 of log p(x, z | θ) (summed over simulations for MUSE, leapfrog steps for NUTS) and, for
 MUSE, Hessian-vector products separately.
 
@@ -100,6 +102,21 @@ def worker(args) -> None:
     print(json.dumps({"cold": cold, "warm": warm[0], "warm_min_s": min(times), "warm_median_s": float(np.median(times))}))
 
 
+def paired_worker(args) -> None:
+    """Warm galton MUSE and the loop alternated in one process, ``repeats`` pairs, the same seed
+    in each pair: this machine's speed drifts by ±30 % within minutes, so a ratio of runs made
+    minutes apart in separate processes says less than one of runs made side by side."""
+    import numpy as np
+
+    for method in ("muse", "muse_loop"):
+        timed(method, args.dim, args.nsims)  # compile
+    pairs = [(timed("muse", args.dim, args.nsims, seed=i + 1)["time_s"], timed("muse_loop", args.dim, args.nsims, seed=i + 1)["time_s"])
+             for i in range(args.repeats)]
+    muse_s, loop_s = np.array(pairs).T
+    print(json.dumps({"muse_min_s": muse_s.min(), "loop_min_s": loop_s.min(), "ratio_median": float(np.median(loop_s / muse_s)),
+                      "ratio_of_mins": float(loop_s.min() / muse_s.min())}))
+
+
 def exact(dim):
     import jax.numpy as jnp
 
@@ -116,8 +133,11 @@ def main(argv=None) -> int:
     parser.add_argument("--nsims", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5, help="warm calls per method (NUTS: 2)")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=METHODS + ("paired",), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker == "paired":
+        paired_worker(args)
+        return 0
     if args.worker:
         if args.worker == "nuts":
             args.repeats = min(args.repeats, 2)
@@ -141,6 +161,10 @@ def main(argv=None) -> int:
             fresh_process("muse", env, 1)
             cached_cold = fresh_process("muse", env, 1)["cold"]["time_s"]
 
+    paired = None
+    if {"muse", "muse_loop"} <= set(results):
+        paired = fresh_process("paired", os.environ.copy(), 2 * args.repeats)
+
     mean, sd = exact(args.dim)
     print(f"noisy funnel, {args.dim} latents, θ_true = 0, data from split(PRNGKey(0)); MUSE with nsims = {args.nsims}")
     print(f"exact posterior (quadrature): θ = {mean:.4f} ± {sd:.4f}")
@@ -162,6 +186,12 @@ def main(argv=None) -> int:
                     f"{labels[other]} / galton MUSE: warm {results[other]['warm_min_s'] / base['warm_min_s']:.1f}x, "
                     f"cold {results[other]['cold']['time_s'] / base['cold']['time_s']:.1f}x"
                 )
+        if paired is not None:
+            print(
+                f"side by side in one process ({2 * args.repeats} pairs, same seeds): galton {paired['muse_min_s']:.4f} s, "
+                f"loop {paired['loop_min_s']:.4f} s (best of each): {paired['ratio_of_mins']:.1f}x; "
+                f"median of the pairs' ratios {paired['ratio_median']:.1f}x"
+            )
         print(f"galton MUSE warm median {base['warm_median_s']:.4f} s over {args.repeats} calls; {base['warm']['iterations']} iterations")
         print(f"galton MUSE cold in a fresh process with its compile cache filled by an earlier one: {cached_cold:.2f} s")
     return 0

@@ -245,11 +245,32 @@ def _split_sampler(model: FlatModel):
         known, unknown, _, residuals = pe.partial_eval_jaxpr_nounits(closed, [False, True], True)
     except Exception:  # an exotic primitive partial evaluation cannot split: simulate in full
         return plain()
-    size = sum(int(np.prod(r.shape)) for r in residuals)
+    # residuals that do not depend on the key (a location of zeros, say) are the same for every
+    # simulation: computed once and kept out of the per-simulation noise
+    varying = _key_dependent_outputs(known.jaxpr)
+    size = sum(int(np.prod(r.shape)) for r, v in zip(residuals, varying) if v)
     if size > NOISE_FACTOR * max(model.x_dim + model.z_dim, 1):
         return plain()
     noise_of, x_of = jaxpr_as_fun(known), jaxpr_as_fun(unknown)
-    return (lambda key: tuple(noise_of(key))), (lambda noise, u: x_of(*noise, u)[0])
+    fixed = [None if v else r for v, r in zip(varying, noise_of(jax.random.key(0)))]
+
+    def x_from_noise(noise, u):
+        it = iter(noise)
+        return x_of(*(next(it) if r is None else r for r in fixed), u)[0]
+
+    return (lambda key: tuple(r for v, r in zip(varying, noise_of(key)) if v)), x_from_noise
+
+
+def _key_dependent_outputs(jaxpr) -> list[bool]:
+    """For a jaxpr of one input (the key): which outputs depend on it (conservatively: any
+    equation with a dependent input makes all its outputs dependent)."""
+    from jax.extend.core import Literal
+
+    dependent = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, Literal) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    return [not isinstance(v, Literal) and v in dependent for v in jaxpr.outvars]
 
 
 # ---- the result --------------------------------------------------------------------------
