@@ -252,6 +252,46 @@ def test_batched_solver_restarts_a_row_whose_warm_start_is_not_finite():
     assert np.all(np.asarray(out.status) == solvers.STALLED) and np.all(np.asarray(out.evaluations) == 2)
 
 
+def test_batched_solver_rows_finish_independently_of_each_other():
+    # Row 0 starts next to its minimum and converges in the first pass (which runs before the
+    # curvature memory exists); row 1, an ill-conditioned bowl far away, needs that memory.
+    # Row 1 must end as it does alone, and row 0 must not pay for it.
+    from galton.muse import solvers
+
+    scales = jnp.array([1.0, 30.0, 900.0])
+
+    def fun(Z):
+        r = Z - 1
+        return jnp.sum(scales * r**2, axis=1), 2 * scales * r, Z[:, :1]
+
+    start = jnp.array([[1.0, 1.0, 1.0 + 1e-4], [5.0, -3.0, 2.0]])
+    both = solvers.minimize(fun, start, jnp.array([1 / 1800, jnp.nan]), max_iterations=200, gtol=1e-4, aux_tol=-jnp.ones(1))
+    alone = solvers.minimize(fun, start[1:], jnp.full(1, jnp.nan), max_iterations=200, gtol=1e-4, aux_tol=-jnp.ones(1))
+    np.testing.assert_allclose(both.z, 1.0, atol=1e-3)
+    assert np.all(np.asarray(both.status) == solvers.CONVERGED_GRADIENT)
+    assert int(both.evaluations[0]) == 2 and int(both.iterations[0]) == 1
+    assert int(both.iterations[1]) > 1  # (it went on past the first pass, with the L-BFGS memory)
+    np.testing.assert_array_equal(both.z[1], alone.z[0])
+    assert int(both.evaluations[1]) == int(alone.evaluations[0])
+
+
+def test_simulation_noise_reproduces_the_simulator_without_constant_parts():
+    # MUSE draws each simulation's random numbers once and re-runs only the θ-dependent part;
+    # what does not depend on the key (the funnel's zero location of z) is not stored per row
+    from galton.muse.core import _split_sampler
+    from galton.muse.models import as_flat_model
+
+    for problem, n_noise in ((get("funnel", dim=50).problem, 2), (CONSTRAINED, None)):
+        model = as_flat_model(problem)
+        noise_of, x_from_noise = _split_sampler(model)
+        key = jax.random.key(7)
+        noise = noise_of(key)
+        if n_noise is not None:
+            assert len(noise) == n_noise and all(a.shape == (50,) for a in noise)
+        for u in (jnp.zeros(model.theta_dim), jnp.full(model.theta_dim, 0.8)):
+            np.testing.assert_allclose(x_from_noise(noise, u), model.sample(key, u)[0], rtol=1e-5, atol=1e-6)
+
+
 # ---- continuation, the posterior protocol, saving ------------------------------------------
 def test_continuing_adds_simulations_and_keeps_the_history(tmp_path):
     problem = get("funnel", dim=1000).problem
