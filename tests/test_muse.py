@@ -236,6 +236,39 @@ def test_estimate_does_not_depend_on_the_starting_point():
     assert np.all(shift < 0.1), shift
 
 
+def test_a_map_stalled_in_an_exponential_tail_solves_again_from_the_origin():
+    # From sigma = 1.2 one simulation's warm start drifted to latents near e^25, where |∇z| ~ 1e22
+    # and every line-search step overflows: it stalled in every later iteration, its H was
+    # garbage, and MUSE took 43 iterations to a σ of sigma 3x too large (0.48 against 0.15).
+    # Re-solved from the origin, it converges, and the answer is that of the other starts.
+    a, c = constrained_result(), constrained_result((0.5, 0.5), 1.2)
+    assert c.converged and c.iterations <= 15, c.iterations
+    assert c.history[-1]["map_failed"] == []
+    shift = np.abs(a.loc - c.loc) / a.std_unconstrained
+    assert np.all(shift < 0.1), shift
+    np.testing.assert_allclose(c.std_unconstrained, a.std_unconstrained, rtol=0.1)
+
+
+def test_root_finder_is_not_trapped_by_a_point_that_looked_better_than_it_was():
+    # A first evaluation whose MAPs had not converged can give a score near zero: every later
+    # point then looks worse, and retreating halfway towards that point forever never ends.
+    from galton.muse.core import MAX_RETREATS, _RootFinder
+
+    finder, u = _RootFinder(step_scale=0.7), np.zeros(1)
+    score = lambda u: np.array([2.0]) - u  # the true MUSE score, root at 2
+    limit, F = np.full(1, 10.0), np.eye(1)
+    _, _, _, u = finder.step(u, np.zeros(1), F, limit)  # the bogus evaluation: "already at the root"
+    kinds = []
+    for _ in range(30):
+        newton, distance, kind, u_next = finder.step(u, score(u), F, limit)
+        kinds.append(kind)
+        if distance < 1e-3:
+            break
+        u = u_next
+    assert abs(u[0] - 2) < 1e-2, (u, kinds)
+    assert max(len(k) for k in "".join("r" if "retreat" in k else " " for k in kinds).split()) <= MAX_RETREATS
+
+
 def test_batched_solver_restarts_a_row_whose_warm_start_is_not_finite():
     from galton.muse import solvers
 

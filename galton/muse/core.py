@@ -52,6 +52,7 @@ CHUNK_BYTES = 1 << 18
 SECANT_RANGE = 4.0  # secant steps are used while within this factor of the covariance step's length
 MAX_GROWTH = 64.0  # covariance steps grow up to this many times while they fall short of the root
 PRIOR_STEP = 1.0  # no θ step moves a coordinate further than this many of its prior σ (from the prior's curvature)
+MAX_RETREATS = 3  # retreats towards the best point in a row before the point reached is accepted
 MAX_BREAKDOWN_RETREATS = 8  # halvings of a step that led to non-finite scores before giving up
 NOISE_FACTOR = 4  # cache a simulation's random numbers when they are at most this × (n_x + n_z) values
 # a MAP whose θ-score has settled counts as converged once max |∇z| ≤ this × map_gtol; so does one
@@ -150,6 +151,17 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
             jnp.zeros(c, jnp.int32),
         )
         out = jax.lax.cond(max_iterations > 0, lambda: solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol), kept)
+        # a line search that stalled far from its optimum began where f is finite but the start
+        # is useless (a warm start carried into a latent's exponential tail, |∇z| ~ 1e20, where
+        # every step overflows): those rows solve again from the origin, curvature scale unknown
+        lost = (out.status == solvers.STALLED) & (out.grad_max > LOOSE_GTOL_FACTOR * gtol)
+
+        def again():
+            fresh = solve(u, X, jnp.where(lost[:, None], 0, out.z), jnp.where(lost, jnp.nan, out.gamma), max_iterations, gtol, score_tol)
+            merged = jax.tree_util.tree_map(lambda new, old: jnp.where(lost.reshape(-1, *(1,) * (new.ndim - 1)), new, old), fresh, out)
+            return merged._replace(evaluations=out.evaluations + fresh.evaluations, hvps=out.hvps + fresh.hvps)
+
+        out = jax.lax.cond(jnp.any(lost), again, lambda: out)
         skipped = (jnp.zeros((c, d, d), u.dtype), jnp.zeros((c, d), jnp.int32), jnp.zeros((c, d), u.dtype))
         # (the tangents dx/dθ' only when H is asked for)
         tangents = lambda: jax.vmap(simulate_with_tangents, (0, None))(noise, u)[1]
@@ -557,6 +569,7 @@ class _RootFinder:
         self.best = None  # (θ, length of its covariance step in σ): the point to retreat to
         self.moved = None  # the last step taken
         self.grow = 1.0  # growth of the allowed step while steps fall short
+        self.retreats = 0  # retreats in a row
 
     def restart_growth(self) -> None:
         """The last step overshot into a region that could not be evaluated."""
@@ -586,9 +599,13 @@ class _RootFinder:
                         newton, F, kind = secant, F_b, "secant"
         self.F, self.last = F, (u, s_post)
         distance = length(newton)
-        if not short and self.best is not None and merit > self.best[1]:
+        if not short and self.best is not None and merit > self.best[1] and self.retreats < MAX_RETREATS:
             self.moved, self.grow = None, 1.0  # (a retreat says nothing of the way to the root)
+            self.retreats += 1
             return newton, distance, kind + ", retreat", self.best[0] + 0.5 * (u - self.best[0])
+        # (after MAX_RETREATS in a row the point retreated to is taken as it is: the best point's
+        # merit may have been too good to be true, from scores of MAPs that had not converged)
+        self.retreats = 0
         self.best = (u, merit)
         step = self.step_scale * self.grow * newton if kind == "covariance" else newton
         # no step leaves the prior's bulk in one go: from a variance far too small the score

@@ -152,9 +152,12 @@ def minimize(
     scale = 1 / jnp.maximum(1, gmax)
     hvps = jnp.zeros(B, jnp.int32)
     if hvp is not None:
-        Hg = jax.lax.cond(jnp.any(unknown), lambda: hvp(z, g), lambda: jnp.zeros_like(g))
-        gHg = _rowdot(g, Hg)
-        scale = jnp.where(gHg > 0, _rowdot(g, g) / jnp.where(gHg > 0, gHg, 1), scale)
+        # along g / max |g|: the ratio is the same, and far from the optimum (|g| ~ 1e20 in a
+        # latent's exponential tail) gᵀg and ∇²f g themselves overflow single precision
+        unit = g / jnp.where(gmax > 0, gmax, 1)[:, None]
+        Hu = jax.lax.cond(jnp.any(unknown), lambda: hvp(z, unit), lambda: jnp.zeros_like(g))
+        uHu = _rowdot(unit, Hu)
+        scale = jnp.where(uHu > 0, _rowdot(unit, unit) / jnp.where(uHu > 0, uHu, 1), scale)
         hvps = unknown.astype(jnp.int32)
     gamma = jnp.where(unknown, scale, jnp.where(jnp.isfinite(gamma0), gamma0, 1)).astype(dtype)
     converged = finite & (gmax <= gtol)
