@@ -98,13 +98,43 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         # (−∇z² log p) v: the Hessian the MAP makes positive definite
         return jax.jvp(lambda z: -jax.grad(model.log_joint, 1)(x, z, u), (z,), (v,))[1]
 
-    def solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol):
+    def lbfgs(u, X, Z0, gamma0, max_iterations, gtol, score_tol):
         fun = lambda Z: jax.vmap(objective, (0, 0, None))(X, Z, u)
         hvps = lambda Z, V: jax.vmap(hvp, (0, 0, None, 0))(X, Z, u, V)
         return solvers.minimize(
             fun, Z0, gamma0, max_iterations=max_iterations, gtol=gtol, aux_tol=score_tol,
             aux_gtol=LOOSE_GTOL_FACTOR * gtol, memory=memory, hvp=hvps,
         )
+
+    def solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol):
+        """The MAPs of the rows of X from Z0, by `lbfgs`; with ``max_iterations = 0``, Z0 as it is.
+
+        A line search that stalled far from its optimum began where f is finite but the start
+        is useless (a warm start carried into a latent's exponential tail, |∇z| ~ 1e20, where
+        every step overflows): those rows solve again from the origin, curvature scale unknown.
+        (The attempts are a loop so that the solver is compiled once.)
+        """
+        B, d = Z0.shape[0], u.shape[0]
+        kept = solvers.MinimizeResult(
+            Z0, jnp.zeros(B, Z0.dtype), jnp.zeros(B, Z0.dtype), jnp.zeros((B, d), u.dtype), gamma0,
+            jnp.zeros(B, jnp.int32), jnp.zeros(B, jnp.int32), jnp.full(B, solvers.CONVERGED_GRADIENT, jnp.int32),
+            jnp.zeros(B, jnp.int32),
+        )
+        lost = lambda out: (out.status == solvers.STALLED) & (out.grad_max > LOOSE_GTOL_FACTOR * gtol)
+
+        def attempt(carry):
+            out, k = carry
+            again = lost(out) & (k > 0)
+            fresh = lbfgs(
+                u, X, jnp.where(k > 0, jnp.where(again[:, None], 0, out.z), Z0),
+                jnp.where(k > 0, jnp.where(again, jnp.nan, out.gamma), gamma0), max_iterations, gtol, score_tol,
+            )
+            take = again | (k == 0)
+            merged = jax.tree_util.tree_map(lambda new, old: jnp.where(take.reshape(-1, *(1,) * (new.ndim - 1)), new, old), fresh, out)
+            return merged._replace(evaluations=out.evaluations + fresh.evaluations, hvps=out.hvps + fresh.hvps), k + 1
+
+        more = lambda carry: (max_iterations > 0) & ((carry[1] == 0) | ((carry[1] < 2) & jnp.any(lost(carry[0]))))
+        return jax.lax.while_loop(more, attempt, (kept, jnp.asarray(0)))[0]
 
     def simulate_x(keys, u):
         return jax.vmap(lambda k: model.sample(k, u)[0])(keys)
@@ -143,25 +173,9 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         X = jnp.where(is_data[:, None], x_obs, jax.vmap(x_from_noise, (0, None))(noise, u))
         c, d = Z.shape[0], u.shape[0]
         Z0 = Z + extrapolate * (Z - Z_previous)
-        # max_iterations = 0 keeps the MAPs as they are: H from the last solve's MAPs, without
-        # a program of its own to compile
-        kept = lambda: solvers.MinimizeResult(
-            Z0, jnp.zeros(c, Z.dtype), jnp.zeros(c, Z.dtype), jnp.zeros((c, d), u.dtype), gamma0,
-            jnp.zeros(c, jnp.int32), jnp.zeros(c, jnp.int32), jnp.full(c, solvers.CONVERGED_GRADIENT, jnp.int32),
-            jnp.zeros(c, jnp.int32),
-        )
-        out = jax.lax.cond(max_iterations > 0, lambda: solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol), kept)
-        # a line search that stalled far from its optimum began where f is finite but the start
-        # is useless (a warm start carried into a latent's exponential tail, |∇z| ~ 1e20, where
-        # every step overflows): those rows solve again from the origin, curvature scale unknown
-        lost = (out.status == solvers.STALLED) & (out.grad_max > LOOSE_GTOL_FACTOR * gtol)
-
-        def again():
-            fresh = solve(u, X, jnp.where(lost[:, None], 0, out.z), jnp.where(lost, jnp.nan, out.gamma), max_iterations, gtol, score_tol)
-            merged = jax.tree_util.tree_map(lambda new, old: jnp.where(lost.reshape(-1, *(1,) * (new.ndim - 1)), new, old), fresh, out)
-            return merged._replace(evaluations=out.evaluations + fresh.evaluations, hvps=out.hvps + fresh.hvps)
-
-        out = jax.lax.cond(jnp.any(lost), again, lambda: out)
+        # (max_iterations = 0 keeps the MAPs as they are: H from the last solve's MAPs, without
+        # a program of its own to compile)
+        out = solve(u, X, Z0, gamma0, max_iterations, gtol, score_tol)
         skipped = (jnp.zeros((c, d, d), u.dtype), jnp.zeros((c, d), jnp.int32), jnp.zeros((c, d), u.dtype))
         # (the tangents dx/dθ' only when H is asked for)
         tangents = lambda: jax.vmap(simulate_with_tangents, (0, None))(noise, u)[1]
