@@ -249,6 +249,18 @@ def test_a_map_stalled_in_an_exponential_tail_solves_again_from_the_origin():
     np.testing.assert_allclose(c.std_unconstrained, a.std_unconstrained, rtol=0.1)
 
 
+def test_far_start_where_the_score_covariance_overstates_the_slope():
+    # From sigma = 2 the simulations' score variance in sigma is many times the MUSE score's
+    # slope there, so covariance steps moved sigma by 0.01-0.03 per iteration; growing them
+    # while they fell short was reset at every iteration by mu, whose steps changed sign: 50
+    # iterations left sigma at 1.75 (the root is 0.79). Steps now grow coordinate by coordinate.
+    a, c = constrained_result(), constrained_result((0.5, 0.5), 2.0)
+    assert c.converged and c.iterations <= 40, c.iterations
+    shift = np.abs(a.loc - c.loc) / a.std_unconstrained
+    assert np.all(shift < 0.1), shift
+    np.testing.assert_allclose(c.std_unconstrained, a.std_unconstrained, rtol=0.1)
+
+
 def test_root_finder_is_not_trapped_by_a_point_that_looked_better_than_it_was():
     # A first evaluation whose MAPs had not converged can give a score near zero: every later
     # point then looks worse, and retreating halfway towards that point forever never ends.

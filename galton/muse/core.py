@@ -567,9 +567,10 @@ class _RootFinder:
     ``step_scale``; secant steps are full.
 
     Far from the root the covariance step points the right way but can be many times too
-    short (where the score saturates, e.g. a variance far too large). While each new step
-    still points the way of the last one, the root has not been passed, and covariance steps
-    double in length (up to MAX_GROWTH times). A step that passed the root to a point further
+    short (where the score saturates, e.g. a variance far too large). In a coordinate whose
+    new step still points the way of its last one, the root has not been passed, and its
+    covariance steps double in length (up to MAX_GROWTH times); coordinate by coordinate, so
+    that one that oscillates (a mean, in noisy scores) does not hold back one that crawls. A step that passed the root to a point further
     from zero (in σ units) than the last is taken back halfway. No step moves a coordinate by
     more than ``limit`` (one prior σ): where the score grows exponentially (a variance far too
     small) a Newton step can overshoot by hundreds of units, into θ where the simulations
@@ -582,7 +583,7 @@ class _RootFinder:
         self.last = None  # (θ, s) of the last evaluation
         self.best = None  # (θ, length of its covariance step in σ): the point to retreat to
         self.moved = None  # the last step taken
-        self.grow = 1.0  # growth of the allowed step while steps fall short
+        self.grow = 1.0  # growth of the allowed step, per coordinate, while its steps fall short
         self.retreats = 0  # retreats in a row
 
     def restart_growth(self) -> None:
@@ -599,7 +600,9 @@ class _RootFinder:
         newton, F, kind = covariance, F_cov, "covariance"
         short = self.moved is not None and float(self.moved @ F_cov @ covariance) > 0
         if self.moved is not None:
-            self.grow = min(2 * self.grow, MAX_GROWTH) if short else 1.0
+            # coordinate by coordinate: one whose steps keep their sign has not reached the root
+            same = np.sign(self.moved) * np.sign(covariance) > 0
+            self.grow = np.where(same, np.minimum(2 * self.grow, MAX_GROWTH), 1.0)
         if self.last is not None:
             du, ds = u - self.last[0], s_post - self.last[1]
             if du @ du > 0:
