@@ -191,7 +191,13 @@ def minimize(
         accepted = active & ok
         # a pair (s, y) = (t d, Δg) is kept where sᵀy > 0 keeps H⁻¹ definite
         store = accepted & (sy > eps * jnp.sqrt(t * t * dd * yy))
-        gamma = jnp.where(store, sy / jnp.where(store, yy, 1), s["gamma"])
+        # a step after which f still falls (nearly) as steeply along d was far too short for
+        # the function's curvature: it says nothing of convergence. With no pair to learn from
+        # (sᵀy ≤ 0, or too small) the scale would stay that of the past (a stiff one, γ ~ 1e-8,
+        # makes steps that change nothing), so it grows; the line search takes back overshoots
+        short = accepted & (dy < 0.1 * jnp.abs(slope))
+        too_short = short & ~store
+        gamma = jnp.where(store, sy / jnp.where(store, yy, 1), jnp.where(too_short, 4 * s["gamma"], s["gamma"]))
 
         z = s["z"] + jnp.where(accepted, t, 0)[:, None] * d
         g_new = jnp.where(accepted[:, None], g_t, g)
@@ -201,9 +207,9 @@ def minimize(
 
         converged_g = accepted & (gmax <= gtol)
         # a settled aux output counts once the gradient is small or f changes by rounding noise
-        # only: a row crawling through a flat or non-convex stretch also moves aux little, but
-        # its f still falls and its gradient is large
-        at_noise_floor = jnp.abs(f_t - s["f"]) <= 16 * eps * jnp.abs(f_t)
+        # only, after a step not far too short: a row crawling through a flat or non-convex
+        # stretch also moves aux little, but its f still falls and its gradient is large
+        at_noise_floor = (jnp.abs(f_t - s["f"]) <= 16 * eps * jnp.abs(f_t)) & ~short
         converged_aux = accepted & jnp.all(jnp.abs(aux_t - s["aux"]) <= aux_tol, axis=-1) & ((gmax <= aux_gtol) | at_noise_floor)
         out_of_iterations = accepted & (iterations >= max_iterations)
         retry = active & ~ok
@@ -219,7 +225,7 @@ def minimize(
             iterations=iterations, evaluations=s["evaluations"] + s["active"], passes=s["passes"] + 1,
         )
         made = dict(step=step, y=y, store=store, sy=sy, yy=yy, step_sq=t * t * dd, gamma_before=s["gamma"],
-                    g_before=g, g_t=g_t, uphill=uphill, new_direction=new_direction)
+                    g_before=g, g_t=g_t, uphill=uphill, new_direction=new_direction, too_short=too_short)
         return new, made
 
     def remember(m, p, gamma):
@@ -245,6 +251,7 @@ def minimize(
         # elsewhere (it barely moved, or rounding flipped the sign) it keeps its last value
         determined = store[:, None] & (step * y > 0) & (jnp.abs(y) > 64 * eps * (jnp.abs(p["g_t"]) + jnp.abs(p["g_before"])))
         diag = jnp.where(determined, jnp.clip(step / jnp.where(determined, y, 1), bound / DIAG_RANGE, bound * DIAG_RANGE), diag)
+        diag = jnp.where(p["too_short"][:, None], 4 * diag, diag)
         return dict(S=S, Y=Y, rho=rho, pairs=m["pairs"] + jnp.any(store), diag=diag, use_diag=use_diag)
 
     def direction(s, m, p):
