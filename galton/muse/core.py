@@ -124,10 +124,10 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
 
         def attempt(carry):
             out, k = carry
-            again = lost(out) & (k > 0)
+            again = lost(out) & (k > 0)  # (on the first attempt out is `kept`: Z0 and gamma0)
             fresh = lbfgs(
-                u, X, jnp.where(k > 0, jnp.where(again[:, None], 0, out.z), Z0),
-                jnp.where(k > 0, jnp.where(again, jnp.nan, out.gamma), gamma0), max_iterations, gtol, score_tol,
+                u, X, jnp.where(again[:, None], 0, out.z), jnp.where(again, jnp.nan, out.gamma),
+                max_iterations, gtol, score_tol,
             )
             take = again | (k == 0)
             merged = jax.tree_util.tree_map(lambda new, old: jnp.where(take.reshape(-1, *(1,) * (new.ndim - 1)), new, old), fresh, out)
@@ -570,11 +570,11 @@ class _RootFinder:
     short (where the score saturates, e.g. a variance far too large). In a coordinate whose
     new step still points the way of its last one, the root has not been passed, and its
     covariance steps double in length (up to MAX_GROWTH times); coordinate by coordinate, so
-    that one that oscillates (a mean, in noisy scores) does not hold back one that crawls. A step that passed the root to a point further
-    from zero (in σ units) than the last is taken back halfway. No step moves a coordinate by
-    more than ``limit`` (one prior σ): where the score grows exponentially (a variance far too
-    small) a Newton step can overshoot by hundreds of units, into θ where the simulations
-    overflow.
+    that one that oscillates (a mean, in noisy scores) does not hold back one that crawls.
+    A step that passed the root to a point further from zero (in σ units) than the last is
+    taken back halfway. No step moves a coordinate by more than ``limit`` (one prior σ):
+    where the score grows exponentially (a variance far too small) a Newton step can
+    overshoot by hundreds of units, into θ where the simulations overflow.
     """
 
     def __init__(self, step_scale: float):
