@@ -46,6 +46,7 @@ def run_muse(dim, nsims, vectorize):
     return {
         "theta": float(result.theta_flat[0]), "sigma": float(result.std[0]), "iterations": result.iterations,
         "grad_evals": result.n_gradient_evaluations, "hvps": result.n_hessian_vector_products,
+        "iterations_s": sum(h["time_s"] for h in result.history),  # the MAP solves and θ steps
     }
 
 
@@ -110,11 +111,16 @@ def paired_worker(args) -> None:
 
     for method in ("muse", "muse_loop"):
         timed(method, args.dim, args.nsims)  # compile
-    pairs = [(timed("muse", args.dim, args.nsims, seed=i + 1)["time_s"], timed("muse_loop", args.dim, args.nsims, seed=i + 1)["time_s"])
-             for i in range(args.repeats)]
-    muse_s, loop_s = np.array(pairs).T
-    print(json.dumps({"muse_min_s": muse_s.min(), "loop_min_s": loop_s.min(), "ratio_median": float(np.median(loop_s / muse_s)),
-                      "ratio_of_mins": float(loop_s.min() / muse_s.min())}))
+    runs = [(timed("muse", args.dim, args.nsims, seed=i + 1), timed("muse_loop", args.dim, args.nsims, seed=i + 1)) for i in range(args.repeats)]
+    (muse_s, loop_s), (muse_it, loop_it) = (np.array([[r[k] for r in pair] for pair in runs]).T for k in ("time_s", "iterations_s"))
+    print(json.dumps({
+        "muse_min_s": muse_s.min(), "loop_min_s": loop_s.min(), "ratio_median": float(np.median(loop_s / muse_s)),
+        "ratio_of_mins": float(loop_s.min() / muse_s.min()),
+        # where the time goes: the MUSE iterations (simulating, solving the MAPs), and the rest
+        # (drawing the random numbers once, H, setting up, the result)
+        "iterations_s": [float(np.median(muse_it)), float(np.median(loop_it))],
+        "rest_s": [float(np.median(muse_s - muse_it)), float(np.median(loop_s - loop_it))],
+    }))
 
 
 def exact(dim):
@@ -191,6 +197,11 @@ def main(argv=None) -> int:
                 f"side by side in one process ({2 * args.repeats} pairs, same seeds): galton {paired['muse_min_s']:.4f} s, "
                 f"loop {paired['loop_min_s']:.4f} s (best of each): {paired['ratio_of_mins']:.1f}x; "
                 f"median of the pairs' ratios {paired['ratio_median']:.1f}x"
+            )
+            (g_it, l_it), (g_rest, l_rest) = paired["iterations_s"], paired["rest_s"]
+            print(
+                f"  of which (medians) the MUSE iterations: galton {g_it:.4f} s, loop {l_it:.4f} s, {l_it / g_it:.1f}x; "
+                f"the rest (random numbers, H, setup): galton {g_rest:.4f} s, loop {l_rest:.4f} s, {l_rest / g_rest:.1f}x"
             )
         print(f"galton MUSE warm median {base['warm_median_s']:.4f} s over {args.repeats} calls; {base['warm']['iterations']} iterations")
         print(f"galton MUSE cold in a fresh process with its compile cache filled by an earlier one: {cached_cold:.2f} s")

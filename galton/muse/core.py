@@ -157,14 +157,19 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
         dẑ solves (−∇z² log p) dẑ = ∂x∇z log p · dx (CG with Hessian-vector products), then
         dŝ = ∂x∇θ log p · dx + ∂z∇θ log p · dẑ. Returns also CG iterations and residuals ``(c, d)``.
         """
+        c, d = dX.shape[:2]
+        # one vmapped axis over (row, direction) pairs: a size-1 direction axis between rows
+        # and latents (d = 1) makes XLA:CPU's reductions several times slower
+        pairs = lambda A: jnp.broadcast_to(A[:, None], (c, d, *A.shape[1:])).reshape(c * d, *A.shape[1:])
+        Xp, Zp, dXp = pairs(X), pairs(Z), dX.reshape(c * d, *dX.shape[2:])
         grad_z = lambda x, z: jax.grad(model.log_joint, 1)(x, z, u)
-        over_dirs = lambda f: jax.vmap(f, (None, None, 0))
-        rhs = jax.vmap(over_dirs(lambda x, z, dx: jax.jvp(lambda x: grad_z(x, z), (x,), (dx,))[1]))(X, Z, dX)
-        matvec = lambda V: jax.vmap(over_dirs(lambda x, z, v: hvp(x, z, u, v)))(X, Z, V)
+        rhs = jax.vmap(lambda x, z, dx: jax.jvp(lambda x: grad_z(x, z), (x,), (dx,))[1])(Xp, Zp, dXp)
+        matvec = lambda V: jax.vmap(lambda x, z, v: hvp(x, z, u, v))(Xp, Zp, V)
         cg = solvers.conjugate_gradient(matvec, rhs, max_iterations=cg_max_iterations, rtol=cg_rtol)
         score = lambda x, z: jax.grad(model.log_joint, 2)(x, z, u)
-        dS = jax.vmap(jax.vmap(lambda x, z, dx, dz: jax.jvp(score, (x, z), (dx, dz))[1], (None, None, 0, 0)))(X, Z, dX, cg.x)
-        return jnp.swapaxes(dS, 1, 2), cg.iterations, cg.relative_residual  # H_i[a, b] = d s_a / d θ'_b
+        dS = jax.vmap(lambda x, z, dx, dz: jax.jvp(score, (x, z), (dx, dz))[1])(Xp, Zp, dXp, cg.x).reshape(c, d, d)
+        its, residual = cg.iterations.reshape(c, d), cg.relative_residual.reshape(c, d)
+        return jnp.swapaxes(dS, 1, 2), its, residual  # H_i[a, b] = d s_a / d θ'_b
 
     def chunk(u, x_obs, extrapolate, settings, rows):
         """One chunk of rows: simulate, solve the MAPs, and (when asked) differentiate them."""

@@ -59,7 +59,7 @@ class MinimizeResult(NamedTuple):
 
 
 def _rowdot(a, b):
-    return jnp.sum(a * b, axis=-1)
+    return jnp.einsum("...i,...i->...", a, b)
 
 
 def _two_loop(g, S, Y, rho, h0, newest, n_pairs):
