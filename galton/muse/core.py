@@ -191,17 +191,27 @@ def _compiled(model: FlatModel, memory: int) -> SimpleNamespace:
     def iteration(u, x_obs, noise, is_data, Z, Z_previous, gamma0, extrapolate, settings, chunk_size):
         """Every row at u (row 0 the data, then the simulations, then padding): `Rows`.
 
-        Rows go through in chunks of ``chunk_size`` (a compiled loop, `jax.lax.map`), each
+        Rows go through in chunks of ``chunk_size`` (a compiled loop, `jax.lax.scan`), each
         chunk vectorised: the arrays of a chunk stay in cache from simulation to MAP to H,
         where whole-batch arrays would stream through memory at every step of the optimiser.
         The solves start from ``Z + extrapolate (Z - Z_previous)``, the last MAPs moved on
-        along the line through the last two; ``Z_previous`` is donated.
+        along the line through the last two; ``Z_previous`` is donated, and the new MAPs are
+        written over it chunk by chunk, each chunk's rows once they have been read (a stacked
+        output of the loop would be a fresh array filled with zeros first: 0.3 ms a call at
+        101 × 10,000).
         """
         B = Z.shape[0]
         split = lambda a: a.reshape(B // chunk_size, chunk_size, *a.shape[1:])
-        rows = jax.tree_util.tree_map(split, (noise, is_data, Z, Z_previous, gamma0))
-        out = jax.lax.map(functools.partial(chunk, u, x_obs, extrapolate, settings), rows)
-        return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)
+        rows = jax.tree_util.tree_map(split, (noise, is_data, Z, gamma0))
+
+        def step(maps, indexed):
+            i, (noise, is_data, Z, gamma0) = indexed
+            Z_previous = jax.lax.dynamic_slice_in_dim(maps, i * chunk_size, chunk_size)
+            out = chunk(u, x_obs, extrapolate, settings, (noise, is_data, Z, Z_previous, gamma0))
+            return jax.lax.dynamic_update_slice_in_dim(maps, out.z, i * chunk_size, 0), out._replace(z=None)
+
+        maps, out = jax.lax.scan(step, Z_previous, (jnp.arange(B // chunk_size), rows))
+        return jax.tree_util.tree_map(lambda a: a.reshape(B, *a.shape[2:]), out)._replace(z=maps)
 
     @jax.jit
     def implicit_jacobian(u, keys, Z, cg_max_iterations, cg_rtol):
