@@ -7,7 +7,9 @@ times are the first call in a fresh process with galton's persistent compile cac
 (``GALTON_COMPILE_CACHE=0``): import excluded, compilation included. Warm times are the
 best of several calls once compiled; galton and the loop are also timed side by side in
 one process, call for call with the same seeds, since this machine's speed drifts by tens of
-per cent from minute to minute. Gradient evaluations count value-and-gradient calls
+per cent from minute to minute; that paired time is also split into the MUSE iterations
+(simulating and solving the MAPs; the first also waits for the random numbers) and the rest
+(H, setup, the result). Gradient evaluations count value-and-gradient calls
 of log p(x, z | θ) (summed over simulations for MUSE, leapfrog steps for NUTS) and, for
 MUSE, Hessian-vector products separately.
 
