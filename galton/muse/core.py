@@ -45,10 +45,12 @@ JACOBIAN_METHODS = ("implicit", "finite_difference")
 PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
 SUPERLINEAR_BELOW = 0.1  # secant steps shorter than this (in σ) are taken to converge superlinearly
 JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was below this × theta_rtol
-# rows per compiled chunk: about this many bytes per (chunk, n) array; measured on the funnel with
-# 10,000 latents (2-core CPU), 4 to 16 rows are equally fast, 1 row (per-kernel overhead) and
-# all 101 rows (arrays streaming from memory) 2 to 3 times slower
-CHUNK_BYTES = 1 << 18
+# rows per compiled chunk: at most about this many bytes per (chunk, n) array, and as few padding
+# rows as that allows. Paired runs on the funnel (2-core CPU, 101 rows): 17 rows (680 kB) 14 %
+# faster than 6 at 10,000 latents, one chunk of 101 21 % faster than 64 at 1,000, and 2 to 6
+# rows equal at 30,000; 34 rows at 10,000 and 17 at 30,000 (2 MB: arrays stream from memory)
+# 1.4 to 1.6 times slower
+CHUNK_BYTES = 3 << 18
 SECANT_RANGE = 4.0  # secant steps are used while within this factor of the covariance step's length
 MAX_GROWTH = 64.0  # covariance steps grow up to this many times while they fall short of the root
 PRIOR_STEP = 1.0  # no θ step moves a coordinate further than this many of its prior σ (from the prior's curvature)
@@ -460,6 +462,13 @@ def _check_scores(scores: np.ndarray, names: list[str], what: str, rows: Rows | 
     )
 
 
+def _default_chunk_size(rows: int, row_bytes: int) -> int:
+    """Rows per chunk: at most `CHUNK_BYTES` per (chunk, n) array (at least 2 rows), and the
+    chunks as even as they can be, so that the last one is padded as little as possible."""
+    most = max(2, CHUNK_BYTES // row_bytes)
+    return -(-rows // -(-rows // most))
+
+
 class _Batch:
     """The rows MUSE solves at every iteration, with their warm starts between iterations.
 
@@ -473,7 +482,7 @@ class _Batch:
         self.dtype = x.dtype
         self.rows = 1 + keys.shape[0]
         if chunk_size is None:
-            chunk_size = max(2, CHUNK_BYTES // (4 * max(z_dim, x.shape[0])))
+            chunk_size = _default_chunk_size(self.rows, self.dtype.itemsize * max(z_dim, x.shape[0]))
         self.chunk_size = int(min(chunk_size, self.rows)) if vectorize else 1
         padded = -(-self.rows // self.chunk_size) * self.chunk_size
         # the data row simulates too (with a borrowed key) and is then given x_obs
@@ -713,7 +722,8 @@ def muse(
         vectorize: ``False`` runs one compiled solve per simulation in a Python loop (the
             reference package's way, for comparison).
         chunk_size: simulations solved together, vectorised, in each step of the compiled
-            loop over them; by default as many as keep a chunk's arrays near 256 kB.
+            loop over them; by default as many as keep a chunk's arrays under 768 kB, in
+            chunks as even as that allows.
         progress: show a progress bar.
 
     Returns:
