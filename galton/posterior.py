@@ -153,6 +153,12 @@ _INVERSE = {
     "sigmoid": lambda y: jnp.log(y) - jnp.log1p(-y),
     "softplus": lambda y: y + jnp.log(-jnp.expm1(-y)),
 }
+_INVERSE_NUMPY = {
+    "identity": lambda y: y,
+    "exp": np.log,
+    "sigmoid": lambda y: np.log(y) - np.log1p(-y),
+    "softplus": lambda y: y + np.log(-np.expm1(-y)),
+}
 _LOG_DERIVATIVE = {
     "identity": lambda u: jnp.zeros_like(u),
     "exp": lambda u: u,
@@ -234,7 +240,11 @@ class ElementwiseBijection:
         return jnp.asarray(self.loc, u.dtype) + jnp.asarray(self.scale, u.dtype) * self._columns(_FORWARD, u)
 
     def inverse(self, theta: jax.Array) -> jax.Array:
-        """Original space ``(..., d)`` -> unconstrained ``(..., d)`` (NaN outside the support)."""
+        """Original space ``(..., d)`` -> unconstrained ``(..., d)`` (NaN outside the support; NumPy in, NumPy out)."""
+        if isinstance(theta, np.ndarray):
+            with np.errstate(invalid="ignore", divide="ignore"):  # outside the support: NaN, as documented
+                y = (theta - self.loc) / self.scale
+                return np.stack([_INVERSE_NUMPY[k](y[..., i]) for i, k in enumerate(self.kinds)], axis=-1)
         theta = jnp.asarray(theta)
         return self._columns(_INVERSE, (theta - jnp.asarray(self.loc, theta.dtype)) / jnp.asarray(self.scale, theta.dtype))
 

@@ -76,6 +76,20 @@ def test_program_reads_sites_and_evaluates_joint_density():
     )
 
 
+def test_program_log_joint_is_minus_infinity_outside_a_bounded_support():
+    # real-line sites skip NumPyro's support mask (a cost in every gradient); bounded ones keep it
+    program = Program(hierarchical, params=["theta"], observed=["x"])
+    theta, x = jnp.array([0.3]), jnp.zeros(5)
+    z = {"z": jnp.array([1.0, 2.0, -0.5, 1.0, 1.0])}  # LogNormal: -0.5 is outside (0, inf)
+    assert program.log_joint(x, z, theta) == -jnp.inf
+    z_ok = {"z": jnp.abs(z["z"])}
+    expected = dist.LogNormal(0.0, jnp.exp(0.15)).log_prob(z_ok["z"]).sum() + dist.Normal(z_ok["z"], 1.0).log_prob(x).sum()
+    np.testing.assert_allclose(program.log_joint(x, z_ok, theta), expected, rtol=1e-5)
+    # the same with NumPyro's validation switched off by the user
+    with numpyro.validation_enabled(False):
+        assert program.log_joint(x, z, theta) == -jnp.inf
+
+
 def test_program_rejects_unknown_or_preobserved_sites():
     with pytest.raises(ProblemError, match="site 'phi' not found"):
         Program(hierarchical, params=["phi"], observed=["x"])

@@ -745,16 +745,18 @@ def muse(
     if nsims <= d + 1:
         raise ProblemError(f"nsims={nsims} is too few for {d} parameters: J, their score covariance, needs nsims > d + 1")
     dtype = jnp.result_type(float)
-    x = jnp.asarray(model.flatten_x(x_obs), dtype)
-    if x.shape != (model.x_dim,):
-        raise ProblemError(f"x_obs has {x.size} values; the model's observations have {model.x_dim}")
-    if not bool(jnp.all(jnp.isfinite(x))):
+    # (checked on the host: eager device operations cost tens of microseconds each)
+    x_host = np.asarray(model.flatten_x(x_obs), dtype)
+    if x_host.shape != (model.x_dim,):
+        raise ProblemError(f"x_obs has {x_host.size} values; the model's observations have {model.x_dim}")
+    if not np.all(np.isfinite(x_host)):
         raise ProblemError("x_obs has non-finite values")
+    x = jnp.asarray(x_host)
 
     if result is not None:
         if list(result.names) != model.names:
             raise ProblemError(f"result has parameters {result.names}; this problem has {model.names}")
-        result._check_x(np.asarray(x))
+        result._check_x(x_host)
         if result.z_map.shape[1] != model.z_dim:
             raise ProblemError(f"result's MAPs have {result.z_map.shape[1]} latents; this problem has {model.z_dim}")
         key = result.key if key is None else key
@@ -768,7 +770,7 @@ def muse(
         if key is None:
             raise ProblemError("muse needs key=jax.random.key(...) (or result= to continue a run)")
         theta0 = np.zeros(d) if theta_start is None else model.flatten_theta(theta_start)
-        u = np.asarray(model.bijection.inverse(jnp.asarray(theta0)), np.float64) if theta_start is not None else theta0
+        u = np.asarray(model.bijection.inverse(np.asarray(theta0, np.float64)), np.float64) if theta_start is not None else theta0
         if not np.all(np.isfinite(u)):
             bad = [n for n, v in zip(model.names, u) if not np.isfinite(v)]
             raise ProblemError(f"theta_start is outside the prior's support for {bad}")
@@ -937,7 +939,7 @@ def muse(
             RuntimeWarning, stacklevel=2,
         )
     return MuseResult(
-        theta_hat, cov, model.names, model.bijection, np.asarray(x),
+        theta_hat, cov, model.names, model.bijection, x_host,
         J=J, H=H, H_prior=H_prior, theta_evaluated=np.asarray(u_evaluated), scores=s_sims,
         z_map=np.asarray(batch.Z)[: 1 + nsims], key_data=np.asarray(jax.random.key_data(key)), history=history, nsims=nsims,
         converged=converged, time_s=elapsed, n_gradient_evaluations=n_evals, n_hessian_vector_products=n_hvps,

@@ -142,7 +142,7 @@ class _ProgramModel(FlatModel):
     def flatten_x(self, x):
         if isinstance(x, dict):
             return self.program.data.flatten(x)
-        return jnp.asarray(x).reshape(-1)
+        return np.asarray(x).reshape(-1)
 
 
 class _HierarchicalFlatModel(FlatModel):

@@ -62,6 +62,13 @@ def _rowdot(a, b):
     return jnp.einsum("...i,...i->...", a, b)
 
 
+def _max_abs(a):
+    """max |a| over the last axis, and not finite where a has a NaN: XLA:CPU's reductions over
+    long rows (jax 0.10, 10,000 floats) leave NaN out of max, so it is made +inf first (fused
+    into the pass that takes |a|)."""
+    return jnp.max(jnp.where(jnp.isnan(a), jnp.inf, jnp.abs(a)), axis=-1)
+
+
 def _two_loop(g, S, Y, rho, h0, newest, n_pairs):
     """Apply each row's L-BFGS inverse Hessian to ``g (B, n)``.
 
@@ -144,7 +151,7 @@ def minimize(
         return z, jnp.where(bad, f1, f0), jnp.where(bad[:, None], g1, g0), jnp.where(bad[:, None], aux1, aux0)
 
     z, f, g, aux = jax.lax.cond(jnp.any(bad), from_origin, lambda: (z0, f0, g0, aux0))
-    gmax = jnp.max(jnp.abs(g), axis=-1)
+    gmax = _max_abs(g)
     finite = jnp.isfinite(f) & jnp.isfinite(gmax)
     g = jnp.where(finite[:, None], g, 0)
     aux = jnp.where(finite[:, None], aux, jnp.inf)  # (a row with no finite point has no aux output)
@@ -181,7 +188,7 @@ def minimize(
         f_t, g_t, aux_t = fun(s["z"] + step)
         y = g_t - g
         slope, dy, yy, dd = _rowdot(d, g), _rowdot(d, y), _rowdot(y, y), _rowdot(d, d)
-        gmax = jnp.max(jnp.abs(g_t), axis=-1)
+        gmax = _max_abs(g_t)
         sy = t * dy
         # Armijo with a slack of a few ulps of |f|: near the optimum the true decrease drops
         # below the rounding noise of f, and the gradient test has to take over. A direction
@@ -287,7 +294,7 @@ def minimize(
         return jax.lax.cond(jnp.any(s["active"]) & (s["passes"] < max_passes), more, lambda: {k: s[k] for k in keep})
 
     s = jax.lax.cond(jnp.any(state["active"]), solve, lambda s: {k: s[k] for k in keep}, state)
-    grad_max = jnp.max(jnp.abs(s["g"]), axis=-1)
+    grad_max = _max_abs(s["g"])
     return MinimizeResult(s["z"], s["f"], grad_max, s["aux"], s["gamma"], s["iterations"], s["evaluations"], s["status"], hvps)
 
 
