@@ -497,8 +497,9 @@ class _Batch:
         self.gamma = np.full(padded, np.nan, self.dtype)  # unknown: the first solve finds them
         self.n_evals = self.n_hvps = 0
 
-    def run(self, u, max_iterations, score_tol, with_jacobian, *, gtol, cg_max_iterations, cg_rtol) -> Rows:
-        """Solve every row at unconstrained θ ``u``; returns `Rows` of the data and simulations as NumPy."""
+    def run(self, u, max_iterations, score_tol, with_jacobian, *, gtol, cg_max_iterations, cg_rtol) -> tuple[Rows, tuple]:
+        """Solve every row at unconstrained θ ``u``; returns `Rows` of the data and simulations
+        and the prior's gradient ``(d,)`` and Hessian ``(d, d)`` at ``u``, as NumPy."""
         extrapolate = _extrapolation(u, self.u_of_Z, self.u_of_Z_previous)
         gamma = self.gamma
         if self.u_of_Z is not None and self.u_of_Z_previous is None and np.any(np.asarray(u) != np.asarray(self.u_of_Z)):
@@ -512,25 +513,28 @@ class _Batch:
             np.bool_(with_jacobian), np.int32(cg_max_iterations), np.asarray(cg_rtol, self.dtype),
         )
         iterate = self.fns.iteration if self.vectorize else self.fns.iteration_loop
+        u_host = np.asarray(u, self.dtype)
         out = iterate(
-            np.asarray(u, self.dtype), self.x, self.noise, self.is_data, self.Z, self.Z_previous, gamma,
+            u_host, self.x, self.noise, self.is_data, self.Z, self.Z_previous, gamma,
             np.asarray(extrapolate, self.dtype), settings, chunk_size=self.chunk_size,
         )
         self._before = (self.gamma, self.u_of_Z)
         self.Z_previous, self.u_of_Z_previous = self.Z, self.u_of_Z  # (the old Z_previous was donated)
         self.Z, self.gamma, self.u_of_Z = out.z, out.gamma, u
         # one transfer of everything but the MAPs, which stay on the device for the next solve
-        host = jax.device_get(out._replace(z=None))
+        # (and the prior's terms with it: a transfer of their own waits a round trip)
+        host, prior = jax.device_get((out._replace(z=None), self.fns.prior_terms(u_host)))
         rows = Rows(*(None if a is None else np.asarray(a)[: self.rows] for a in host))
         self.n_evals += int(rows.evaluations.sum())
         self.n_hvps += int(rows.hvps.sum())
-        return rows._replace(score=rows.score.astype(np.float64), H=rows.H.astype(np.float64))
+        prior = tuple(np.asarray(a, np.float64) for a in prior)
+        return rows._replace(score=rows.score.astype(np.float64), H=rows.H.astype(np.float64)), prior
 
 
     def jacobian(self, cg_max_iterations, cg_rtol):
         """H of every simulation at the MAPs of the last solve (its θ), without solving again:
         ``(nsims, d, d)``, CG iterations and residuals ``(nsims, d)``, as NumPy."""
-        rows = self.run(self.u_of_Z, 0, np.zeros_like(self.u_of_Z), True, gtol=0.0, cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol)
+        rows, _ = self.run(self.u_of_Z, 0, np.zeros_like(self.u_of_Z), True, gtol=0.0, cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol)
         return rows.H[1:], rows.cg_iterations[1:], rows.cg_residual[1:]
 
     def undo(self) -> None:
@@ -798,15 +802,15 @@ def muse(
             if score_scale is None:
                 # no spread of the scores known yet to say when a score is stable: a short pilot
                 # solve finds it, and the solve goes on from there unless every MAP converged
-                rows = batch.run(u, min(map_max_iterations, PILOT_ITERATIONS), -np.ones(d), False, **tolerances)
+                rows, prior = batch.run(u, min(map_max_iterations, PILOT_ITERATIONS), -np.ones(d), False, **tolerances)
                 _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
                 score_scale = np.std(rows.score[1:], axis=0)
                 has_jacobian = False
                 if np.any(rows.status > solvers.CONVERGED_AUX):
-                    rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
+                    rows, prior = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
                     has_jacobian = with_jacobian
             else:
-                rows = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
+                rows, prior = batch.run(u, map_max_iterations, map_score_rtol * score_scale, with_jacobian, **tolerances)
                 has_jacobian = with_jacobian
                 bad = np.flatnonzero(~np.all(np.isfinite(rows.score), axis=1))
                 if bad.size and u_evaluated is not None and retreats < MAX_BREAKDOWN_RETREATS:
@@ -823,7 +827,7 @@ def muse(
             _check_scores(rows.score, model.names, f"iteration {len(history) + 1}", rows)
             retreats = 0
             u_evaluated, last, last_has_jacobian = u, rows, has_jacobian
-            g_prior, h_prior = (np.asarray(a, np.float64) for a in fns.prior_terms(np.asarray(u, batch.dtype)))
+            g_prior, h_prior = prior
             s_sims = rows.score[1:]
             s_post = rows.score[0] - s_sims.mean(0) + g_prior
             F_cov = np.atleast_2d(np.cov(s_sims, rowvar=False)) - np.atleast_2d(h_prior)
@@ -840,10 +844,11 @@ def muse(
             failed = _failed_rows(rows, map_gtol)
             history.append(_record(model, u, s_post, distance, kind, rows, failed, time.perf_counter() - t0))
             bar.update()
-            bar.set_postfix_str(
-                f"θ={', '.join(f'{v:.4g}' for v in history[-1]['theta'][:4])} step={distance:.3g}σ "
-                f"MAP its≤{rows.iterations.max()} failed={int(failed.sum())}"
-            )
+            if progress:
+                bar.set_postfix_str(
+                    f"θ={', '.join(f'{v:.4g}' for v in history[-1]['theta'][:4])} step={distance:.3g}σ "
+                    f"MAP its≤{rows.iterations.max()} failed={int(failed.sum())}"
+                )
             # secant steps converge superlinearly: once in that regime the error left after this
             # step is about its length times its ratio to the step before
             remaining = distance
@@ -861,7 +866,7 @@ def muse(
     n_evals += batch.n_evals
     n_hvps += batch.n_hvps
 
-    u_eval = jnp.asarray(u_evaluated, batch.dtype)
+    u_eval = np.asarray(u_evaluated, batch.dtype)
     J = np.atleast_2d(np.cov(s_sims, rowvar=False))
     if jacobian == "implicit":
         if not vectorize:
