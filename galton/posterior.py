@@ -166,6 +166,13 @@ _LOG_DERIVATIVE = {
     "softplus": lambda u: -jax.nn.softplus(-u),
 }
 
+_LOG_DERIVATIVE_NUMPY = {
+    "identity": lambda u: np.zeros_like(u),
+    "exp": lambda u: u,
+    "sigmoid": lambda u: -np.logaddexp(0, -u) - np.logaddexp(0, u),
+    "softplus": lambda u: -np.logaddexp(0, -u),
+}
+
 
 def _elementwise(transform) -> tuple[str, float, float]:
     """(kind, loc, scale) with ``transform(u) = loc + scale * kind(u)``, or raise."""
@@ -256,7 +263,8 @@ class ElementwiseBijection:
     def jacobian_diagonal(self, u) -> np.ndarray:
         """dθ_i/du_i at u ``(d,)``, as float64."""
         u = np.asarray(u, np.float64)
-        return np.exp(np.asarray(self._columns(_LOG_DERIVATIVE, jnp.asarray(u)), np.float64)) * self.scale
+        cols = [_LOG_DERIVATIVE_NUMPY[k](u[..., i]) for i, k in enumerate(self.kinds)]
+        return np.exp(np.stack(cols, axis=-1)) * self.scale
 
     def to_dict(self) -> dict[str, Any]:
         return {"kinds": self.kinds, "loc": self.loc.tolist(), "scale": self.scale.tolist()}

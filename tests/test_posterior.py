@@ -41,6 +41,20 @@ def test_bijection_from_a_constrained_prior_maps_into_the_support():
     np.testing.assert_allclose(bijection.log_abs_det_jacobian(u[:5]), jnp.log(jnp.abs(jnp.linalg.det(jac))), rtol=1e-4, atol=1e-4)
 
 
+def test_bijection_numpy_twins_agree_with_jax():
+    # the host-side (NumPy) paths MUSE uses for θ_start and σ: the same maps as the JAX ones
+    bijection = ElementwiseBijection(["identity", "exp", "sigmoid", "softplus"], [0.5, 1.0, -1.0, 0.0], [2.0, 3.0, 4.0, 1.0])
+    u = np.array([[0.3, -1.2, 2.5, -0.7], [-2.0, 0.4, -3.0, 1.5]])
+    theta = bijection.forward(u)
+    np.testing.assert_allclose(theta, bijection.forward(jnp.asarray(u, jnp.float32)), rtol=1e-5)
+    np.testing.assert_allclose(bijection.inverse(theta), u, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(bijection.inverse(theta), bijection.inverse(jnp.asarray(theta, jnp.float32)), rtol=1e-4, atol=1e-5)
+    for row in u:
+        jac = np.diag(np.asarray(jax.jacfwd(bijection.forward)(jnp.asarray(row, jnp.float32))))
+        np.testing.assert_allclose(bijection.jacobian_diagonal(row), jac, rtol=1e-5)
+    assert np.isnan(bijection.inverse(np.array([0.0, -1.0, 0.0, 0.0]))[1])  # outside (1, inf): NaN
+
+
 def test_constrained_gaussian_density_matches_its_samples():
     # a Gaussian in logit space pushed to (0, 1): the density of the draws is log_prob
     bijection = ElementwiseBijection(["sigmoid"], [0.0], [1.0])
