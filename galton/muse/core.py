@@ -295,7 +295,11 @@ def _split_sampler(model: FlatModel):
     if size > NOISE_FACTOR * max(model.x_dim + model.z_dim, 1):
         return plain()
     noise_of, x_of = jaxpr_as_fun(known), jaxpr_as_fun(unknown)
-    fixed = [None if v else r for v, r in zip(varying, noise_of(jax.random.key(0)))]
+    # (compiled, with the random draws left out: run eagerly, every operation of the jaxpr
+    # would be compiled on its own, a quarter of a second of a first run)
+    constants = jax.jit(lambda key: [r for v, r in zip(varying, noise_of(key)) if not v])(jax.random.key(0))
+    constants = iter(constants)
+    fixed = [None if v else next(constants) for v in varying]
 
     def x_from_noise(noise, u):
         it = iter(noise)
