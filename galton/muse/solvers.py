@@ -143,15 +143,16 @@ def minimize(
 
     # the start, outside the loop so that the loop's passes all do the same work
     f0, g0, aux0 = fun(z0)
-    bad = ~(jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0), axis=-1))
+    gmax0 = _max_abs(g0)  # (not finite exactly where g0 has a non-finite entry)
+    bad = ~(jnp.isfinite(f0) & jnp.isfinite(gmax0))
 
     def from_origin():  # a warm start carried out of the support: start those rows from 0
         z = jnp.where(bad[:, None], 0, z0).astype(dtype)
         f1, g1, aux1 = fun(z)
-        return z, jnp.where(bad, f1, f0), jnp.where(bad[:, None], g1, g0), jnp.where(bad[:, None], aux1, aux0)
+        g = jnp.where(bad[:, None], g1, g0)
+        return z, jnp.where(bad, f1, f0), g, jnp.where(bad[:, None], aux1, aux0), _max_abs(g)
 
-    z, f, g, aux = jax.lax.cond(jnp.any(bad), from_origin, lambda: (z0, f0, g0, aux0))
-    gmax = _max_abs(g)
+    z, f, g, aux, gmax = jax.lax.cond(jnp.any(bad), from_origin, lambda: (z0, f0, g0, aux0, gmax0))
     finite = jnp.isfinite(f) & jnp.isfinite(gmax)
     g = jnp.where(finite[:, None], g, 0)
     aux = jnp.where(finite[:, None], aux, jnp.inf)  # (a row with no finite point has no aux output)
