@@ -165,7 +165,6 @@ _LOG_DERIVATIVE = {
     "sigmoid": lambda u: -jax.nn.softplus(-u) - jax.nn.softplus(u),
     "softplus": lambda u: -jax.nn.softplus(-u),
 }
-
 _LOG_DERIVATIVE_NUMPY = {
     "identity": lambda u: np.zeros_like(u),
     "exp": lambda u: u,
@@ -236,13 +235,12 @@ class ElementwiseBijection:
 
     def _columns(self, fns, v):
         cols = [fns[k](v[..., i]) for i, k in enumerate(self.kinds)]
-        return jnp.stack(cols, axis=-1)
+        return (np.stack if isinstance(v, np.ndarray) else jnp.stack)(cols, axis=-1)
 
     def forward(self, u: jax.Array) -> jax.Array:
         """Unconstrained ``(..., d)`` -> original space ``(..., d)`` (NumPy in, NumPy out)."""
         if isinstance(u, np.ndarray):
-            cols = [_FORWARD_NUMPY[k](u[..., i]) for i, k in enumerate(self.kinds)]
-            return self.loc + self.scale * np.stack(cols, axis=-1)
+            return self.loc + self.scale * self._columns(_FORWARD_NUMPY, u)
         u = jnp.asarray(u)
         return jnp.asarray(self.loc, u.dtype) + jnp.asarray(self.scale, u.dtype) * self._columns(_FORWARD, u)
 
@@ -250,8 +248,7 @@ class ElementwiseBijection:
         """Original space ``(..., d)`` -> unconstrained ``(..., d)`` (NaN outside the support; NumPy in, NumPy out)."""
         if isinstance(theta, np.ndarray):
             with np.errstate(invalid="ignore", divide="ignore"):  # outside the support: NaN, as documented
-                y = (theta - self.loc) / self.scale
-                return np.stack([_INVERSE_NUMPY[k](y[..., i]) for i, k in enumerate(self.kinds)], axis=-1)
+                return self._columns(_INVERSE_NUMPY, (theta - self.loc) / self.scale)
         theta = jnp.asarray(theta)
         return self._columns(_INVERSE, (theta - jnp.asarray(self.loc, theta.dtype)) / jnp.asarray(self.scale, theta.dtype))
 
@@ -262,9 +259,7 @@ class ElementwiseBijection:
 
     def jacobian_diagonal(self, u) -> np.ndarray:
         """dθ_i/du_i at u ``(d,)``, as float64."""
-        u = np.asarray(u, np.float64)
-        cols = [_LOG_DERIVATIVE_NUMPY[k](u[..., i]) for i, k in enumerate(self.kinds)]
-        return np.exp(np.stack(cols, axis=-1)) * self.scale
+        return np.exp(self._columns(_LOG_DERIVATIVE_NUMPY, np.asarray(u, np.float64))) * self.scale
 
     def to_dict(self) -> dict[str, Any]:
         return {"kinds": self.kinds, "loc": self.loc.tolist(), "scale": self.scale.tolist()}
