@@ -1,18 +1,31 @@
 """galton: simulation-based inference in JAX."""
 
+import importlib
+
 from galton._cache import enable_compile_cache
 
 enable_compile_cache()
 
-from galton import tasks  # noqa: E402
-from galton.infer import infer
-from galton.methods import NLE, NPE, NRE
-from galton.muse import HierarchicalModel, MuseError, MuseResult, muse
-from galton.posterior import GaussianPosterior, Posterior
-from galton.problem import Blocks, Prior, Problem, ProblemError, Program, Simulator, check_theta
-from galton.simulate import SimulationError, simulate
-from galton.store import Simulations, StoreMismatchError, load_simulations
-from galton.train import Training, TrainingError
+from galton import methods, nets, posteriors, tasks  # noqa: E402
+from galton.infer import infer  # noqa: E402
+from galton.keys import as_key  # noqa: E402
+from galton.methods import *  # noqa: E402,F403  (every registered method class: NPE, NLE, NRE, ...)
+from galton.muse import HierarchicalModel, MuseError, MuseResult, muse  # noqa: E402
+from galton.posteriors import GaussianPosterior, Posterior, SamplesPosterior  # noqa: E402
+from galton.problem import Blocks, Prior, Problem, ProblemError, Program, Simulator, check_theta  # noqa: E402
+from galton.simulate import SimulationError, simulate  # noqa: E402
+from galton.store import Simulations, StoreMismatchError, load_simulations  # noqa: E402
+from galton.train import Training, TrainingError  # noqa: E402
+
+# heavier modules (scikit-learn, SciPy, matplotlib) load on first use: `galton.diagnostics.c2st(...)`
+_LAZY = ("calibration", "diagnostics", "plot", "sampling")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return importlib.import_module(f"galton.{name}")
+    raise AttributeError(f"module 'galton' has no attribute {name!r}")
+
 
 __all__ = [
     "Blocks",
@@ -21,24 +34,28 @@ __all__ = [
     "MuseError",
     "MuseResult",
     "Posterior",
-    "muse",
-    "NLE",
-    "NPE",
-    "NRE",
     "Prior",
     "Problem",
     "ProblemError",
     "Program",
+    "SamplesPosterior",
     "SimulationError",
     "Simulations",
     "Simulator",
     "StoreMismatchError",
     "Training",
     "TrainingError",
+    "as_key",
     "check_theta",
     "infer",
     "load_simulations",
+    "methods",
+    "muse",
+    "nets",
+    "posteriors",
     "simulate",
     "tasks",
+    *(cls.__name__ for cls in methods.REGISTRY.values()),
+    *_LAZY,
 ]
 __version__ = "0.1.0"

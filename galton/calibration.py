@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
-from tqdm.auto import tqdm
+
+from galton.keys import as_key
+from galton.progress import Progress
 
 
 def posterior_draws(posterior, xs, n: int, *, key: jax.Array, progress: bool = False) -> np.ndarray:
@@ -23,10 +25,15 @@ def posterior_draws(posterior, xs, n: int, *, key: jax.Array, progress: bool = F
     Uses the posterior's batched sampler when it has one (amortized flows), else one
     `sample` call per observation.
     """
+    key = as_key(key)
     if hasattr(posterior, "sample_batch"):
         return np.asarray(posterior.sample_batch(n, key=key, xs=xs))
     keys = jax.random.split(key, len(xs))
-    out = [np.asarray(posterior.sample(n, key=k, x=x)) for k, x in tqdm(zip(keys, xs), total=len(xs), disable=not progress)]
+    out = []
+    with Progress(len(xs), desc="posterior draws", unit="observation", enabled=progress) as bar:
+        for k, x in zip(keys, xs):
+            out.append(np.asarray(posterior.sample(n, key=k, x=x)))
+            bar.update(1)
     return np.stack(out)
 
 
@@ -90,7 +97,7 @@ def tarp(posterior, theta, x, *, key: jax.Array, n_samples: int = 1000, referenc
         ``(levels (k,), ecp (k,))`` with ``ecp = mean(f < level)``: the diagonal for a
         correct posterior.
     """
-    theta = np.asarray(theta, np.float64)
+    theta, key = np.asarray(theta, np.float64), as_key(key)
     draws = posterior_draws(posterior, x, n_samples, key=key, progress=progress).astype(np.float64)
     mean, std = theta.mean(0), theta.std(0) + 1e-12
     theta, draws = (theta - mean) / std, (draws - mean) / std

@@ -13,34 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.methods.nle import NLE
-from galton.methods.npe import NPE
-from galton.methods.nre import NRE
-from galton.neural_posterior import DensityPosterior, FlowPosterior
+from galton import methods
+from galton.keys import as_key
 from galton.problem import ProblemError, Program, Simulator
 from galton.simulate import simulate
 from galton.store import Simulations
-
-METHODS = {"npe": NPE, "nle": NLE, "nre": NRE}
-
-
-def method_from(method: str | Any, **options):
-    """A method object from its name (``"npe"``, ``"nle"``, ``"nre"``) and settings, or as given."""
-    if isinstance(method, str):
-        if method.lower() not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)} or a method object, got {method!r}")
-        return METHODS[method.lower()](**options)
-    if options:
-        raise ValueError("options go with a method name; a method object carries its own settings")
-    return method
-
-
-def posterior_of(method, network, prior, history: list[dict]):
-    """Wrap a trained network as the posterior its method defines."""
-    if isinstance(method, NPE):
-        return FlowPosterior(network, prior, history=history)
-    term = "likelihood" if isinstance(method, NLE) else "ratio"
-    return DensityPosterior(network, prior, history=history, term=term, sampler=method.sampler)
 
 
 def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
@@ -71,7 +48,8 @@ def infer(
         problem: a `Simulator` or `Program`.
         x_obs: the observation ``(*x_shape)``; for NLE and NRE also ``(n_obs, *x_shape)`` iid ones.
         key: a ``jax.random`` key.
-        method: ``"npe"``, ``"nle"``, ``"nre"``, or a configured `NPE`, `NLE`, `NRE` object.
+        method: a registered name (``galton.methods.names()``: ``"npe"``, ``"nle"``, ``"nre"``, ...)
+            or a configured method object such as ``NPE(flow="maf")``.
         budget: total simulations, split evenly over ``rounds``.
         rounds: 1 for amortized inference; more for the sequential variants.
         simulations: optional prior simulations to use as the first round instead of simulating.
@@ -82,14 +60,15 @@ def infer(
         The posterior conditioned on ``x_obs`` (`FlowPosterior` for NPE, `DensityPosterior` for
         NLE and NRE), with the training history of each round in ``.history``.
     """
-    method = method_from(method, **options)
+    method = methods.get(method, **options)
+    key = as_key(key)
     if int(budget) != budget or budget < 1:
         raise ValueError(f"budget must be a positive number of simulations, got {budget!r}")
     if int(rounds) != rounds or not 1 <= rounds <= budget:
         raise ValueError(f"rounds must be an integer between 1 and the budget, got {rounds!r}")
     if problem.backend == "jax":
         x_shape = jax.eval_shape(problem.simulate_flat, jax.random.key(0), jnp.zeros(problem.prior.dim)).shape
-        x_obs = _check_observation(problem, x_obs, x_shape, iid=not isinstance(method, NPE))
+        x_obs = _check_observation(problem, x_obs, x_shape, iid=method.iid)
     per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
     model, history, sims, posterior = None, [], simulations, None
     for r, n in enumerate(per_round):
@@ -103,8 +82,8 @@ def infer(
             new = simulate(problem, key=key_sim, theta=np.asarray(theta), progress=progress)
         sims = new if sims is None or (r == 0 and simulations is not None) else Simulations.concatenate([sims, new])
         if r == 0 and problem.backend != "jax":
-            x_obs = _check_observation(problem, x_obs, sims.x.shape[1:], iid=not isinstance(method, NPE))
+            x_obs = _check_observation(problem, x_obs, sims.x.shape[1:], iid=method.iid)
         model, round_history = method.fit(sims, problem.prior, key=key_fit, sequential=r > 0, init=model, progress=progress)
         history.append(round_history)
-        posterior = posterior_of(method, model, problem.prior, history).condition(x_obs)
+        posterior = method.posterior(model, problem.prior, history).condition(x_obs)
     return posterior

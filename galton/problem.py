@@ -19,7 +19,9 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
-from numpyro.distributions.transforms import biject_to
+
+from galton.keys import as_key
+from galton.transforms import SupportBijection, reduce_to
 
 
 class ProblemError(ValueError):
@@ -112,6 +114,7 @@ class Prior:
             if len(names) != self.blocks.dim:
                 raise ProblemError(f"names has {len(names)} entries but θ has {self.blocks.dim} columns")
         self.names: list[str] = names if names is not None else self.blocks.names
+        self.bijection = SupportBijection({k: d.support for k, d in self.distributions.items()})
 
     @property
     def dim(self) -> int:
@@ -130,7 +133,7 @@ class Prior:
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Draw θ: returns ``(*sample_shape, d)``."""
-        keys = jax.random.split(key, len(self.distributions))
+        keys = jax.random.split(as_key(key), len(self.distributions))
         parts = {k: d.sample(kk, sample_shape) for kk, (k, d) in zip(keys, self.distributions.items())}
         return self.blocks.flatten(parts)
 
@@ -148,7 +151,7 @@ class Prior:
         return total
 
     def _block_in_support(self, k: str, v: jax.Array, batch: tuple[int, ...]) -> jax.Array:
-        return _reduce_to(self.distributions[k].support(v), batch, jnp.all)
+        return reduce_to(self.distributions[k].support(v), batch, jnp.all)
 
     def in_support(self, theta: jax.Array) -> jax.Array:
         """``(*batch, d)`` -> boolean ``(*batch,)``."""
@@ -161,36 +164,20 @@ class Prior:
 
     def to_unconstrained(self, theta: jax.Array) -> jax.Array:
         """Map θ ``(*batch, d)`` to an unconstrained space of the same size, block by block."""
-        parts = {k: biject_to(self.distributions[k].support).inv(v) for k, v in self.blocks.unflatten(theta).items()}
-        return self.blocks.flatten(parts)
+        return self.blocks.flatten(self.bijection.inverse(self.blocks.unflatten(theta)))
 
     def to_constrained(self, u: jax.Array) -> jax.Array:
         """Inverse of `to_unconstrained`."""
-        parts = {k: biject_to(self.distributions[k].support)(v) for k, v in self.blocks.unflatten(u).items()}
-        return self.blocks.flatten(parts)
+        return self.blocks.flatten(self.bijection.forward(self.blocks.unflatten(u)))
 
     def log_abs_det_jacobian(self, u: jax.Array) -> jax.Array:
         """log |dθ/du| of `to_constrained` at u ``(*batch, d)`` -> ``(*batch,)``."""
         u = jnp.asarray(u)
-        batch = u.shape[:-1]
-        total = jnp.zeros(batch)
-        for k, v in self.blocks.unflatten(u).items():
-            t = biject_to(self.distributions[k].support)
-            total = total + _reduce_to(t.log_abs_det_jacobian(v, t(v)), batch, jnp.sum)
-        return total
+        return self.bijection.log_abs_det_jacobian(self.blocks.unflatten(u), u.shape[:-1])
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={type(d).__name__}{tuple(d.batch_shape + d.event_shape)}" for k, d in self.distributions.items())
         return f"Prior({inner})"
-
-
-def _reduce_to(values, batch: tuple[int, ...], reduce) -> jax.Array:
-    """Reduce per-element values to the batch shape: constraints and Jacobians of vector
-    transforms already reduce over event axes, elementwise ones do not."""
-    values = jnp.asarray(values)
-    while values.ndim > len(batch):
-        values = reduce(values, axis=-1)
-    return jnp.broadcast_to(values, batch)
 
 
 def check_theta(prior: Prior, theta, *, what: str = "theta") -> jax.Array:
@@ -307,6 +294,7 @@ class Program:
         object.__setattr__(self, "latents", Blocks(latent))
         object.__setattr__(self, "data", Blocks({k: tuple(jnp.shape(sites[k]["value"])) for k in observed}))
         object.__setattr__(self, "_supports", {k: sites[k]["fn"].support for k in latent})
+        object.__setattr__(self, "latent_bijection", SupportBijection(self._supports))
         if self.name is None:
             object.__setattr__(self, "name", getattr(self.model, "__name__", "program"))
 
@@ -354,19 +342,16 @@ class Program:
 
     def latents_to_unconstrained(self, z: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Map each latent to the unconstrained space of its support."""
-        return {k: biject_to(self._supports[k]).inv(v) for k, v in z.items()}
+        return self.latent_bijection.inverse(z)
 
     def latents_to_constrained(self, u: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Inverse of `latents_to_unconstrained`."""
-        return {k: biject_to(self._supports[k])(v) for k, v in u.items()}
+        return self.latent_bijection.forward(u)
 
     def log_joint_unconstrained(self, x: jax.Array, u: Mapping[str, jax.Array], theta: jax.Array) -> jax.Array:
         """log p(x, z(u) | θ) + log |dz/du|: the density of the unconstrained latents u."""
         z = self.latents_to_constrained(u)
-        log_det = sum(
-            biject_to(self._supports[k]).log_abs_det_jacobian(v, z[k]).sum() for k, v in u.items()
-        )
-        return self.log_joint(x, z, theta) + log_det
+        return self.log_joint(x, z, theta) + self.latent_bijection.log_abs_det_jacobian(u)
 
 
 def _on_real_line(support) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from numpyro.diagnostics import split_gelman_rubin
 from numpyro.infer import ESS, MCMC, NUTS
 
+from galton.keys import as_key
 from galton.problem import Prior
 
 METHODS = ("nuts", "slice")
@@ -46,7 +47,7 @@ def initial_points(log_density: Callable, prior: Prior, n: int, *, key: jax.Arra
     exact likelihood: 90 % of the draws in one of four equal modes, C2ST 0.83), while the best
     draws of independent sets fall in each mode in proportion to its mass.
     """
-    key_draw, key_pick = jax.random.split(key)
+    key_draw, key_pick = jax.random.split(as_key(key))
     theta = prior.sample(key_draw, (n, candidates))
     logp = jax.lax.map(jax.vmap(log_density), theta)
     finite = jnp.isfinite(logp)
@@ -91,7 +92,7 @@ def mcmc(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    key_init, key_run, key_shuffle = jax.random.split(key, 3)
+    key_init, key_run, key_shuffle = jax.random.split(as_key(key), 3)
     if init is None:
         init = initial_points(log_density, prior, num_chains, key=key_init)
     u0 = prior.to_unconstrained(jnp.asarray(init))
@@ -164,7 +165,7 @@ def importance_resample(
     Returns:
         Samples ``(n, d)`` and the effective sample size of the weighted draws.
     """
-    key_draw, key_pick = jax.random.split(key)
+    key_draw, key_pick = jax.random.split(as_key(key))
     theta = proposal.sample(key_draw, (oversample * n,))
     logw = jax.lax.map(log_weight, theta, batch_size=4096)
     logw = jnp.where(jnp.isfinite(logw), logw, -jnp.inf)
@@ -191,6 +192,7 @@ def rejection(
     log 1.2 (as sbibm does); draws above the bound raise it and restart, so the result stays exact.
     """
     vmapped = jax.jit(jax.vmap(log_ratio))
+    key = as_key(key)
     accepted, drawn = [], 0
     while sum(len(a) for a in accepted) < n:
         if drawn >= max_draws:

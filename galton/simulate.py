@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import loky
 import numpy as np
-from tqdm.auto import tqdm
 
 from galton import _worker
+from galton.keys import as_key
+from galton.progress import Progress
 from galton.problem import ProblemError, Program, Simulator, check_theta
 from galton.store import SimulationStore, Simulations, fingerprint_of, simulations_from_store
 
@@ -160,6 +161,7 @@ def simulate(
     """
     if not isinstance(problem, (Simulator, Program)):
         raise ProblemError(f"problem must be a galton Simulator or Program, got {type(problem).__name__}")
+    key = as_key(key)
     if on_invalid not in POLICIES:
         raise ValueError(f"on_invalid must be one of {POLICIES}, got {on_invalid!r}")
     if keep_latents and not isinstance(problem, Program):
@@ -189,7 +191,7 @@ def simulate(
         pool = _default_executor() if executor is None else _as_executor(executor)
     parts: list[Simulations] = []
     n_done = int(sum(min(chunk_size, n - i * chunk_size) for i in np.flatnonzero(done)))
-    bar = tqdm(total=n, initial=n_done, unit="sim", desc=f"simulating {problem.name}", disable=not progress)
+    bar = Progress(n, initial=n_done, unit="sim", desc=f"simulating {problem.name}", enabled=progress)
     try:
         for i in np.flatnonzero(~done):
             start, stop = i * chunk_size, min((i + 1) * chunk_size, n)

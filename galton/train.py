@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import paramax
-from tqdm.auto import tqdm
+
+from galton.keys import as_key
+from galton.progress import Progress
 
 
 class TrainingError(ValueError):
@@ -113,7 +115,7 @@ def train(
     names = list(names or [f"array {i}" for i in range(len(arrays))])
     arrays = [np.asarray(a) for a in arrays]
     check_training_data(arrays, names)
-    key_split, key_epochs, key_val = jax.random.split(key, 3)
+    key_split, key_epochs, key_val = jax.random.split(as_key(key), 3)
     train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split)
     optimizer = settings.optimizer()
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
@@ -122,7 +124,7 @@ def train(
 
     history = {"train_loss": [], "validation_loss": []}
     best_loss, best_params, best_epoch, start = np.inf, params, -1, time.perf_counter()
-    bar = tqdm(total=settings.max_epochs, unit="epoch", desc="training", disable=not progress, leave=False)
+    bar = Progress(settings.max_epochs, unit="epoch", desc="training", enabled=progress, leave=False)
     try:
         for i in range(settings.max_epochs):
             params, opt_state, train_loss, val_loss = epoch(
@@ -133,8 +135,7 @@ def train(
             history["validation_loss"].append(val_loss)
             if val_loss < best_loss:
                 best_loss, best_params, best_epoch = val_loss, params, i
-            bar.update(1)
-            bar.set_postfix(train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
+            bar.update(1, train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
             if not np.isfinite(train_loss):
                 raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")
             if i - best_epoch >= settings.patience:

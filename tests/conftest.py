@@ -11,10 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT.parent / "shared" / "reference"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: takes more than ~30 s; run with -m slow")
-
-
 @pytest.fixture
 def reference_dir():
     if not REFERENCE.exists():

@@ -31,7 +31,7 @@ def test_run_writes_samples_plot_and_summary(tmp_path, capsys):
     import arviz as az
 
     out = tmp_path / "run"
-    assert main(["run", "gaussian_linear", "--budget", "600", "--samples", "500", "--out", str(out)]) == 0
+    assert main(["run", "gaussian_linear", "--budget", "600", "--samples", "500", "--max-epochs", "30", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "C2ST against the reference posterior" in printed
     summary = json.loads((out / "summary.json").read_text())

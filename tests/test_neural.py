@@ -109,7 +109,7 @@ def test_sequential_mcmc_methods_train_on_every_round(method, exact):
 
 def assert_round_trip(posterior, path, n):
     """save -> load gives the same samples for the same key, the same densities and record."""
-    from galton.posterior import load
+    from galton.posteriors import load
 
     posterior.save(path)
     loaded = load(path)

@@ -5,7 +5,8 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats
 
-from galton.posterior import ElementwiseBijection, GaussianPosterior, load
+from galton.posteriors import GaussianPosterior, load
+from galton.transforms import ElementwiseBijection
 from galton.problem import Prior
 
 COV = np.array([[0.5, 0.2], [0.2, 0.3]])

@@ -1,7 +1,11 @@
-"""One module per method family, each with its loss at the top and its settings object."""
+"""One module per method family, each with its loss at the top and its settings object.
 
+Importing this package registers every method; `get` and `names` read the registry.
+"""
+
+from galton.methods.base import REGISTRY, get, names, register
 from galton.methods.nle import NLE
 from galton.methods.npe import NPE
 from galton.methods.nre import NRE
 
-__all__ = ["NLE", "NPE", "NRE"]
+__all__ = ["REGISTRY", "get", "names", "register", *(cls.__name__ for cls in REGISTRY.values())]

@@ -1,6 +1,15 @@
-"""What every neural method shares: `fit` = build (or continue) a network, then `train` it."""
+"""The method registry, and what every neural method shares: `fit` = build (or continue) a
+network, then `train` it.
+
+A method is a frozen settings object registered under a name with `register`; `galton.infer`,
+the ``galton run`` command and ``galton.__init__`` all read `REGISTRY`, so a new family
+(``tmnre``, ``rejection_abc``, ``rascal``, ``nuts``, ...) becomes reachable everywhere by
+decorating its class.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -10,13 +19,54 @@ from galton.problem import Prior
 from galton.store import Simulations
 from galton.train import train
 
+REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: make a method reachable as ``method=name`` in `galton.infer` and the CLI."""
+
+    def decorate(cls):
+        if name in REGISTRY and REGISTRY[name] is not cls:
+            raise ValueError(f"method name {name!r} is taken by {REGISTRY[name].__name__}")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def names() -> list[str]:
+    """The registered method names, sorted."""
+    return sorted(REGISTRY)
+
+
+def get(method, **options):
+    """A method object from its name and settings (``get("nre", variant="c")``), or as given."""
+    if isinstance(method, str):
+        if method.lower() not in REGISTRY:
+            raise ValueError(f"method must be one of {names()} or a method object, got {method!r}")
+        return REGISTRY[method.lower()](**options)
+    if options:
+        raise ValueError("options go with a method name; a method object carries its own settings")
+    if type(method) not in REGISTRY.values():
+        raise ValueError(f"method must be one of {names()} or a method object, got {type(method).__name__}")
+    return method
+
 
 class NeuralMethod:
-    """Mixin for method settings objects; a method defines `network`, `loss`, and maybe `arrays`.
+    """Mixin for method settings objects; a method defines `network`, `loss`, `posterior`, and
+    maybe `arrays`.
 
     - ``network(theta, x, key) -> eqx.Module``: an untrained network sized and z-scored for the data.
     - ``loss(prior, sequential) -> (model, batch, key) -> scalar`` with ``batch = (θ, x)``.
+    - ``posterior(network, prior, history) -> Posterior``: the trained network as a posterior.
+
+    Attributes:
+        iid: whether the posterior takes a set of iid observations ``(n_obs, *x_shape)``.
     """
+
+    name: ClassVar[str] = ""
+    iid: ClassVar[bool] = True
 
     def arrays(self, sims: Simulations) -> tuple[np.ndarray, np.ndarray]:
         """The (θ, x) arrays the network trains on."""

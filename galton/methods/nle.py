@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import jax
 
 from galton.flows import ConditionalFlow, conditional_flow
-from galton.methods.base import NeuralMethod
+from galton.methods.base import NeuralMethod, register
+from galton.posteriors import DensityPosterior
 from galton.problem import Prior
 from galton.sampling import MCMC_DEFAULTS
 from galton.store import Simulations
@@ -24,6 +25,7 @@ def likelihood_loss(model: ConditionalFlow, batch, key) -> jax.Array:
     return -model.log_prob(x, theta).mean()
 
 
+@register("nle")
 @dataclass(frozen=True)
 class NLE(NeuralMethod):
     """Settings of neural likelihood estimation (sbi's defaults: MAF, 5 transforms of width 50).
@@ -50,3 +52,6 @@ class NLE(NeuralMethod):
 
     def loss(self, prior: Prior, sequential: bool):
         return likelihood_loss
+
+    def posterior(self, network, prior: Prior, history: list[dict]) -> DensityPosterior:
+        return DensityPosterior(network, prior, history=history, term="likelihood", sampler=self.sampler)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from galton.flows import ConditionalFlow, conditional_flow
-from galton.methods.base import NeuralMethod
+from galton.methods.base import NeuralMethod, register
+from galton.posteriors import FlowPosterior
 from galton.problem import Prior
 from galton.train import Training
 
@@ -40,6 +42,7 @@ def atomic_loss(model: ConditionalFlow, batch, key, *, prior: Prior, num_atoms: 
     return -(logits[:, 0] - jax.nn.logsumexp(logits, axis=1)).mean()
 
 
+@register("npe")
 @dataclass(frozen=True)
 class NPE(NeuralMethod):
     """Settings of neural posterior estimation (sbi's defaults where it has them).
@@ -59,6 +62,7 @@ class NPE(NeuralMethod):
     embedding: eqx.Module | None = None
     num_atoms: int = 10
     training: Training = field(default_factory=Training)
+    iid: ClassVar[bool] = False
 
     def network(self, theta, x, key) -> ConditionalFlow:
         return conditional_flow(
@@ -69,3 +73,6 @@ class NPE(NeuralMethod):
         if sequential:
             return functools.partial(atomic_loss, prior=prior, num_atoms=self.num_atoms)
         return maximum_likelihood_loss
+
+    def posterior(self, network: ConditionalFlow, prior: Prior, history: list[dict]) -> FlowPosterior:
+        return FlowPosterior(network, prior, history=history)

@@ -14,19 +14,16 @@ sequential variant pools every round's simulations.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-import paramax
 
-from galton import nets
-from galton.flows import standardisation
-from galton.methods.base import NeuralMethod
+from galton.methods.base import NeuralMethod, register
+from galton.posteriors import DensityPosterior
 from galton.problem import Prior
+from galton.ratio import RatioNetwork, ratio_network
 from galton.sampling import MCMC_DEFAULTS
 from galton.train import Training
 
@@ -81,52 +78,7 @@ def loss_c(model, batch, key, *, num_atoms: int, gamma: float):
     return -(gamma * joint_class[:, 0].mean() + marginal_class.mean()) / (1.0 + gamma)
 
 
-class RatioNetwork(eqx.Module):
-    """The classifier d(θ, x): an MLP on [z-scored θ, embedding of z-scored x]."""
-
-    embedding: eqx.Module
-    head: eqx.nn.MLP
-    theta_shift: paramax.NonTrainable
-    theta_scale: paramax.NonTrainable
-    x_shift: paramax.NonTrainable
-    x_scale: paramax.NonTrainable
-    spec_json: str = eqx.field(static=True)
-
-    @property
-    def spec(self) -> dict:
-        return json.loads(self.spec_json)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["x_shape"])
-
-    def log_ratio(self, theta: jax.Array, x: jax.Array) -> jax.Array:
-        """d(θ, x) ≈ log p(x|θ)/p(x) for θ ``(*batch, d)``, x ``(*batch, *x_shape)`` (broadcast) -> ``(*batch,)``."""
-        theta = (theta - paramax.unwrap(self.theta_shift)) / paramax.unwrap(self.theta_scale)
-        x = (x - paramax.unwrap(self.x_shift)) / paramax.unwrap(self.x_scale)
-        x_batch = x.shape[: x.ndim - len(self.x_shape)]
-        e = jax.vmap(self.embedding)(x.reshape(-1, *self.x_shape)).reshape(*x_batch, -1)
-        batch = jnp.broadcast_shapes(theta.shape[:-1], e.shape[:-1])
-        z = jnp.concatenate([jnp.broadcast_to(theta, (*batch, theta.shape[-1])), jnp.broadcast_to(e, (*batch, e.shape[-1]))], -1)
-        return jax.vmap(self.head)(z.reshape(-1, z.shape[-1])).reshape(batch)
-
-
-def _network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> RatioNetwork:
-    x_shape = tuple(spec["x_shape"])
-    e_dim = int(jax.eval_shape(embedding, jnp.zeros(x_shape)).shape[0])
-    head = eqx.nn.MLP(spec["theta_dim"] + e_dim, "scalar", spec["hidden"], spec["depth"], activation=jax.nn.relu, key=key)
-    if stats is None:
-        stats = (np.zeros(spec["theta_dim"]), np.ones(spec["theta_dim"]), np.zeros(x_shape), np.ones(x_shape))
-    frozen = [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
-    return RatioNetwork(embedding, head, *frozen, json.dumps(spec))
-
-
-def skeleton(spec: dict) -> RatioNetwork:
-    """A `RatioNetwork` with the structure ``spec`` describes (weights to be deserialised into)."""
-    key = jax.random.key(0)
-    return _network(spec, nets.build(spec["embedding"], key=key), key)
-
-
+@register("nre")
 @dataclass(frozen=True)
 class NRE(NeuralMethod):
     """Settings of neural ratio estimation.
@@ -162,10 +114,7 @@ class NRE(NeuralMethod):
         raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
     def network(self, theta, x, key) -> RatioNetwork:
-        x_shape = x.shape[1:]
-        embedding = nets.Identity(x_shape) if self.embedding is None else self.embedding
-        spec = {
-            "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape],
-            "hidden": self.hidden, "depth": self.depth, "embedding": embedding.spec,
-        }
-        return _network(spec, embedding, key, (*standardisation(theta), *standardisation(x)))
+        return ratio_network(theta, x, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
+
+    def posterior(self, network, prior: Prior, history: list[dict]) -> DensityPosterior:
+        return DensityPosterior(network, prior, history=history, term="ratio", sampler=self.sampler)

@@ -1,7 +1,4 @@
-"""``galton muse TASK``: MUSE on a benchmark task that is a `Program`, printed against its reference.
-
-`galton.cli` wires it in with `add_muse_command(subparsers)`.
-"""
+"""``galton muse TASK``: MUSE on a benchmark task that is a `Program`, printed against its reference."""
 
 from __future__ import annotations
 
@@ -12,7 +9,7 @@ import jax
 import numpy as np
 
 
-def add_muse_command(subparsers) -> argparse.ArgumentParser:
+def add_command(subparsers) -> argparse.ArgumentParser:
     """Add the ``muse`` command to the ``galton`` parser's subparsers; returns its parser."""
     muse = subparsers.add_parser("muse", help="estimate a Program task's parameters by MUSE, marginalising its latents")
     muse.add_argument("task", help="task name; its problem must be a Program (e.g. funnel)")
@@ -23,13 +20,13 @@ def add_muse_command(subparsers) -> argparse.ArgumentParser:
     muse.add_argument("--max-iterations", type=int, default=50)
     muse.add_argument("--theta-rtol", type=float, default=1e-2)
     muse.add_argument("--jacobian", choices=["implicit", "finite_difference"], default="implicit")
-    muse.add_argument("--save", help="directory to save the result in (galton.posterior.load reads it)")
+    muse.add_argument("--save", help="directory to save the result in (galton.posteriors.load reads it)")
     muse.add_argument("--no-progress", action="store_true")
-    muse.set_defaults(handler=run_muse_command)
+    muse.set_defaults(handler=run)
     return muse
 
 
-def run_muse_command(args) -> int:
+def run(args) -> int:
     """Handler of ``galton muse``: run, print the result (and the reference posterior where known)."""
     from galton import tasks
     from galton.muse import muse
@@ -52,5 +49,3 @@ def run_muse_command(args) -> int:
         print(f"saved to {result.save(args.save)}")
     return 0
 
-
-__all__ = ["add_muse_command", "run_muse_command"]

@@ -1,0 +1,149 @@
+"""The `Posterior` protocol every method returns, and saving and loading any kind.
+
+A posterior over flat θ ``(d,)`` with named columns offers ``sample``, ``log_prob``,
+``condition`` (for amortized kinds), ``to_arviz`` and ``save`` / `load`. Samples and
+densities are in the parameters' original space.
+
+Saved posteriors are a directory holding ``posterior.json`` (kind, names, settings) and
+``arrays.npz``. A kind registers itself by defining ``kind``; `load` reads the kind from the file.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.keys import as_key
+
+FORMAT_VERSION = 1
+_KINDS: dict[str, type["Posterior"]] = {}
+
+
+class Posterior(abc.ABC):
+    """A distribution over flat parameters θ ``(d,)``, with one name per column.
+
+    Attributes:
+        names: the flat parameter names, ``len(names) == d``.
+        x_obs: the observation a non-amortized posterior was fitted to (None if amortized).
+    """
+
+    kind: ClassVar[str] = ""
+    amortized: ClassVar[bool] = False
+    names: list[str]
+    x_obs: np.ndarray | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.kind:
+            _KINDS[cls.kind] = cls
+
+    @property
+    def dim(self) -> int:
+        return len(self.names)
+
+    @abc.abstractmethod
+    def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
+        """``n`` draws ``(n, d)`` of θ given x (given the fitted observation when not amortized)."""
+
+    @abc.abstractmethod
+    def log_prob(self, theta, x=None) -> jax.Array:
+        """log p(θ | x) for θ ``(n, d)`` -> ``(n,)`` (or ``(d,)`` -> scalar)."""
+
+    def condition(self, x) -> "Posterior":
+        """This posterior given observation ``x``: a conditioned copy for amortized kinds.
+
+        A non-amortized posterior is returned unchanged for its own observation and
+        refuses any other.
+        """
+        self._check_x(x)
+        return self
+
+    def _check_x(self, x) -> None:
+        if self.amortized or x is None or self.x_obs is None:
+            return
+        x = np.asarray(x)
+        if x.shape != self.x_obs.shape or not np.allclose(x, self.x_obs):
+            raise ValueError(
+                f"this {type(self).__name__} was fitted to one observation (shape {self.x_obs.shape}) and "
+                f"cannot be conditioned on another (shape {x.shape}); fit it again to the new x"
+            )
+
+    def to_arviz(self, *, n: int = 1000, key: jax.Array | None = None):
+        """``n`` draws as an ArviZ ``InferenceData`` with one variable per flat name.
+
+        ``key`` defaults to ``jax.random.key(0)``, so the same posterior gives the same draws.
+        """
+        draws = np.asarray(self.sample(n, key=jax.random.key(0) if key is None else as_key(key)))
+        return samples_to_arviz(draws, self.names)
+
+    # ---- saving -------------------------------------------------------------------------
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(JSON-able settings, arrays) from which `_from_state` rebuilds this object."""
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> "Posterior":
+        raise NotImplementedError
+
+    def save(self, path) -> Path:
+        """Write to the directory ``path`` (created if missing); `load` reads it back."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta, arrays = self._state()
+        header = {"format": FORMAT_VERSION, "kind": self.kind, "module": type(self).__module__, "names": list(self.names), **meta}
+        if self.x_obs is not None:
+            arrays = {**arrays, "x_obs": np.asarray(self.x_obs)}
+        np.savez(path / "arrays.npz", **arrays)
+        (path / "posterior.json").write_text(json.dumps(header, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Posterior":
+        """Read a posterior written by `save` (any kind; see the module-level `load`)."""
+        return load(path)
+
+
+def samples_to_arviz(samples, names: Sequence[str]):
+    """Samples ``(n, d)`` (one chain) or ``(chains, n, d)`` as an ArviZ ``InferenceData``, one variable per name."""
+    import arviz as az
+
+    draws = np.asarray(samples)
+    draws = draws[None] if draws.ndim == 2 else draws
+    if draws.ndim != 3 or draws.shape[-1] != len(names):
+        raise ValueError(f"samples must be (n, {len(names)}) or (chains, n, {len(names)}), got {np.shape(samples)}")
+    return az.from_dict(posterior={name: draws[..., i] for i, name in enumerate(names)})
+
+
+def load(path) -> Posterior:
+    """Read a posterior saved with ``Posterior.save``; its kind is read from the file."""
+    path = Path(path)
+    header_file = path / "posterior.json"
+    if not header_file.exists():
+        raise FileNotFoundError(f"{path} holds no saved posterior (no posterior.json)")
+    meta = json.loads(header_file.read_text())
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} has posterior format {meta.get('format')}; this galton reads format {FORMAT_VERSION}")
+    kind = meta["kind"]
+    if kind not in _KINDS and str(meta.get("module", "")).startswith("galton."):
+        try:  # the module defining the kind registers it (files from older galtons name moved modules)
+            importlib.import_module(meta["module"])
+        except ModuleNotFoundError:
+            pass
+    if kind not in _KINDS:
+        raise ValueError(f"{path} holds a posterior of unknown kind {kind!r}; known kinds: {sorted(_KINDS)}")
+    with np.load(path / "arrays.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    x_obs = arrays.pop("x_obs", None)
+    posterior = _KINDS[kind]._from_state(meta, arrays)
+    posterior.x_obs = x_obs
+    return posterior
+
+
+__all__ = ["Posterior", "load", "samples_to_arviz"]

@@ -1,0 +1,71 @@
+"""NLE's and NRE's posterior: p(θ | x) ∝ exp(learned log term) · p(θ), sampled by MCMC."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from galton import flows, ratio
+from galton.keys import as_key
+from galton.posteriors.network import NetworkPosterior, check_x
+from galton.sampling import MCMC_DEFAULTS, mcmc
+
+
+class DensityPosterior(NetworkPosterior):
+    """p(θ | x) ∝ exp(log_term(θ, x)) · p(θ), sampled by MCMC: NLE (log_term = Σ log q(x_i | θ)
+    over iid observations) and NRE (log_term = Σ learned log ratios).
+
+    `log_prob` is unnormalised.
+
+    Args:
+        network: a `ConditionalFlow` q(x | θ) (``term="likelihood"``) or an
+            `galton.ratio.RatioNetwork` (``term="ratio"``).
+        prior: the problem's `Prior`.
+        x_obs: optional observation ``(*x_shape)`` or iid observations ``(n_obs, *x_shape)``.
+        term: ``"likelihood"`` or ``"ratio"``.
+        sampler: settings for `galton.sampling.mcmc`, as ``((name, value), ...)``.
+        history: training history of each round.
+    """
+
+    kind = "density"
+    settings = ("term", "sampler")
+
+    def __init__(self, network, prior, x_obs=None, history=None, term: str = "likelihood", sampler=MCMC_DEFAULTS):
+        if term not in ("likelihood", "ratio"):
+            raise ValueError(f"term must be 'likelihood' or 'ratio', got {term!r}")
+        self.term = term
+        self.sampler = tuple(tuple(p) for p in sampler)  # JSON gives lists back
+        super().__init__(network, prior, x_obs, history)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return (self.network.y_dim,) if self.term == "likelihood" else self.network.x_shape
+
+    def _check_obs(self, x) -> jax.Array:
+        return check_x(x, self.x_shape, iid=True)
+
+    @classmethod
+    def _skeleton(cls, meta):
+        return flows.skeleton(meta["spec"]) if meta["term"] == "likelihood" else ratio.skeleton(meta["spec"])
+
+    def log_term(self, theta, x) -> jax.Array:
+        """Σ over iid observations x ``(n_obs, *x_shape)`` of the network's log term -> ``(...)``."""
+        theta = jnp.asarray(theta)
+        if self.term == "likelihood":
+            per_obs = jax.vmap(lambda xi: self.network.log_prob(xi, theta))(x)
+        else:
+            per_obs = jax.vmap(lambda xi: self.network.log_ratio(theta, xi))(x)
+        return per_obs.sum(0)
+
+    def log_prob(self, theta, x=None) -> jax.Array:
+        """Unnormalised log p(θ | x) for θ ``(..., d)`` -> ``(...)``."""
+        theta = jnp.asarray(theta)
+        return self.log_term(theta, self._x(x)) + self.prior.log_prob(theta)
+
+    def sample(self, n: int, *, key: jax.Array, x=None, **sampler) -> jax.Array:
+        """``n`` MCMC draws ``(n, d)``; ``sampler`` overrides `galton.sampling.mcmc` settings."""
+        x = self._x(x)
+        return mcmc(lambda t: self.log_prob(t, x), self.prior, n, key=as_key(key), **{**dict(self.sampler), **sampler})
+
+
+__all__ = ["DensityPosterior"]

@@ -1,0 +1,96 @@
+"""What posteriors built from a trained network share: the prior, the network, the training
+history, conditioning on x, and saving.
+
+The network's weights go to ``arrays.npz`` beside a JSON spec that rebuilds its structure. The
+prior is stored with pickle (NumPyro distributions are objects of arrays that pickle by class
+name); load only files you trust.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.posteriors.base import Posterior
+from galton.problem import Prior, ProblemError
+
+
+def check_x(x, shape: tuple[int, ...], *, iid: bool) -> jax.Array:
+    if x is None:
+        raise ValueError("no observation: pass x=..., or call condition(x) first")
+    x = jnp.asarray(x, jnp.float32)
+    if x.shape == shape:
+        return x[None] if iid else x
+    if iid and x.ndim == len(shape) + 1 and x.shape[1:] == shape:
+        return x
+    allowed = f"{shape}" + (f" or (n_obs, *{shape}) for iid observations" if iid else "")
+    raise ProblemError(f"x has shape {x.shape}; this posterior expects {allowed}")
+
+
+def network_arrays(net: eqx.Module) -> dict[str, np.ndarray]:
+    leaves = jax.tree.leaves(eqx.filter(net, eqx.is_array))
+    return {f"weight_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def with_network_arrays(skeleton: eqx.Module, arrays: dict[str, np.ndarray]) -> eqx.Module:
+    params, static = eqx.partition(skeleton, eqx.is_array)
+    leaves, treedef = jax.tree.flatten(params)
+    restored = [jnp.asarray(arrays[f"weight_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)]
+    return eqx.combine(jax.tree.unflatten(treedef, restored), static)
+
+
+class NetworkPosterior(Posterior):
+    """What flow and density posteriors share: the prior, the network, history and saving.
+
+    A subclass with settings of its own (JSON-able constructor arguments) names them in
+    ``settings`` so that conditioning, saving and loading carry them along.
+    """
+
+    amortized = True
+    settings: tuple[str, ...] = ()
+
+    def __init__(self, network: eqx.Module, prior: Prior, x_obs=None, history: list[dict] | None = None):
+        self.network = network
+        self.prior = prior
+        self.names = list(prior.names)
+        self.history = list(history or [])
+        self.x_obs = None if x_obs is None else np.asarray(self._check_obs(x_obs))
+
+    def _check_obs(self, x) -> jax.Array:
+        raise NotImplementedError
+
+    def _x(self, x) -> jax.Array:
+        return self._check_obs(self.x_obs if x is None else x)
+
+    def condition(self, x) -> "NetworkPosterior":
+        """The posterior at observation ``x``."""
+        return self._replace(x_obs=x)
+
+    def _settings(self) -> dict:
+        return {k: getattr(self, k) for k in self.settings}
+
+    def _replace(self, **changes) -> "NetworkPosterior":
+        state = {"network": self.network, "prior": self.prior, "x_obs": self.x_obs, "history": self.history}
+        return type(self)(**state, **self._settings(), **changes)
+
+    def _state(self):
+        meta = {"spec": self.network.spec, "history": self.history, **self._settings()}
+        prior = np.frombuffer(pickle.dumps(self.prior), np.uint8)
+        return meta, {**network_arrays(self.network), "prior_pickle": prior}
+
+    @classmethod
+    def _skeleton(cls, meta: dict) -> eqx.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        prior = pickle.loads(arrays.pop("prior_pickle").tobytes())
+        network = with_network_arrays(cls._skeleton(meta), arrays)
+        return cls(network, prior, history=meta["history"], **{k: meta[k] for k in cls.settings})
+
+
+__all__ = ["NetworkPosterior", "check_x", "network_arrays", "with_network_arrays"]
