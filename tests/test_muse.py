@@ -11,7 +11,7 @@ import numpyro.distributions as dist
 import pytest
 
 from galton.muse import HierarchicalModel, MuseError, MuseResult, muse
-from galton.posterior import load
+from galton.posteriors import load
 from galton.problem import ProblemError, Program, Simulator
 from galton.tasks import get
 from galton.tasks.funnel import grid_posterior
@@ -272,7 +272,7 @@ def test_far_start_where_the_score_covariance_overstates_the_slope():
 def test_root_finder_is_not_trapped_by_a_point_that_looked_better_than_it_was():
     # A first evaluation whose MAPs had not converged can give a score near zero: every later
     # point then looks worse, and retreating halfway towards that point forever never ends.
-    from galton.muse.core import MAX_RETREATS, _RootFinder
+    from galton.muse.root import MAX_RETREATS, _RootFinder
 
     finder, u = _RootFinder(step_scale=0.7), np.zeros(1)
     score = lambda u: np.array([2.0]) - u  # the true MUSE score, root at 2
@@ -365,7 +365,7 @@ def test_batched_solver_does_not_stop_on_steps_far_too_short():
 def test_simulation_noise_reproduces_the_simulator_without_constant_parts():
     # MUSE draws each simulation's random numbers once and re-runs only the θ-dependent part;
     # what does not depend on the key (the funnel's zero location of z) is not stored per row
-    from galton.muse.core import _split_sampler
+    from galton.muse.noise import _split_sampler
     from galton.muse.models import as_flat_model
 
     for problem, n_noise in ((get("funnel", dim=50).problem, 2), (CONSTRAINED, None)):
@@ -382,7 +382,7 @@ def test_simulation_noise_reproduces_the_simulator_without_constant_parts():
 def test_default_chunks_stay_under_the_byte_budget_with_little_padding():
     # chunk sizes decide speed (the funnel: 17 rows at 10,000 latents 14 % faster than 6, one chunk
     # at 1,000 21 % faster than 64, whose last chunk was 27 rows of padding)
-    from galton.muse.core import CHUNK_BYTES, _default_chunk_size
+    from galton.muse.batch import CHUNK_BYTES, _default_chunk_size
 
     assert _default_chunk_size(101, 4 * 10_000) == 17  # 6 chunks, 102 rows
     assert _default_chunk_size(101, 4 * 1_000) == 101  # one chunk, no padding
@@ -473,10 +473,10 @@ def test_bad_inputs_are_named():
 def test_cli_prints_the_result_and_the_reference(capsys):
     import argparse
 
-    from galton.muse_cli import add_muse_command
+    from galton.cli.muse import add_command
 
     parser = argparse.ArgumentParser(prog="galton")
-    add_muse_command(parser.add_subparsers(dest="command", required=True))
+    add_command(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["muse", "funnel", "--dim", "1000", "--nsims", "200", "--seed", "0", "--no-progress"])
     assert args.handler(args) == 0
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from numpyro.distributions.transforms import biject_to
 
-from galton.posterior import ElementwiseBijection
+from galton.transforms import ElementwiseBijection
 from galton.problem import ProblemError, Program, Simulator
 
 
