@@ -60,6 +60,17 @@ def test_task_simulates_under_jit_and_vmap(name):
         task.observation(11)
 
 
+def test_reference_posterior_takes_legacy_and_typed_keys():
+    task = tasks.get("two_moons")
+    legacy = jax.random.PRNGKey(3)
+    x = task.observation(1)
+    draws = task.reference_posterior(x, 100, key=legacy)
+    assert draws.shape == (100, 2)
+    np.testing.assert_array_equal(draws, task.reference_posterior(x, 100, key=jax.random.wrap_key_data(legacy)))
+    with pytest.raises(TypeError, match="key"):
+        task.reference_posterior(x, 100, key=3)
+
+
 def test_parameter_names():
     assert tasks.get("two_moons").names == ["theta_1", "theta_2"]
     assert tasks.get("sir").names == ["beta", "gamma"]

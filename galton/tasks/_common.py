@@ -1,14 +1,53 @@
-"""Helpers shared by the benchmark task modules: shipped data, rejection sampling, NUTS."""
+"""Helpers shared by the benchmark task modules: the sbibm task record, shipped data, rejection sampling, NUTS."""
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from galton.problem import Simulator
+from galton.tasks.base import Task
+
+
+def sbibm_task(
+    name: str,
+    prior,
+    simulate: Callable,
+    names: Sequence[str],
+    reference: Callable,
+    description: str,
+    *,
+    data: str | None = None,
+    observations: str = "observations",
+) -> Task:
+    """The sbibm task ``name``: a JAX `Simulator` and the 10 observations of ``data/<data or name>.npz``.
+
+    Args:
+        prior, simulate, names: the `Simulator`'s; one is built per task and reused by later calls.
+        reference: ``(x_obs, n, key) -> (n, d)`` draws of the exact posterior.
+        data: the data file when the task shares another's (slcp_distractors reads slcp's).
+        observations: the file's array holding the observations (the variants keep theirs apart).
+    """
+    arrays = load_data(data or name)
+    return Task(
+        name=name,
+        problem=_jax_simulator(name, prior, simulate, tuple(names)),
+        observations=rows(arrays[observations]),
+        true_parameters_of=rows(arrays["true_parameters"]),
+        reference=reference,
+        n_observations=10,
+        description=description,
+    )
+
+
+@functools.cache
+def _jax_simulator(name: str, prior, simulate: Callable, names: tuple[str, ...]) -> Simulator:
+    return Simulator(prior, simulate, names=list(names), name=name, backend="jax")
 
 
 @functools.cache

@@ -7,6 +7,7 @@ from typing import Callable
 
 import jax
 
+from galton.keys import as_key
 from galton.problem import Program, Simulator
 
 
@@ -54,7 +55,11 @@ class Task:
         return self.true_parameters_of(k)
 
     def reference_posterior(self, x_obs: jax.Array, n: int, *, key: jax.Array) -> jax.Array:
-        """``n`` samples ``(n, d)`` of the exact posterior p(θ | x_obs)."""
+        """``n`` samples ``(n, d)`` of the exact posterior p(θ | x_obs).
+
+        ``key``: ``jax.random.key(seed)`` or a legacy ``jax.random.PRNGKey(seed)`` (the same draws).
+        """
+        key = as_key(key)
         if self.reference is None:
             raise NotImplementedError(f"task {self.name!r} has no tractable reference posterior")
         return self.reference(jax.numpy.asarray(x_obs), n, key)

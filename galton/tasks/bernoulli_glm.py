@@ -16,8 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from galton.problem import Simulator
-from galton.tasks._common import load_data, nuts, rows, theta_names
+from galton.tasks._common import nuts, sbibm_task, theta_names
 from galton.tasks.base import Task
 
 DIM = 10
@@ -47,6 +46,7 @@ def prior_precision() -> np.ndarray:
     return B
 
 
+@functools.cache
 def prior() -> dist.MultivariateNormal:
     return dist.MultivariateNormal(jnp.zeros(DIM), precision_matrix=jnp.asarray(prior_precision(), jnp.float32))
 
@@ -104,24 +104,14 @@ def reference_posterior_raw(y: jax.Array, n: int, key: jax.Array) -> jax.Array:
     return reference_posterior(summarise(jnp.asarray(y, jnp.float32)), n, key)
 
 
-@functools.cache
-def _simulator(raw: bool) -> Simulator:
-    name = "bernoulli_glm_raw" if raw else "bernoulli_glm"
-    return Simulator(prior(), simulate_raw if raw else simulate, names=theta_names(DIM), name=name, backend="jax")
-
-
 def task(raw: bool = False) -> Task:
     """The summary task, or with ``raw=True`` the raw-spike variant (``bernoulli_glm_raw``)."""
-    data = load_data("bernoulli_glm")
-    return Task(
-        name="bernoulli_glm_raw" if raw else "bernoulli_glm",
-        problem=_simulator(raw),
-        observations=rows(data["observations_raw" if raw else "observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior_raw if raw else reference_posterior,
-        n_observations=10,
-        description=(
-            "sbibm Bernoulli GLM: 10 parameters, "
-            + ("100 raw spikes" if raw else "10 summary statistics (Xᵀy)")
-        ),
+    if raw:
+        return sbibm_task(
+            "bernoulli_glm_raw", prior(), simulate_raw, theta_names(DIM), reference_posterior_raw,
+            "sbibm Bernoulli GLM: 10 parameters, 100 raw spikes", data="bernoulli_glm", observations="observations_raw",
+        )
+    return sbibm_task(
+        "bernoulli_glm", prior(), simulate, theta_names(DIM), reference_posterior,
+        "sbibm Bernoulli GLM: 10 parameters, 10 summary statistics (Xᵀy)",
     )

@@ -7,14 +7,11 @@ posterior is N(x/2, 0.05·I), sampled directly.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from galton.problem import Simulator
-from galton.tasks._common import load_data, rows, theta_names
+from galton.tasks._common import sbibm_task, theta_names
 from galton.tasks.base import Task
 
 DIM = 10
@@ -38,19 +35,8 @@ def reference_posterior(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     return x / 2 + jnp.sqrt(VARIANCE / 2) * jax.random.normal(key, (n, DIM))
 
 
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(PRIOR, simulate, names=theta_names(DIM), name="gaussian_linear", backend="jax")
-
-
 def task() -> Task:
-    data = load_data("gaussian_linear")
-    return Task(
-        name="gaussian_linear",
-        problem=_simulator(),
-        observations=rows(data["observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm Gaussian linear: conjugate Gaussian, 10 parameters, 10 data",
+    return sbibm_task(
+        "gaussian_linear", PRIOR, simulate, theta_names(DIM), reference_posterior,
+        "sbibm Gaussian linear: conjugate Gaussian, 10 parameters, 10 data",
     )

@@ -6,14 +6,11 @@ posterior is the same mixture centred on x, truncated to the box, sampled by rej
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from galton.problem import Simulator
-from galton.tasks._common import load_data, rejection_sample, rows, theta_names
+from galton.tasks._common import rejection_sample, sbibm_task, theta_names
 from galton.tasks.base import Task
 
 BOUND = 10.0
@@ -47,19 +44,8 @@ def reference_posterior(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     )
 
 
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(PRIOR, simulate, names=theta_names(2), name="gaussian_mixture", backend="jax")
-
-
 def task() -> Task:
-    data = load_data("gaussian_mixture")
-    return Task(
-        name="gaussian_mixture",
-        problem=_simulator(),
-        observations=rows(data["observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm Gaussian mixture: broad and narrow components, 2 parameters, 2 data",
+    return sbibm_task(
+        "gaussian_mixture", PRIOR, simulate, theta_names(2), reference_posterior,
+        "sbibm Gaussian mixture: broad and narrow components, 2 parameters, 2 data",
     )

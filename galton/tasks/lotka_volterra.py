@@ -10,17 +10,13 @@ several local optimisations from the most likely of many prior draws.
 
 from __future__ import annotations
 
-import functools
-
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from galton.problem import Simulator
 from galton.tasks import _ode
-from galton.tasks._common import load_data, nuts, rows
+from galton.tasks._common import sbibm_task
 from galton.tasks.base import Task
 
 T_END = 20.0
@@ -55,50 +51,31 @@ def log_likelihood(x: jax.Array, theta: jax.Array, *, adjoint=None) -> jax.Array
     return dist.LogNormal(log_populations(theta, adjoint=adjoint), NOISE_SD).log_prob(x).sum()
 
 
-def _reference(x: jax.Array, n: int, key: jax.Array, num_chains: int) -> jax.Array:
-    x = jnp.asarray(x, jnp.float64)
-    mean, sd = jnp.asarray(LOG_MEAN), jnp.asarray(LOG_SD)
+def _climb_start(log_density, key: jax.Array) -> jax.Array:
+    """The best u of BFGS climbs from the 8 most likely of 4000 prior draws.
 
-    def log_density(u, adjoint=diffrax.ForwardMode()):  # log θ space; the LogNormal prior is Normal there
-        lp = log_likelihood(x, jnp.exp(u), adjoint=adjoint) + dist.Normal(mean, sd).log_prob(u).sum()
-        return jnp.where(jnp.isfinite(lp), lp, -jnp.inf)
-
-    k_search, k_init, k_run = jax.random.split(key, 3)
-    # the likelihood is sharp and, far from the mode, multimodal in the oscillation frequency:
-    # search widely, then climb from the best few candidates with Gauss-Newton-free BFGS
-    draws = mean + sd * jax.random.normal(k_search, (4000, 4), jnp.float64)
-    lp = jax.jit(jax.vmap(log_density))(draws)
-    candidates = draws[jnp.argsort(-jnp.where(jnp.isnan(lp), -jnp.inf, lp))[:8]]
+    The likelihood is sharp and, far from the mode, multimodal in the oscillation frequency.
+    """
+    draws = jnp.asarray(LOG_MEAN) + jnp.asarray(LOG_SD) * jax.random.normal(key, (4000, 4), jnp.float64)
+    candidates = draws[jnp.argsort(-jax.jit(jax.vmap(log_density))(draws))[:8]]
     climb = jax.jit(
         jax.vmap(lambda u: jax.scipy.optimize.minimize(lambda v: -log_density(v, None), u, method="BFGS").x)
     )
     optima = climb(candidates)
-    best = optima[jnp.argmax(jax.vmap(log_density)(optima))]
-    init = best + 0.001 * jax.random.normal(k_init, (num_chains, 4), jnp.float64)
-    u = nuts(lambda v: -log_density(v), init, n, k_run, num_warmup=500, forward_mode=True, chain_method="sequential")
-    return jnp.exp(u)
+    return optima[jnp.argmax(jax.vmap(log_density)(optima))]
 
 
 def reference_posterior(x: jax.Array, n: int, key: jax.Array, *, num_chains: int = 4) -> jax.Array:
     """``n`` posterior draws ``(n, 4)`` of (α, β, γ, δ) for x ``(20,)``: NUTS in float64 (float32 output)."""
-    with jax.enable_x64(True):
-        samples = _reference(x, n, key, num_chains)
-        return jnp.asarray(np.asarray(samples, np.float32))
-
-
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(PRIOR, simulate, names=NAMES, name="lotka_volterra", backend="jax")
+    k_search, k_init, k_run = jax.random.split(key, 3)
+    return _ode.log_space_nuts(
+        log_likelihood, x, n, log_mean=LOG_MEAN, log_sd=LOG_SD, find_start=lambda f: _climb_start(f, k_search),
+        key_init=k_init, key_run=k_run, jitter=0.001, num_chains=num_chains,
+    )
 
 
 def task() -> Task:
-    data = load_data("lotka_volterra")
-    return Task(
-        name="lotka_volterra",
-        problem=_simulator(),
-        observations=rows(data["observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm Lotka-Volterra: 4 parameters (α, β, γ, δ), 20 noisy population counts",
+    return sbibm_task(
+        "lotka_volterra", PRIOR, simulate, NAMES, reference_posterior,
+        "sbibm Lotka-Volterra: 4 parameters (α, β, γ, δ), 20 noisy population counts",
     )

@@ -10,17 +10,13 @@ point of a grid over the prior's central region.
 
 from __future__ import annotations
 
-import functools
-
-import diffrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 
-from galton.problem import Simulator
 from galton.tasks import _ode
-from galton.tasks._common import load_data, nuts, rows
+from galton.tasks._common import sbibm_task
 from galton.tasks.base import Task
 
 N = 1e6
@@ -62,44 +58,25 @@ def log_likelihood(x: jax.Array, theta: jax.Array, *, adjoint=None) -> jax.Array
     return dist.Binomial(N_TRIALS, probs=p).log_prob(x).sum()
 
 
-def _reference(x: jax.Array, n: int, key: jax.Array, num_chains: int) -> jax.Array:
-    x = jnp.asarray(x, jnp.float64)
-    mean, sd = jnp.asarray(LOG_MEAN), jnp.asarray(LOG_SD)
-
-    def log_density(u):  # log θ space; the LogNormal prior is Normal there
-        return log_likelihood(x, jnp.exp(u), adjoint=diffrax.ForwardMode()) + dist.Normal(mean, sd).log_prob(u).sum()
-
-    # the posterior is sharp and unimodal: start every chain near the best point of a grid
+def _grid_start(log_density) -> jax.Array:
+    """The best u of a 61 × 61 grid over ±3 prior sds: the posterior is sharp and unimodal."""
     z = jnp.linspace(-3.0, 3.0, 61)
-    grid = jnp.stack(jnp.meshgrid(z, z, indexing="ij"), -1).reshape(-1, 2) * sd + mean
-    lp = jax.jit(jax.vmap(log_density))(grid)
-    start = grid[jnp.nanargmax(jnp.where(jnp.isfinite(lp), lp, -jnp.inf))]
-    k_init, k_run = jax.random.split(key)
-    init = start + 0.01 * jax.random.normal(k_init, (num_chains, 2), jnp.float64)
-    u = nuts(lambda v: -log_density(v), init, n, k_run, num_warmup=500, forward_mode=True, chain_method="sequential")
-    return jnp.exp(u)
+    grid = jnp.stack(jnp.meshgrid(z, z, indexing="ij"), -1).reshape(-1, 2)
+    grid = grid * jnp.asarray(LOG_SD) + jnp.asarray(LOG_MEAN)
+    return grid[jnp.argmax(jax.jit(jax.vmap(log_density))(grid))]
 
 
 def reference_posterior(x: jax.Array, n: int, key: jax.Array, *, num_chains: int = 4) -> jax.Array:
     """``n`` posterior draws ``(n, 2)`` of (β, γ) for x ``(10,)``: NUTS in float64 (float32 output)."""
-    with jax.enable_x64(True):
-        samples = _reference(x, n, key, num_chains)
-        return jnp.asarray(np.asarray(samples, np.float32))
-
-
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(PRIOR, simulate, names=NAMES, name="sir", backend="jax")
+    k_init, k_run = jax.random.split(key)
+    return _ode.log_space_nuts(
+        log_likelihood, x, n, log_mean=LOG_MEAN, log_sd=LOG_SD, find_start=_grid_start,
+        key_init=k_init, key_run=k_run, jitter=0.01, num_chains=num_chains,
+    )
 
 
 def task() -> Task:
-    data = load_data("sir")
-    return Task(
-        name="sir",
-        problem=_simulator(),
-        observations=rows(data["observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm SIR epidemic: 2 parameters (β, γ), 10 binomial counts",
+    return sbibm_task(
+        "sir", PRIOR, simulate, NAMES, reference_posterior,
+        "sbibm SIR epidemic: 2 parameters (β, γ), 10 binomial counts",
     )

@@ -11,15 +11,12 @@ fair coins: exact because the posterior is invariant under each flip.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
-from galton.problem import Simulator
-from galton.tasks._common import load_data, nuts, rows, theta_names
+from galton.tasks._common import nuts, sbibm_task, theta_names
 from galton.tasks.base import Task
 
 BOUND = 3.0
@@ -82,19 +79,8 @@ def reference_posterior(x: jax.Array, n: int, key: jax.Array, *, num_chains: int
     return theta.at[:, 2:4].set(jnp.abs(theta[:, 2:4]) * signs)
 
 
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(PRIOR, simulate, names=theta_names(DIM), name="slcp", backend="jax")
-
-
 def task() -> Task:
-    data = load_data("slcp")
-    return Task(
-        name="slcp",
-        problem=_simulator(),
-        observations=rows(data["observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm SLCP: Gaussian likelihood with a four-mode posterior, 5 parameters, 8 data",
+    return sbibm_task(
+        "slcp", PRIOR, simulate, theta_names(DIM), reference_posterior,
+        "sbibm SLCP: Gaussian likelihood with a four-mode posterior, 5 parameters, 8 data",
     )

@@ -15,9 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.problem import Simulator
 from galton.tasks import slcp
-from galton.tasks._common import load_data, rows, theta_names
+from galton.tasks._common import sbibm_task, theta_names
 from galton.tasks.base import Task
 
 N_COMPONENTS = 20
@@ -46,6 +45,7 @@ def informative_positions() -> np.ndarray:
     return np.argsort(mixture_and_permutation()[2])[:8]
 
 
+@functools.cache
 def _simulate_fn():
     means, scales, permutation = mixture_and_permutation()
     means, scales, permutation = jnp.asarray(means), jnp.asarray(scales), jnp.asarray(permutation)
@@ -68,19 +68,9 @@ def reference_posterior(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     return slcp.reference_posterior(jnp.asarray(x)[informative_positions()], n, key)
 
 
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(slcp.PRIOR, _simulate_fn(), names=theta_names(slcp.DIM), name="slcp_distractors", backend="jax")
-
-
 def task() -> Task:
-    data = load_data("slcp")
-    return Task(
-        name="slcp_distractors",
-        problem=_simulator(),
-        observations=rows(data["observations_distractors"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm SLCP with 92 Student-t distractors: 5 parameters, 100 data",
+    return sbibm_task(
+        "slcp_distractors", slcp.PRIOR, _simulate_fn(), theta_names(slcp.DIM), reference_posterior,
+        "sbibm SLCP with 92 Student-t distractors: 5 parameters, 100 data",
+        data="slcp", observations="observations_distractors",
     )

@@ -6,14 +6,11 @@ The reference posterior inverts the simulator exactly (see `reference_posterior`
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-from galton.problem import Simulator
-from galton.tasks._common import load_data, rejection_sample, rows, theta_names
+from galton.tasks._common import rejection_sample, sbibm_task, theta_names
 from galton.tasks.base import Task
 
 PRIOR = dist.Uniform(-jnp.ones(2), jnp.ones(2)).to_event(1)
@@ -73,19 +70,8 @@ def reference_posterior(x: jax.Array, n: int, key: jax.Array) -> jax.Array:
     return rejection_sample(key, propose, lambda th: jnp.all(jnp.abs(th) <= 1.0, axis=-1), n)
 
 
-@functools.cache
-def _simulator() -> Simulator:
-    return Simulator(PRIOR, simulate, names=theta_names(2), name="two_moons", backend="jax")
-
-
 def task() -> Task:
-    data = load_data("two_moons")
-    return Task(
-        name="two_moons",
-        problem=_simulator(),
-        observations=rows(data["observations"]),
-        true_parameters_of=rows(data["true_parameters"]),
-        reference=reference_posterior,
-        n_observations=10,
-        description="sbibm two moons: bimodal crescent posterior, 2 parameters, 2 data",
+    return sbibm_task(
+        "two_moons", PRIOR, simulate, theta_names(2), reference_posterior,
+        "sbibm two moons: bimodal crescent posterior, 2 parameters, 2 data",
     )
