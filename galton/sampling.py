@@ -10,11 +10,12 @@ from __future__ import annotations
 import warnings
 from typing import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.diagnostics import split_gelman_rubin
-from numpyro.infer import ESS, MCMC, NUTS
+from numpyro.infer import ESS, MCMC
 
 from galton.keys import as_key
 from galton.problem import Prior
@@ -30,45 +31,77 @@ class SamplingError(RuntimeError):
     """A sampler could not produce valid draws (e.g. the density is -inf everywhere tried)."""
 
 
-def _log_density_unconstrained(log_density: Callable, prior: Prior) -> Callable:
+def _log_density_unconstrained(log_density: Callable, prior: Prior, args: tuple = ()) -> Callable:
     def f(u):
         theta = prior.to_constrained(u)
-        return log_density(theta) + prior.log_abs_det_jacobian(u)
+        return log_density(theta, *args) + prior.log_abs_det_jacobian(u)
 
     return f
 
 
-def initial_points(log_density: Callable, prior: Prior, n: int, *, key: jax.Array, candidates: int = 1000) -> jax.Array:
+@eqx.filter_jit  # arrays in args are traced; everything else (the density, prior, sizes) is static
+def _initial_points(args, key, *, log_density, prior, n, candidates):
+    key_draw, key_pick = jax.random.split(key)
+    theta = prior.sample(key_draw, (n, candidates))
+    logp = jax.lax.map(jax.vmap(lambda t: log_density(t, *args)), theta)
+    finite = jnp.isfinite(logp)
+    logp = jnp.where(finite, logp, -jnp.inf)
+    picks = jax.random.categorical(key_pick, logp, axis=1)
+    starts = theta[jnp.arange(n), picks]
+    # a chain whose own draws all have zero density takes one from the pooled draws
+    missing = ~finite.any(axis=1)
+    pool = jax.random.categorical(jax.random.fold_in(key_pick, 1), logp.reshape(-1), shape=(n,))
+    starts = jnp.where(missing[:, None], theta.reshape(-1, theta.shape[-1])[pool], starts)
+    return starts, finite.any()
+
+
+def initial_points(
+    log_density: Callable, prior: Prior, n: int, *, key: jax.Array, candidates: int = 1000, args: tuple = ()
+) -> jax.Array:
     """``n`` starting points ``(n, d)``, each resampled from its own ``candidates`` prior draws
-    in proportion to ``exp(log_density)``.
+    in proportion to ``exp(log_density(θ, *args))``.
 
     Separate candidate sets matter for sharp, multimodal posteriors: resampling all chains
     from one set puts them all on its single best draw, hence in one mode (slcp observation 2,
     exact likelihood: 90 % of the draws in one of four equal modes, C2ST 0.83), while the best
     draws of independent sets fall in each mode in proportion to its mass.
     """
-    key_draw, key_pick = jax.random.split(as_key(key))
-    theta = prior.sample(key_draw, (n, candidates))
-    logp = jax.lax.map(jax.vmap(log_density), theta)
-    finite = jnp.isfinite(logp)
-    if not bool(finite.any()):
+    starts, any_finite = _initial_points(args, as_key(key), log_density=log_density, prior=prior, n=n, candidates=candidates)
+    if not bool(any_finite):
         raise SamplingError(f"the log density is not finite at any of {n * candidates} prior draws")
-    logp = jnp.where(finite, logp, -jnp.inf)
-    picks = jax.random.categorical(key_pick, logp, axis=1)
-    starts = theta[jnp.arange(n), picks]
-    missing = ~finite.any(axis=1)
-    if bool(missing.any()):  # a chain whose own draws all have zero density takes one from the pooled draws
-        pool = jax.random.categorical(jax.random.fold_in(key_pick, 1), logp.reshape(-1), shape=(n,))
-        starts = jnp.where(missing[:, None], theta.reshape(-1, theta.shape[-1])[pool], starts)
     return starts
 
 
+@eqx.filter_jit
+def _nuts_chains(args, u0, key, *, log_density, prior, warmup, draws, thin):
+    """NumPyro NUTS (its defaults) from u0 ``(chains, d)``: ``(chains, draws, d)`` kept draws.
+
+    The density's arrays (a network's weights, x) come in ``args`` rather than closed over, so
+    the program compiles once per density and architecture, in this process and in galton's
+    persistent compile cache, instead of once per call."""
+    from numpyro.infer.hmc import hmc
+
+    init_kernel, sample_kernel = hmc(
+        potential_fn_gen=lambda *a: (lambda u: -_log_density_unconstrained(log_density, prior, a)(u)), algo="NUTS"
+    )
+
+    def steps(state, count):
+        return jax.lax.fori_loop(0, count, lambda i, s: sample_kernel(s, model_args=args), state)
+
+    def chain(u, k):
+        state = steps(init_kernel(u, warmup, model_args=args, rng_key=k), warmup)  # adapts while warming up
+        return jax.lax.scan(lambda s, _: (lambda s: (s, s.z))(steps(s, thin)), state, None, length=draws)[1]
+
+    return jax.vmap(chain)(u0, jax.random.split(key, u0.shape[0]))
+
+
 def mcmc(
-    log_density: Callable[[jax.Array], jax.Array],
+    log_density: Callable[..., jax.Array],
     prior: Prior,
     n: int,
     *,
     key: jax.Array,
+    args: tuple = (),
     method: str = "nuts",
     num_chains: int = 100,
     warmup: int = 200,
@@ -76,30 +109,39 @@ def mcmc(
     init: jax.Array | None = None,
     progress: bool = False,
 ) -> jax.Array:
-    """Draw ``n`` samples ``(n, d)`` from the density ∝ ``exp(log_density(θ))`` on the prior's support.
+    """Draw ``n`` samples ``(n, d)`` from the density ∝ ``exp(log_density(θ, *args))`` on the prior's support.
 
     Args:
         log_density: unnormalised log density of one θ ``(d,)`` (include the prior in it).
+            Pass the arrays it reads (weights, data) as ``args`` and a function that is the
+            same object from call to call, so that NUTS compiles once for all calls.
         prior: the `Prior` whose support and bijections define the unconstrained space.
         n: number of samples returned (pooled over chains, shuffled).
         key: a ``jax.random`` key.
-        method: ``"nuts"`` (NumPyro NUTS) or ``"slice"`` (NumPyro's ensemble slice sampler).
+        args: a PyTree of arrays, passed to ``log_density`` after θ.
+        method: ``"nuts"`` (NumPyro NUTS, one compiled program for warm-up and draws) or
+            ``"slice"`` (NumPyro's ensemble slice sampler).
         num_chains: chains run side by side (vectorised); walkers for ``"slice"``.
         warmup: adaptation steps per chain.
         thin: keep every ``thin``-th draw.
         init: optional starting points ``(num_chains, d)``; drawn by `initial_points` if omitted.
-        progress: show NumPyro's progress bar.
+        progress: show NumPyro's progress bar (``"slice"`` only).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     key_init, key_run, key_shuffle = jax.random.split(as_key(key), 3)
     if init is None:
-        init = initial_points(log_density, prior, num_chains, key=key_init)
+        init = initial_points(log_density, prior, num_chains, key=key_init, args=args)
     u0 = prior.to_unconstrained(jnp.asarray(init))
-    target = _log_density_unconstrained(log_density, prior)
-    potential = lambda u: -target(u)  # noqa: E731
-    kernel = NUTS(potential_fn=potential) if method == "nuts" else ESS(potential_fn=potential)
-    u = run_chains(kernel, u0, n, key_run=key_run, key_shuffle=key_shuffle, warmup=warmup, thin=thin, progress=progress)
+    if method == "nuts":
+        per_chain = -(-n // u0.shape[0])
+        chains = _nuts_chains(args, u0, key_run, log_density=log_density, prior=prior, warmup=warmup, draws=per_chain, thin=thin)
+        flat = chains.reshape(-1, chains.shape[-1])
+        u = flat[jax.random.permutation(key_shuffle, flat.shape[0])[:n]]
+    else:
+        target = _log_density_unconstrained(log_density, prior, args)
+        kernel = ESS(potential_fn=lambda u: -target(u))
+        u = run_chains(kernel, u0, n, key_run=key_run, key_shuffle=key_shuffle, warmup=warmup, thin=thin, progress=progress)
     theta = prior.to_constrained(u)
     if not bool(jnp.isfinite(theta).all()):
         raise SamplingError("MCMC produced non-finite parameters; check the log density for NaNs")

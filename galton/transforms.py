@@ -27,7 +27,17 @@ class SupportBijection:
     """
 
     def __init__(self, supports: Mapping[str, Any]):
-        self.transforms = {k: biject_to(s) for k, s in supports.items()}
+        self.supports = dict(supports)
+        self._transforms: dict[str, Any] = {}
+
+    @property
+    def transforms(self) -> Mapping[str, Any]:
+        """Block name -> NumPyro transform, made on first use: a discrete support (a Galton
+        board's left/right choices) has none, and only the methods that map it need one."""
+        for k, s in self.supports.items():
+            if k not in self._transforms:
+                self._transforms[k] = biject_to(s)
+        return self._transforms
 
     def forward(self, u: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """``{block: unconstrained}`` -> ``{block: value in its support}``."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
 from galton import flows, ratio
 from galton.keys import as_key
 from galton.posteriors.network import NetworkPosterior, check_x
+from galton.problem import Prior
 from galton.sampling import MCMC_DEFAULTS, mcmc
 
 
@@ -50,22 +53,37 @@ class DensityPosterior(NetworkPosterior):
 
     def log_term(self, theta, x) -> jax.Array:
         """Σ over iid observations x ``(n_obs, *x_shape)`` of the network's log term -> ``(...)``."""
-        theta = jnp.asarray(theta)
-        if self.term == "likelihood":
-            per_obs = jax.vmap(lambda xi: self.network.log_prob(xi, theta))(x)
-        else:
-            per_obs = jax.vmap(lambda xi: self.network.log_ratio(theta, xi))(x)
-        return per_obs.sum(0)
+        return _log_term(self.term, self.network, jnp.asarray(theta), x)
 
     def log_prob(self, theta, x=None) -> jax.Array:
         """Unnormalised log p(θ | x) for θ ``(..., d)`` -> ``(...)``."""
-        theta = jnp.asarray(theta)
-        return self.log_term(theta, self._x(x)) + self.prior.log_prob(theta)
+        return _LogPosterior(self.term, self.prior)(jnp.asarray(theta), self.network, self._x(x))
 
     def sample(self, n: int, *, key: jax.Array, x=None, **sampler) -> jax.Array:
         """``n`` MCMC draws ``(n, d)``; ``sampler`` overrides `galton.sampling.mcmc` settings."""
-        x = self._x(x)
-        return mcmc(lambda t: self.log_prob(t, x), self.prior, n, key=as_key(key), **{**dict(self.sampler), **sampler})
+        log_density = _LogPosterior(self.term, self.prior)
+        settings = {**dict(self.sampler), **sampler}
+        return mcmc(log_density, self.prior, n, key=as_key(key), args=(self.network, self._x(x)), **settings)
+
+
+def _log_term(term: str, network, theta, x) -> jax.Array:
+    if term == "likelihood":
+        per_obs = jax.vmap(lambda xi: network.log_prob(xi, theta))(x)
+    else:
+        per_obs = jax.vmap(lambda xi: network.log_ratio(theta, xi))(x)
+    return per_obs.sum(0)
+
+
+@dataclass(frozen=True)
+class _LogPosterior:
+    """log term + log prior as a function of (θ, network, x). Equal for equal (term, prior), so
+    the MCMC program compiled for one network serves every network of its architecture."""
+
+    term: str
+    prior: Prior
+
+    def __call__(self, theta, network, x) -> jax.Array:
+        return _log_term(self.term, network, theta, x) + self.prior.log_prob(theta)
 
 
 __all__ = ["DensityPosterior"]

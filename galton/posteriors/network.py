@@ -74,8 +74,8 @@ class NetworkPosterior(Posterior):
         return {k: getattr(self, k) for k in self.settings}
 
     def _replace(self, **changes) -> "NetworkPosterior":
-        state = {"network": self.network, "prior": self.prior, "x_obs": self.x_obs, "history": self.history}
-        return type(self)(**state, **self._settings(), **changes)
+        state = {"network": self.network, "prior": self.prior, "x_obs": self.x_obs, "history": self.history, **self._settings()}
+        return type(self)(**{**state, **changes})
 
     def _state(self):
         meta = {"spec": self.network.spec, "history": self.history, **self._settings()}
