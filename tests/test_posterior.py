@@ -102,3 +102,37 @@ def test_bad_covariances_and_files_are_refused(tmp_path):
         GaussianPosterior(np.zeros(2), np.eye(2), ["a"])
     with pytest.raises(FileNotFoundError, match="no saved posterior"):
         load(tmp_path)
+
+
+# ---- weighted samples (ABC, importance sampling) --------------------------------------------
+
+
+def test_weighted_samples_resample_by_weight_and_estimate_the_density(tmp_path):
+    # importance draws from N(0, 2²) weighted to N(1, 0.5²): resampled draws follow the target
+    proposal = np.asarray(2.0 * jax.random.normal(jax.random.key(0), (20_000, 1)))
+    log_w = stats.norm(1.0, 0.5).logpdf(proposal[:, 0]) - stats.norm(0.0, 2.0).logpdf(proposal[:, 0])
+    from galton.posteriors import SamplesPosterior
+
+    posterior = SamplesPosterior(proposal, ["a"], log_w, info={"proposal": "N(0, 4)"})
+    assert 2_000 < posterior.ess < 20_000
+    draws = np.asarray(posterior.sample(20_000, key=jax.random.key(1)))
+    assert draws.shape == (20_000, 1)
+    assert abs(draws.mean() - 1.0) < 0.03 and abs(draws.std() - 0.5) < 0.03
+    grid = np.linspace(-0.5, 2.5, 7)[:, None]
+    kde = np.exp(np.asarray(posterior.log_prob(grid)))
+    np.testing.assert_allclose(kde, stats.norm(1.0, 0.5).pdf(grid[:, 0]), atol=0.06)
+    loaded = load(posterior.save(tmp_path / "samples"))
+    assert loaded.info == {"proposal": "N(0, 4)"}
+    np.testing.assert_array_equal(loaded.sample(50, key=jax.random.key(2)), posterior.sample(50, key=jax.random.key(2)))
+    np.testing.assert_array_equal(loaded.log_prob(grid), posterior.log_prob(grid))
+
+
+def test_weighted_samples_reject_bad_input():
+    from galton.posteriors import SamplesPosterior
+
+    with pytest.raises(ValueError, match=r"theta must be \(m, 2\)"):
+        SamplesPosterior(np.zeros((5, 3)), ["a", "b"])
+    with pytest.raises(ValueError, match=r"log_weights must be \(5,\)"):
+        SamplesPosterior(np.zeros((5, 2)), ["a", "b"], np.zeros(4))
+    with pytest.raises(ValueError, match="free of NaN"):
+        SamplesPosterior(np.zeros((5, 2)), ["a", "b"], np.full(5, -np.inf))
