@@ -27,6 +27,8 @@ import sys
 import tempfile
 import time
 
+from _report import report
+
 METHODS = ("muse", "muse_loop", "nuts")
 
 
@@ -181,6 +183,7 @@ def main(argv=None) -> int:
     mean, sd = exact(args.dim)
     print(f"noisy funnel, {args.dim} latents, θ_true = 0, data from split(PRNGKey(0)); MUSE with nsims = {args.nsims}")
     print(f"exact posterior (quadrature): θ = {mean:.4f} ± {sd:.4f}")
+    report("muse", f"exact (quadrature), N={args.dim}", theta=mean, sigma=sd)
     labels = {"muse": "galton MUSE (batched)", "muse_loop": "MUSE, solve per sim (loop)", "nuts": "NumPyro NUTS 500+500"}
     print(f"{'method':28s} {'θ̂':>8s} {'σ':>7s} {'(θ̂-m)/sd':>9s} {'σ/sd':>6s} {'warm s':>8s} {'cold s':>7s} {'grad evals':>11s} {'HVPs':>6s}")
     for method, r in results.items():
@@ -189,6 +192,8 @@ def main(argv=None) -> int:
             f"{labels[method]:28s} {w['theta']:8.4f} {w['sigma']:7.4f} {(w['theta'] - mean) / sd:9.3f} {w['sigma'] / sd:6.3f} "
             f"{r['warm_min_s']:8.4f} {r['cold']['time_s']:7.2f} {w['grad_evals']:11d} {w.get('hvps', 0):6d}"
         )
+        report("muse", f"{method}, N={args.dim}, nsims={args.nsims}", theta=w["theta"], sigma=w["sigma"],
+               warm_s=r["warm_min_s"], cold_s=r["cold"]["time_s"], grad_evals=w["grad_evals"], hvps=w.get("hvps"), iterations=w.get("iterations"), ess=w.get("ess"))
     if "nuts" in results:
         print(f"NUTS effective sample size of θ: {results['nuts']['warm']['ess']:.0f}")
     if "muse" in results:
@@ -199,19 +204,27 @@ def main(argv=None) -> int:
                     f"{labels[other]} / galton MUSE: warm {results[other]['warm_min_s'] / base['warm_min_s']:.1f}x, "
                     f"cold {results[other]['cold']['time_s'] / base['cold']['time_s']:.1f}x"
                 )
+                warm, cold = (base["warm_min_s"], results[other]["warm_min_s"]), (base["cold"]["time_s"], results[other]["cold"]["time_s"])
+                for when, (galton_s, peer_s) in (("warm", warm), ("cold", cold)):
+                    report("muse", f"{other} / muse {when}, N={args.dim}", galton_s=galton_s, peer_s=peer_s, ratio=peer_s / galton_s)
         if paired is not None:
             print(
                 f"side by side in one process ({2 * args.repeats} pairs, same seeds): galton {paired['muse_min_s']:.4f} s, "
                 f"loop {paired['loop_min_s']:.4f} s (best of each): {paired['ratio_of_mins']:.1f}x; "
                 f"median of the pairs' ratios {paired['ratio_median']:.1f}x"
             )
+            report("muse", f"muse_loop / muse side by side, N={args.dim}", galton_s=paired["muse_min_s"], peer_s=paired["loop_min_s"],
+                   ratio=paired["ratio_of_mins"], ratio_median=paired["ratio_median"])
             (g_it, l_it), (g_rest, l_rest) = paired["iterations_s"], paired["rest_s"]
             print(
                 f"  of which (medians) the MUSE iterations (the first waits for the random numbers): galton {g_it:.4f} s, loop {l_it:.4f} s, {l_it / g_it:.1f}x; "
                 f"the rest (H, setup, result): galton {g_rest:.4f} s, loop {l_rest:.4f} s, {l_rest / g_rest:.1f}x"
             )
+            report("muse", f"muse_loop / muse side by side, MUSE iterations, N={args.dim}", galton_s=g_it, peer_s=l_it, ratio=l_it / g_it)
+            report("muse", f"muse_loop / muse side by side, the rest, N={args.dim}", galton_s=g_rest, peer_s=l_rest, ratio=l_rest / g_rest)
         print(f"galton MUSE warm median {base['warm_median_s']:.4f} s over {args.repeats} calls; {base['warm']['iterations']} iterations")
         print(f"galton MUSE cold in a fresh process with its compile cache filled by an earlier one: {cached_cold:.2f} s")
+        report("muse", f"muse cold, compile cache filled, N={args.dim}", cold_s=cached_cold)
     return 0
 
 

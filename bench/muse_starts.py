@@ -7,7 +7,7 @@ converged, its iterations, θ̂ ± σ and how far θ̂ lies from the estimate of
 start, in units of that estimate's σ (unconstrained space).
 
     python bench/muse_starts.py                  # 30 starts, about 2 minutes
-    python bench/muse_starts.py --only lognormal
+    python bench/muse_starts.py --only lognormal --starts 3
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+from _report import report  # noqa: E402 (bench/ is on the path from here)
 
 
 def problems():
@@ -53,6 +55,7 @@ def label(start) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run only the problems whose name starts with this")
+    parser.add_argument("--starts", type=int, help="run only each problem's first few starts")
     args = parser.parse_args(argv)
     from galton.muse import muse
 
@@ -61,8 +64,9 @@ def main(argv=None) -> int:
     for name, problem, x, nsims, starts in problems():
         if args.only and not name.startswith(args.only):
             continue
+        starts = starts[: args.starts]
         print(f"\n{name} ({nsims} simulations)")
-        first, worst = None, 0.0
+        first, worst, problem_converged = None, 0.0, 0
         for start in starts:
             total += 1
             t = time.perf_counter()
@@ -75,13 +79,16 @@ def main(argv=None) -> int:
             shift = float(np.max(np.abs(r.loc - first.loc) / first.std_unconstrained))
             worst = max(worst, shift) if r.converged else worst
             converged += r.converged
+            problem_converged += r.converged
             estimate = ", ".join(f"{v:.4f} ± {s:.4f}" for v, s in zip(r.theta_flat, r.std))
             print(
                 f"  {label(start):34s} {'converged' if r.converged else 'NOT converged':13s} {r.iterations:3d} its  "
                 f"{estimate}  shift {shift:.3f} σ  {time.perf_counter() - t:5.1f} s"
             )
         print(f"  largest shift from the first start among the converged: {worst:.3f} σ")
+        report("muse_starts", name, starts=len(starts), converged=problem_converged, shift_sigma=worst)
     print(f"\n{converged} of {total} starts converged")
+    report("muse_starts", "all", starts=total, converged=converged)
     return 0
 
 

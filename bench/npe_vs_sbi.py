@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import report
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
@@ -97,10 +98,13 @@ def main():
         sel = [r for r in rows if r[1] == name]
         train_s, sample_s = np.mean([r[2] for r in sel]), np.mean([r[3] for r in sel])
         totals[name] = train_s + sample_s
-        print(f"{name:17s} {train_s:8.1f} {sample_s:9.2f} {train_s + sample_s:8.1f} {np.mean([r[4] for r in sel]):7.0f} {np.mean([r[5] for r in sel]):6.3f}")
+        epochs, score = np.mean([r[4] for r in sel]), np.mean([r[5] for r in sel])
+        print(f"{name:17s} {train_s:8.1f} {sample_s:9.2f} {train_s + sample_s:8.1f} {epochs:7.0f} {score:6.3f}")
+        report("npe_vs_sbi", f"{name}, two_moons {args.budget}", train_s=train_s, sample_s=sample_s, total_s=totals[name], epochs=epochs, c2st=score)
     for name, total in totals.items():
         if name.startswith("galton"):
             print(f"speed-up of {name} over sbi maf, end to end (train + 10k samples): {totals['sbi maf'] / total:.1f}x")
+            report("npe_vs_sbi", f"{name} / sbi maf, two_moons {args.budget}", galton_s=total, peer_s=totals["sbi maf"], ratio=totals["sbi maf"] / total)
 
 
 if __name__ == "__main__":

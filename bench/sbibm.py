@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from _report import report
 from galton.diagnostics import c2st
 from galton.infer import infer
 from galton.tasks import get
@@ -69,7 +70,9 @@ def main():
     for (name, method, budget), runs in results.items():
         published = PUBLISHED.get((name, method, budget))
         shown = f"{published:.3f}" if published else "  -  "
-        print(f"{name:16s} {method:6s} {budget:6d} {np.mean([r[0] for r in runs]):6.3f} {shown:>6s} {np.mean([r[1] for r in runs]):8.0f}s")
+        score, seconds = np.mean([r[0] for r in runs]), np.mean([r[1] for r in runs])
+        print(f"{name:16s} {method:6s} {budget:6d} {score:6.3f} {shown:>6s} {seconds:8.0f}s")
+        report("sbibm", f"{name} {method} {budget}", c2st=score, sbibm_c2st=published, time_s=seconds, observations=len(runs))
 
 
 if __name__ == "__main__":

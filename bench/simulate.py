@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+from _report import report
 
 from galton import Simulator
 from galton.simulate import simulate
@@ -75,6 +76,7 @@ def main():
     print(f"\n{'simulator':18s} {'galton path':16s} {'sims/s':>12s} {'baseline':12s} {'sims/s':>10s} {'speed-up':>9s}")
     for name, path, rate, base, base_rate in rows:
         print(f"{name:18s} {path:16s} {rate:12,.0f} {base:12s} {base_rate:10,.0f} {rate / base_rate:8.1f}x")
+        report("simulate", f"{name}: {path} / {base}", galton_sims_per_s=rate, peer_sims_per_s=base_rate, ratio=rate / base_rate)
     print(f"\n(jax {jax.__version__}, {jax.devices()[0].platform}, {len(jax.devices())} device(s))")
 
 
