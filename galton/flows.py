@@ -4,6 +4,7 @@ embedding of z-scored c. NPE uses y = θ, c = x; NLE uses y = x, c = θ.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import equinox as eqx
@@ -127,7 +128,7 @@ def conditional_flow(
         "flow": flow, "transforms": transforms, "hidden": hidden, "bins": bins,
         "y_dim": int(y.shape[1]), "c_shape": [int(s) for s in c_shape], "embedding": embedding.spec,
     }
-    return ConditionalFlow(
+    fresh = ConditionalFlow(
         make_flow(flow, y.shape[1], cond_dim, key=key, transforms=transforms, hidden=hidden, bins=bins),
         embedding,
         paramax.NonTrainable(jnp.asarray(y_shift)),
@@ -136,10 +137,21 @@ def conditional_flow(
         paramax.NonTrainable(jnp.asarray(c_scale)),
         json.dumps(spec),
     )
+    # flowjax gives every flow closures of its own (pytree constructors) among its non-array
+    # leaves, and jitted functions are keyed on those: each new flow compiled its training epoch
+    # and its samplers again. Flows of one spec take their non-array leaves from one skeleton.
+    return eqx.combine(eqx.filter(fresh, eqx.is_array), eqx.filter(skeleton(spec), eqx.is_array, inverse=True))
 
 
 def skeleton(spec: dict) -> ConditionalFlow:
-    """A `ConditionalFlow` with the structure ``spec`` describes (weights to be deserialised into)."""
+    """The `ConditionalFlow` with the structure ``spec`` describes (weights to be deserialised
+    into); one object per spec."""
+    return _skeleton(json.dumps(spec))
+
+
+@functools.lru_cache(maxsize=32)
+def _skeleton(spec_json: str) -> ConditionalFlow:
+    spec = json.loads(spec_json)
     key = jax.random.key(0)
     embedding = nets.build(spec["embedding"], key=key)
     c_shape = tuple(spec["c_shape"])
@@ -150,7 +162,7 @@ def skeleton(spec: dict) -> ConditionalFlow:
         make_flow(spec["flow"], d, cond_dim, key=key, transforms=spec["transforms"], hidden=spec["hidden"], bins=spec["bins"]),
         embedding,
         zeros(d), zeros(d), zeros(c_shape), zeros(c_shape),
-        json.dumps(spec),
+        spec_json,
     )
 
 

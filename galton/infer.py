@@ -60,6 +60,8 @@ def infer(
         The posterior conditioned on ``x_obs`` (`FlowPosterior` for NPE, `DensityPosterior` for
         NLE and NRE), with the training history of each round in ``.history``.
     """
+    if not isinstance(problem, (Simulator, Program)):
+        raise ProblemError(f"problem must be a galton Simulator or Program, got {type(problem).__name__}")
     method = methods.get(method, **options)
     key = as_key(key)
     if int(budget) != budget or budget < 1:

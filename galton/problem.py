@@ -175,6 +175,25 @@ class Prior:
         u = jnp.asarray(u)
         return self.bijection.log_abs_det_jacobian(self.blocks.unflatten(u), u.shape[:-1])
 
+    def _identity(self) -> tuple:
+        """What makes two priors the same: names, and each block's distribution structure and values."""
+        if getattr(self, "_identity_cache", None) is None:
+            blocks = []
+            for k, d in self.distributions.items():
+                leaves, treedef = jax.tree.flatten(d)
+                values = tuple((np.shape(v), np.asarray(v).tobytes()) for v in leaves)
+                blocks.append((k, str(treedef), values))
+            self._identity_cache = (tuple(self.names), tuple(blocks))
+        return self._identity_cache
+
+    # equal by value, so a prior read back from a saved posterior is the one it was saved with:
+    # compiled samplers keyed on the prior (galton.sampling) then serve the loaded posterior too
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Prior) and (self is other or self._identity() == other._identity())
+
+    def __hash__(self) -> int:
+        return hash(self._identity())
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={type(d).__name__}{tuple(d.batch_shape + d.event_shape)}" for k, d in self.distributions.items())
         return f"Prior({inner})"

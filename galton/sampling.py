@@ -85,12 +85,15 @@ def _nuts_chains(args, u0, key, *, log_density, prior, warmup, draws, thin):
         potential_fn_gen=lambda *a: (lambda u: -_log_density_unconstrained(log_density, prior, a)(u)), algo="NUTS"
     )
 
-    def steps(state, count):
-        return jax.lax.fori_loop(0, count, lambda i, s: sample_kernel(s, model_args=args), state)
+    def step(state, _):
+        state = sample_kernel(state, model_args=args)  # adapts while state.i < warmup
+        return state, state.z
 
     def chain(u, k):
-        state = steps(init_kernel(u, warmup, model_args=args, rng_key=k), warmup)  # adapts while warming up
-        return jax.lax.scan(lambda s, _: (lambda s: (s, s.z))(steps(s, thin)), state, None, length=draws)[1]
+        # one loop over warm-up and draws keeps one copy of the NUTS kernel in the program, which
+        # halves its compile time (the draws of warm-up are few and dropped)
+        _, z = jax.lax.scan(step, init_kernel(u, warmup, model_args=args, rng_key=k), None, length=warmup + draws * thin)
+        return z[warmup::thin]
 
     return jax.vmap(chain)(u0, jax.random.split(key, u0.shape[0]))
 

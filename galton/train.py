@@ -8,6 +8,7 @@ are never updated; other `paramax` wrappers are unwrapped before the loss sees t
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -120,7 +121,7 @@ def train(
     optimizer = settings.optimizer()
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
     opt_state = optimizer.init(params)
-    epoch = _epoch_function(loss, optimizer, batch_size)
+    epoch = _epoch_function(loss, settings, batch_size)
 
     history = {"train_loss": [], "validation_loss": []}
     best_loss, best_params, best_epoch, start = np.inf, params, -1, time.perf_counter()
@@ -146,7 +147,12 @@ def train(
     return eqx.combine(best_params, static), history
 
 
-def _epoch_function(loss, optimizer, batch_size):
+@functools.lru_cache(maxsize=32)
+def _epoch_function(loss, settings: Training, batch_size: int):
+    """The jitted epoch for a loss and settings: one per (loss, settings, batch size), so a model
+    trained again with the same ones (more rounds, another seed) reuses the compiled program."""
+    optimizer = settings.optimizer()
+
     def model_loss(params, static, batch, key):
         return loss(paramax.unwrap(eqx.combine(params, static)), batch, key)
 

@@ -22,6 +22,7 @@ from galton.posteriors import load
 from galton.train import Training
 
 TINY = Training(max_epochs=8, patience=8, batch_size=50)
+N_DRAWS = 60  # one draw count everywhere, so each case's sampler compiles once
 SAMPLER = (("num_chains", 4), ("warmup", 30))
 PROBLEM = galton.Simulator(
     dist.Normal(jnp.zeros(2), 1.0), lambda key, theta: theta + 0.3 * jax.random.normal(key, (2,)), name="tiny"
@@ -68,8 +69,8 @@ def fitted(request, sims):
 
 def test_shapes_and_finite_values(fitted):
     _, rounds, posterior = fitted
-    draws = posterior.sample(60, key=jax.random.key(2))
-    assert draws.shape == (60, 2) and bool(jnp.isfinite(draws).all())
+    draws = posterior.sample(N_DRAWS, key=jax.random.key(2))
+    assert draws.shape == (N_DRAWS, 2) and bool(jnp.isfinite(draws).all())
     lp = posterior.log_prob(draws[:5])
     assert lp.shape == (5,) and bool(jnp.isfinite(lp).all())
     assert posterior.log_prob(draws[0]).shape == ()
@@ -89,7 +90,7 @@ def test_save_and_load_round_trip(fitted, tmp_path):
     loaded = load(posterior.save(tmp_path / "posterior"))
     assert type(loaded) is type(posterior) and loaded.history == posterior.history
     key = jax.random.key(3)
-    np.testing.assert_array_equal(loaded.sample(40, key=key), posterior.sample(40, key=key))
+    np.testing.assert_array_equal(loaded.sample(N_DRAWS, key=key), posterior.sample(N_DRAWS, key=key))
     theta = np.zeros((3, 2))
     np.testing.assert_array_equal(loaded.log_prob(theta), posterior.log_prob(theta))
 
@@ -103,5 +104,6 @@ def test_same_key_same_posterior_for_both_key_kinds(fitted, sims):
     )
     assert legacy.history[0]["train_loss"] == posterior.history[0]["train_loss"]
     np.testing.assert_array_equal(
-        legacy.sample(40, key=jax.random.PRNGKey(4)), posterior.sample(40, key=jax.random.wrap_key_data(jax.random.PRNGKey(4)))
+        legacy.sample(N_DRAWS, key=jax.random.PRNGKey(4)),
+        posterior.sample(N_DRAWS, key=jax.random.wrap_key_data(jax.random.PRNGKey(4))),
     )

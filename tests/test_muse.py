@@ -253,6 +253,7 @@ def test_a_map_stalled_in_an_exponential_tail_solves_again_from_the_origin():
     np.testing.assert_allclose(c.std_unconstrained, a.std_unconstrained, rtol=0.1)
 
 
+@pytest.mark.slow  # three MUSE runs of 200 simulations from far starts: about a minute
 def test_far_start_where_the_score_covariance_overstates_the_slope():
     # From sigma = 2 the simulations' score variance in sigma is many times the MUSE score's
     # slope there, so covariance steps moved sigma by 0.01-0.03 per iteration; growing them

@@ -9,6 +9,7 @@ decorating its class.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import equinox as eqx
@@ -35,6 +36,17 @@ def register(name: str):
     return decorate
 
 
+@functools.lru_cache(maxsize=64)
+def _partial(fn, settings: tuple):
+    return functools.partial(fn, **dict(settings))
+
+
+def bind(fn, **settings):
+    """``functools.partial(fn, **settings)``, the same object for equal settings: the training
+    loop keeps one compiled epoch per loss, so equal losses must be one object."""
+    return _partial(fn, tuple(sorted(settings.items())))
+
+
 def names() -> list[str]:
     """The registered method names, sorted."""
     return sorted(REGISTRY)
@@ -48,7 +60,7 @@ def get(method, **options):
         return REGISTRY[method.lower()](**options)
     if options:
         raise ValueError("options go with a method name; a method object carries its own settings")
-    if type(method) not in REGISTRY.values():
+    if not isinstance(method, tuple(REGISTRY.values())):
         raise ValueError(f"method must be one of {names()} or a method object, got {type(method).__name__}")
     return method
 

@@ -9,7 +9,6 @@ Losses (θ, x from the training batch; p the prior; q the flow):
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from galton.flows import ConditionalFlow, conditional_flow
-from galton.methods.base import NeuralMethod, register
+from galton.methods.base import NeuralMethod, bind, register
 from galton.posteriors import FlowPosterior
 from galton.problem import Prior
 from galton.train import Training
@@ -71,7 +70,7 @@ class NPE(NeuralMethod):
 
     def loss(self, prior: Prior, sequential: bool):
         if sequential:
-            return functools.partial(atomic_loss, prior=prior, num_atoms=self.num_atoms)
+            return bind(atomic_loss, prior=prior, num_atoms=self.num_atoms)
         return maximum_likelihood_loss
 
     def posterior(self, network: ConditionalFlow, prior: Prior, history: list[dict]) -> FlowPosterior:

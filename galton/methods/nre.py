@@ -13,14 +13,13 @@ sequential variant pools every round's simulations.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from galton.methods.base import NeuralMethod, register
+from galton.methods.base import NeuralMethod, bind, register
 from galton.posteriors import DensityPosterior
 from galton.problem import Prior
 from galton.ratio import RatioNetwork, ratio_network
@@ -106,11 +105,11 @@ class NRE(NeuralMethod):
         if self.variant == "a":
             return loss_a
         if self.variant == "balanced":
-            return functools.partial(loss_balanced, strength=self.strength)
+            return bind(loss_balanced, strength=self.strength)
         if self.variant == "b":
-            return functools.partial(loss_b, num_atoms=self.num_atoms)
+            return bind(loss_b, num_atoms=self.num_atoms)
         if self.variant == "c":
-            return functools.partial(loss_c, num_atoms=self.num_atoms, gamma=self.gamma)
+            return bind(loss_c, num_atoms=self.num_atoms, gamma=self.gamma)
         raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
 
     def network(self, theta, x, key) -> RatioNetwork:

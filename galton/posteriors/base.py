@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import importlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -112,7 +113,9 @@ class Posterior(abc.ABC):
 
 def samples_to_arviz(samples, names: Sequence[str]):
     """Samples ``(n, d)`` (one chain) or ``(chains, n, d)`` as an ArviZ ``InferenceData``, one variable per name."""
-    import arviz as az
+    with warnings.catch_warnings():  # ArviZ 0.23 announces its coming 1.0 on import, to every user of ours
+        warnings.filterwarnings("ignore", message=r"\s*ArviZ is undergoing a major refactor", category=FutureWarning)
+        import arviz as az
 
     draws = np.asarray(samples)
     draws = draws[None] if draws.ndim == 2 else draws
