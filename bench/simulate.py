@@ -8,7 +8,6 @@ Prints simulations per second for each path and the speed-ups, as a table.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import time
 
 import jax

@@ -4,8 +4,8 @@ Importing this package registers every method; `get` and `names` read the regist
 """
 
 from galton.methods.base import REGISTRY, get, names, register
-from galton.methods.nle import NLE
-from galton.methods.npe import NPE
-from galton.methods.nre import NRE
+from galton.methods.nle import NLE  # noqa: F401  (importing a method module registers it)
+from galton.methods.npe import NPE  # noqa: F401
+from galton.methods.nre import NRE  # noqa: F401
 
 __all__ = ["REGISTRY", "get", "names", "register", *(cls.__name__ for cls in REGISTRY.values())]

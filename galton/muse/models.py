@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from numpyro.distributions.transforms import biject_to
 
 from galton.transforms import ElementwiseBijection
 from galton.problem import ProblemError, Program, Simulator

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
