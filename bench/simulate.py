@@ -55,10 +55,12 @@ def main():
     args = parser.parse_args()
     key = jax.random.key(0)
     rows = []
+    chunk = min(10_000, args.n)
     for name in ["two_moons", "slcp", "sir"]:
         problem = get(name).problem
-        simulate(problem, 1000, key=key, chunk_size=1000, progress=False)  # compile
-        _, vmapped = timed(lambda: simulate(problem, args.n, key=key, chunk_size=10_000, progress=False))
+        # compile at the chunk size that is timed (warming up at another size left a compile in the timing)
+        simulate(problem, chunk, key=jax.random.key(1), chunk_size=chunk, progress=False)
+        _, vmapped = timed(lambda: simulate(problem, args.n, key=key, chunk_size=chunk, progress=False))
         loop = python_loop(problem, args.n_loop, key)
         rows.append((name, "vmapped chunks", args.n / vmapped, "python loop", args.n_loop / loop))
 
