@@ -139,8 +139,7 @@ def mcmc(
     if method == "nuts":
         per_chain = -(-n // u0.shape[0])
         chains = _nuts_chains(args, u0, key_run, log_density=log_density, prior=prior, warmup=warmup, draws=per_chain, thin=thin)
-        flat = chains.reshape(-1, chains.shape[-1])
-        u = flat[jax.random.permutation(key_shuffle, flat.shape[0])[:n]]
+        u = _pooled(chains, n, key_shuffle)
     else:
         target = _log_density_unconstrained(log_density, prior, args)
         kernel = ESS(potential_fn=lambda u: -target(u))
@@ -189,8 +188,13 @@ def run_chains(
         rhat = np.asarray(split_gelman_rubin(np.asarray(samples)))
         if np.nanmax(rhat) > max_rhat:
             warnings.warn(f"MCMC: split R-hat up to {np.nanmax(rhat):.3f} > {max_rhat}; chains may not have mixed", stacklevel=2)
-    flat = samples.reshape(-1, samples.shape[-1])
-    return flat[jax.random.permutation(key_shuffle, flat.shape[0])[:n]]
+    return _pooled(samples, n, key_shuffle)
+
+
+def _pooled(chains: jax.Array, n: int, key: jax.Array) -> jax.Array:
+    """``n`` draws ``(n, d)`` from chains ``(num_chains, per_chain, d)``, pooled and shuffled."""
+    flat = chains.reshape(-1, chains.shape[-1])
+    return flat[jax.random.permutation(key, flat.shape[0])[:n]]
 
 
 def importance_resample(

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+import pytest
 
 from galton import Simulator, simulate
 from galton.posteriors import load
@@ -24,11 +25,15 @@ PROBLEM = Simulator(dist.Normal(jnp.zeros(DIM), jnp.sqrt(0.1)), gaussian_linear,
 
 
 
-def simulations():
+# fixtures for the test modules that import them (module scope: built once per importing file)
+@pytest.fixture(scope="module")
+def sims():
     return simulate(PROBLEM, 3000, key=jax.random.key(0), progress=False)
 
 
-def exact_draws():
+@pytest.fixture(scope="module")
+def exact():
+    """1,500 draws of the exact posterior at X_OBS."""
     return np.asarray(X_OBS / 2 + jnp.sqrt(0.05) * jax.random.normal(jax.random.key(99), (1500, DIM)))
 
 

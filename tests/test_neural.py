@@ -12,23 +12,13 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 
-from analytic import DIM, FAST, PROBLEM, X_OBS, assert_round_trip, exact_draws, simulations
+from analytic import DIM, FAST, PROBLEM, X_OBS, assert_round_trip, exact, sims  # noqa: F401  (fixtures)
 from galton import ProblemError, Simulator, simulate
 from galton.calibration import expected_coverage, sbc, sbc_uniformity, tarp
 from galton.diagnostics import c2st
 from galton.infer import infer
 from galton.methods import NPE
 from galton.train import Training, TrainingError
-
-
-@pytest.fixture(scope="module")
-def sims():
-    return simulations()
-
-
-@pytest.fixture(scope="module")
-def exact():
-    return exact_draws()
 
 
 def test_prior_alone_fails_the_accuracy_threshold(exact):

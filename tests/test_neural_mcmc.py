@@ -3,21 +3,11 @@
 import jax
 import pytest
 
-from analytic import FAST, PROBLEM, SAMPLER, X_OBS, assert_round_trip, exact_draws, simulations
+from analytic import FAST, PROBLEM, SAMPLER, X_OBS, assert_round_trip, exact, sims  # noqa: F401  (fixtures)
 from galton.diagnostics import c2st
 from galton.infer import infer
 from galton.methods import NLE, NRE
 from galton.train import Training
-
-@pytest.fixture(scope="module")
-def sims():
-    return simulations()
-
-
-@pytest.fixture(scope="module")
-def exact():
-    return exact_draws()
-
 
 @pytest.mark.parametrize(
     "method, threshold",

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 
 from galton import flows, ratio
-from galton.keys import as_key
 from galton.posteriors.network import NetworkPosterior, check_x
 from galton.problem import Prior
 from galton.sampling import MCMC_DEFAULTS, mcmc
@@ -63,7 +62,7 @@ class DensityPosterior(NetworkPosterior):
         """``n`` MCMC draws ``(n, d)``; ``sampler`` overrides `galton.sampling.mcmc` settings."""
         log_density = _LogPosterior(self.term, self.prior)
         settings = {**dict(self.sampler), **sampler}
-        return mcmc(log_density, self.prior, n, key=as_key(key), args=(self.network, self._x(x)), **settings)
+        return mcmc(log_density, self.prior, n, key=key, args=(self.network, self._x(x)), **settings)
 
 
 def _log_term(term: str, network, theta, x) -> jax.Array:

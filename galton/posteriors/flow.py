@@ -60,7 +60,7 @@ class FlowPosterior(NetworkPosterior):
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         """``n`` draws ``(n, d)`` inside the prior's support."""
-        return self.sample_batch(n, key=as_key(key), xs=self._x(x)[None])[0]
+        return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
 
     def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
         """``n`` draws for each of m observations xs ``(m, *x_shape)`` -> ``(m, n, d)``, one jitted call.
