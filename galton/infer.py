@@ -7,6 +7,7 @@ same network on all simulations so far.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,6 +31,10 @@ def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
     raise ProblemError(f"x_obs has shape {x_obs.shape}, but {problem.name} simulates x of shape {expected}")
 
 
+def _round_store(store, r: int):
+    return None if store is None else Path(store) / f"round_{r}"
+
+
 def infer(
     problem: Simulator | Program,
     x_obs,
@@ -39,6 +44,7 @@ def infer(
     budget: int = 10_000,
     rounds: int = 1,
     simulations: Simulations | None = None,
+    store: str | None = None,
     progress: bool = True,
     **options,
 ):
@@ -53,12 +59,15 @@ def infer(
         budget: total simulations, split evenly over ``rounds``.
         rounds: 1 for amortized inference; more for the sequential variants.
         simulations: optional prior simulations to use as the first round instead of simulating.
+        store: optional directory; round r's simulations go to the zarr store ``store/round_r``, and
+            a run started again with the same arguments resumes from it (and ends the same).
         progress: show progress bars.
         **options: settings for the method named by ``method`` (e.g. ``flow="maf"``, ``variant="c"``).
 
     Returns:
         The posterior conditioned on ``x_obs`` (`FlowPosterior` for NPE, `DensityPosterior` for
-        NLE and NRE), with the training history of each round in ``.history``.
+        NLE and NRE, `TMNREPosterior` for TMNRE), with the training history of each round in
+        ``.history``.
     """
     if not isinstance(problem, (Simulator, Program)):
         raise ProblemError(f"problem must be a galton Simulator or Program, got {type(problem).__name__}")
@@ -71,6 +80,8 @@ def infer(
     if problem.backend == "jax":
         x_shape = jax.eval_shape(problem.simulate_flat, jax.random.key(0), jnp.zeros(problem.prior.dim)).shape
         x_obs = _check_observation(problem, x_obs, x_shape, iid=method.iid)
+    if hasattr(method, "run"):  # a method with rounds of its own (TMNRE's truncation)
+        return method.run(problem, x_obs, key=key, budget=budget, rounds=rounds, simulations=simulations, store=store, progress=progress)
     per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
     model, history, sims, posterior = None, [], simulations, None
     for r, n in enumerate(per_round):
@@ -78,10 +89,10 @@ def infer(
         if r == 0 and simulations is not None:
             new = simulations
         elif r == 0:
-            new = simulate(problem, n, key=key_sim, progress=progress)
+            new = simulate(problem, n, key=key_sim, store=_round_store(store, r), progress=progress)
         else:
             theta = posterior.sample(n, key=key_draw)
-            new = simulate(problem, key=key_sim, theta=np.asarray(theta), progress=progress)
+            new = simulate(problem, key=key_sim, theta=np.asarray(theta), store=_round_store(store, r), progress=progress)
         sims = new if sims is None or (r == 0 and simulations is not None) else Simulations.concatenate([sims, new])
         if r == 0 and problem.backend != "jax":
             x_obs = _check_observation(problem, x_obs, sims.x.shape[1:], iid=method.iid)

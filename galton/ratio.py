@@ -1,5 +1,6 @@
-"""The classifier d(θ, x) ≈ log p(x|θ)/p(x) that ratio estimators train (NRE now; TMNRE's heads
-and the gold-mining estimators later), with the spec that rebuilds it for loading."""
+"""The classifiers ratio estimators train, with the specs that rebuild them for loading:
+`RatioNetwork` d(θ, x) ≈ log p(x|θ)/p(x) (NRE; later the gold-mining estimators) and
+`MarginalRatioNetwork`, one head per marginal on a shared embedding (TMNRE)."""
 
 from __future__ import annotations
 
@@ -72,4 +73,104 @@ def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embeddin
     return _network(spec, embedding, key, (*standardisation(theta), *standardisation(x)))
 
 
-__all__ = ["RatioNetwork", "ratio_network", "skeleton"]
+
+class MarginalRatioNetwork(eqx.Module):
+    """One ratio head d_m(θ_m, x) ≈ log p(θ_m|x)/p(θ_m) per marginal m, on one shared embedding of x.
+
+    The heads are one stacked MLP (vmapped over heads), so adding marginals adds no compile
+    time; each head sees its marginal's z-scored columns, zero-padded to the largest marginal.
+    """
+
+    embedding: eqx.Module
+    heads: eqx.nn.MLP
+    theta_shift: paramax.NonTrainable
+    theta_scale: paramax.NonTrainable
+    x_shift: paramax.NonTrainable
+    x_scale: paramax.NonTrainable
+    spec_json: str = eqx.field(static=True)
+
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.spec_json)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec["x_shape"])
+
+    @property
+    def marginals(self) -> list[tuple[int, ...]]:
+        """Column indices of each head's marginal."""
+        return [tuple(m) for m in self.spec["marginals"]]
+
+    def _index(self, heads) -> tuple[np.ndarray, np.ndarray]:
+        width = max(len(m) for m in self.marginals)
+        idx = np.zeros((len(heads), width), np.int32)
+        mask = np.zeros((len(heads), width), np.float32)
+        for row, h in enumerate(heads):
+            m = self.marginals[h]
+            idx[row, : len(m)], mask[row, : len(m)] = m, 1.0
+        return idx, mask
+
+    def embed(self, x: jax.Array) -> jax.Array:
+        """Features of x ``(*batch, *x_shape)`` -> ``(*batch, e)``."""
+        x = (x - paramax.unwrap(self.x_shift)) / paramax.unwrap(self.x_scale)
+        batch = x.shape[: x.ndim - len(self.x_shape)]
+        return jax.vmap(self.embedding)(x.reshape(-1, *self.x_shape)).reshape(*batch, -1)
+
+    def head_log_ratios(self, theta: jax.Array, features: jax.Array, heads=None) -> jax.Array:
+        """d_m for the heads ``heads`` (all when None): θ ``(*batch, d)`` (full columns; a head reads
+        only its own) and features ``(*batch, e)`` (broadcast) -> ``(*batch, n_heads)``."""
+        heads = tuple(range(len(self.marginals))) if heads is None else tuple(heads)
+        idx, mask = self._index(heads)
+        t = (theta - paramax.unwrap(self.theta_shift)) / paramax.unwrap(self.theta_scale)
+        batch = jnp.broadcast_shapes(t.shape[:-1], features.shape[:-1])
+        t = jnp.broadcast_to(t, (*batch, t.shape[-1])).reshape(-1, t.shape[-1])
+        e = jnp.broadcast_to(features, (*batch, features.shape[-1])).reshape(-1, features.shape[-1])
+        chosen = jax.tree.map(lambda a: a[np.asarray(heads)] if eqx.is_array(a) else a, self.heads)
+        inputs = t[:, idx] * mask  # (n, h, width)
+
+        def one_head(mlp, z):  # z (n, width)
+            return jax.vmap(mlp)(jnp.concatenate([z, e], axis=-1))
+
+        out = eqx.filter_vmap(one_head, in_axes=(eqx.if_array(0), 1), out_axes=1)(chosen, inputs)
+        return out.reshape(*batch, len(heads))
+
+    def log_ratios(self, theta: jax.Array, x: jax.Array) -> jax.Array:
+        """Every head: θ ``(*batch, d)``, x ``(*batch, *x_shape)`` (broadcast) -> ``(*batch, n_heads)``."""
+        return self.head_log_ratios(theta, self.embed(x))
+
+
+def _marginal_network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> MarginalRatioNetwork:
+    x_shape = tuple(spec["x_shape"])
+    e_dim = int(jax.eval_shape(embedding, jnp.zeros(x_shape)).shape[0])
+    width = max(len(m) for m in spec["marginals"])
+    keys = jax.random.split(key, len(spec["marginals"]))
+    make = lambda k: eqx.nn.MLP(width + e_dim, "scalar", spec["hidden"], spec["depth"], activation=jax.nn.relu, key=k)
+    heads = eqx.filter_vmap(make)(keys)
+    if stats is None:
+        stats = (np.zeros(spec["theta_dim"]), np.ones(spec["theta_dim"]), np.zeros(x_shape), np.ones(x_shape))
+    frozen = [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
+    return MarginalRatioNetwork(embedding, heads, *frozen, json.dumps(spec))
+
+
+def marginal_skeleton(spec: dict) -> MarginalRatioNetwork:
+    """A `MarginalRatioNetwork` with the structure ``spec`` describes."""
+    key = jax.random.key(0)
+    return _marginal_network(spec, nets.build(spec["embedding"], key=key), key)
+
+
+def marginal_ratio_network(
+    theta, x, marginals, *, key: jax.Array, hidden: int, depth: int, embedding: eqx.Module | None = None
+) -> MarginalRatioNetwork:
+    """An untrained `MarginalRatioNetwork` for θ ``(n, d)``, x ``(n, *x_shape)`` and ``marginals``
+    (tuples of column indices), z-scored on the data."""
+    x_shape = x.shape[1:]
+    embedding = nets.Identity(x_shape) if embedding is None else embedding
+    spec = {
+        "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape], "hidden": hidden, "depth": depth,
+        "embedding": embedding.spec, "marginals": [list(map(int, m)) for m in marginals],
+    }
+    return _marginal_network(spec, embedding, key, (*standardisation(theta), *standardisation(x)))
+
+
+__all__ = ["MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]

@@ -7,5 +7,6 @@ from galton.methods.base import REGISTRY, get, names, register
 from galton.methods.nle import NLE  # noqa: F401  (importing a method module registers it)
 from galton.methods.npe import NPE  # noqa: F401
 from galton.methods.nre import NRE  # noqa: F401
+from galton.methods.tmnre import TMNRE  # noqa: F401  (marginal heads and truncation rounds of its own)
 
 __all__ = ["REGISTRY", "get", "names", "register", *(cls.__name__ for cls in REGISTRY.values())]

@@ -1,0 +1,182 @@
+"""Truncated marginal neural ratio estimation (TMNRE; Miller et al. 2021, as in swyft).
+
+Loss: one binary classifier per marginal m on a shared embedding of x, all trained at once,
+with θ' a derangement of the batch's θ (so (θ'_m, x) is a marginal pair):
+    L = mean_m [ −log σ(d_m(θ_m, x)) − log σ(−d_m(θ'_m, x)) ]
+so d_m(θ_m, x) ≈ log p(θ_m | x) / p(θ_m) under the round's proposal.
+
+Rounds: after each round a box per parameter from its 1-D head (where the log-ratio at x_obs
+exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
+the next proposal. Earlier simulations inside the new box are kept: they are draws from the
+prior restricted to it, as the new ones are. Each round trains a fresh network on the pool.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.methods.base import NeuralMethod, register
+from galton.posteriors.marginal import TMNREPosterior
+from galton.problem import Prior, ProblemError
+from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
+from galton.simulate import simulate
+from galton.store import Simulations
+from galton.train import Training
+from galton.truncation import Quantiles, TruncatedPrior, TruncationError, shrink
+
+
+def _derangement(key, b: int) -> jax.Array:
+    """Row indices ``(b,)`` with no row mapped to itself."""
+    perm = jax.random.permutation(key, b)
+    return jnp.zeros(b, jnp.int32).at[perm].set(jnp.roll(perm, 1))
+
+
+def loss(model: MarginalRatioNetwork, batch, key):
+    theta, x = batch
+    features = model.embed(x)
+    joint = model.head_log_ratios(theta, features)
+    marginal = model.head_log_ratios(theta[_derangement(key, theta.shape[0])], features)
+    return -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean()
+
+
+def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> list[tuple[int, ...]]:
+    """Column indices of each marginal: the user's (names, as tuples or single strings), or the
+    default (every 1-D marginal, plus every pair for at most 6 parameters); with truncation,
+    1-D heads are added for parameters that lack one (the box is read from them)."""
+    names = list(names)
+    if marginals is None:
+        chosen = [(n,) for n in names] + (list(itertools.combinations(names, 2)) if len(names) <= 6 else [])
+    else:
+        if isinstance(marginals, str) or not isinstance(marginals, Sequence) or not marginals:
+            raise ValueError(f"marginals must be a non-empty list of tuples of parameter names, got {marginals!r}")
+        chosen = [(m,) if isinstance(m, str) else tuple(m) for m in marginals]
+    seen = set()
+    for m in chosen:
+        if not m:
+            raise ValueError("marginals has an empty marginal ()")
+        unknown = [n for n in m if n not in names]
+        if unknown:
+            raise ValueError(f"marginal {m} names {unknown}, which are not parameters; the parameters are {names}")
+        if len(set(m)) != len(m):
+            raise ValueError(f"marginal {m} names a parameter twice")
+        if len(m) > 2:
+            raise ValueError(f"marginal {m} has {len(m)} parameters; TMNRE estimates 1-D and 2-D marginals")
+        if frozenset(m) in seen:
+            raise ValueError(f"marginal {m} is given twice")
+        seen.add(frozenset(m))
+    if truncate:
+        chosen += [(n,) for n in names if frozenset((n,)) not in seen]
+    return [tuple(names.index(n) for n in m) for m in chosen]
+
+
+@register("tmnre")
+@dataclass(frozen=True)
+class TMNRE(NeuralMethod):
+    """Settings of truncated marginal neural ratio estimation.
+
+    Attributes:
+        marginals: tuples of parameter names to estimate, e.g. ``[("a",), ("a", "b")]``; default
+            every 1-D marginal and, for at most 6 parameters, every 2-D one.
+        epsilon: truncation threshold ε in (0, 1): a box keeps where a 1-D ratio exceeds its
+            maximum × ε.
+        min_shrink: rounds stop early when the box's prior mass shrinks by less than this fraction.
+        hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
+        training: `Training` settings for each round.
+    """
+
+    iid: ClassVar[bool] = False
+    marginals: tuple | list | None = None
+    epsilon: float = 1e-6
+    min_shrink: float = 0.0
+    hidden: int = 64
+    depth: int = 2
+    embedding: eqx.Module | None = None
+    training: Training = field(default_factory=Training)
+
+    def __post_init__(self):
+        if not (isinstance(self.epsilon, (int, float)) and 0.0 < self.epsilon < 1.0):
+            raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon!r}")
+        if not 0.0 <= self.min_shrink < 1.0:
+            raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
+
+    def loss(self, prior: Prior, sequential: bool):
+        """The loss, the same in every round (each round's θ are draws from its own proposal)."""
+        return loss
+
+    def network(self, theta, x, key, columns=None) -> MarginalRatioNetwork:
+        columns = columns if columns is not None else resolve_marginals(self.marginals, [f"{i}" for i in range(theta.shape[1])], truncate=False)
+        return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
+
+    def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None):
+        """Train a fresh `MarginalRatioNetwork` on ``sims``; see `NeuralMethod.fit`."""
+        from galton.train import train
+
+        key_init, key_train = jax.random.split(key)
+        if columns is None:
+            columns = resolve_marginals(self.marginals, prior.names, truncate=False)
+        model = init if init is not None else self.network(sims.theta, sims.x, key_init, columns)
+        return train(model, loss, (sims.theta, sims.x), key=key_train, settings=self.training, names=["theta", "x"], progress=progress)
+
+    def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=()) -> TMNREPosterior:
+        proposal = TruncatedPrior.full(prior) if proposal is None else proposal
+        return TMNREPosterior(network, prior, history=history, u_low=np.asarray(proposal.u_low), u_high=np.asarray(proposal.u_high), rounds=rounds)
+
+    def run(self, problem, x_obs, *, key, budget: int, rounds: int, simulations=None, store=None, progress=True) -> TMNREPosterior:
+        """The TMNRE rounds; `galton.infer` calls this for ``method="tmnre"`` (see its arguments)."""
+        prior = problem.prior
+        columns = resolve_marginals(self.marginals, prior.names, truncate=rounds > 1)
+        one_d = {m[0]: h for h, m in enumerate(columns) if len(m) == 1}
+        proposal = TruncatedPrior.full(prior)  # also for one round: the marginal densities need the prior's columns
+        per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
+        pool, history, records, posterior = None, [], [], None
+        for r, n in enumerate(per_round):
+            key_sim, key_fit, key = jax.random.split(key, 3)
+            path = None if store is None else Path(store) / f"round_{r}"
+            if r == 0 and simulations is not None:
+                new = simulations
+            else:
+                new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=path, progress=progress)
+            kept = 0 if pool is None else int(np.asarray(proposal.contains(pool.theta)).sum())
+            pool = new if pool is None else Simulations.concatenate([pool[np.asarray(proposal.contains(pool.theta))], new])
+            network, round_history = self.fit(pool, prior, key=key_fit, progress=progress, columns=columns)
+            history.append(round_history)
+            records.append({
+                "round": r, "new": len(new), "reused": kept, "pooled": len(pool), "volume": proposal.volume,
+                "box": proposal.bounds().tolist(), "quantile_box": np.stack([proposal.u_low, proposal.u_high], -1).tolist(),
+            })
+            posterior = self.posterior(network, prior, history, proposal, records).condition(x_obs)
+            if r == rounds - 1:
+                break
+            try:
+                narrower = shrink(proposal, _one_d_log_ratios(network, proposal, posterior.x_obs, one_d), epsilon=self.epsilon, names=prior.names)
+            except TruncationError as err:
+                raise TruncationError(f"{err} (round {r + 1}; the {len(pool)} simulations so far are in err.simulations)", pool) from None
+            if narrower.volume > (1.0 - self.min_shrink) * proposal.volume and self.min_shrink > 0:
+                records[-1]["stopped"] = f"the box shrank by less than {self.min_shrink:.0%}"
+                break
+            proposal = narrower
+        return posterior
+
+
+def _one_d_log_ratios(network: MarginalRatioNetwork, proposal: TruncatedPrior, x_obs, one_d: dict[int, int]):
+    """``u_grid (G, d) -> (G, d)``: parameter i's 1-D head at F_i⁻¹(u_grid[:, i]), given x_obs."""
+    heads = tuple(one_d[i] for i in range(proposal.dim))
+    features = network.embed(jnp.asarray(x_obs, jnp.float32))
+
+    return lambda u: _head_values(network, proposal.quantiles, heads, features, u)
+
+
+@eqx.filter_jit
+def _head_values(network, quantiles, heads, features, u):
+    return network.head_log_ratios(quantiles.icdf(u), features, heads=heads)
+
+
+__all__ = ["TMNRE", "loss", "resolve_marginals"]

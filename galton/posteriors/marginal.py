@@ -1,0 +1,219 @@
+"""Marginal posteriors from TMNRE's ratio heads: ratio × truncated prior, normalised on a grid.
+
+A head d_m(θ_m, x) ≈ log p(θ_m | x) / p_box(θ_m) with p_box the prior restricted to the
+round's box. In the prior's quantile space u = F(θ) the box is a rectangle and the truncated
+prior is uniform, so the marginal posterior's density there is exp(d_m) / Z with Z a sum over
+an even grid of cells; in θ it is that times the prior's marginal densities. Draws pick a cell
+by its weight and a uniform point inside it, then map back by F⁻¹.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.keys import as_key
+from galton.posteriors.base import samples_to_arviz
+from galton.posteriors.network import NetworkPosterior, check_x
+from galton.problem import Prior, ProblemError
+from galton.ratio import MarginalRatioNetwork, marginal_skeleton
+from galton.truncation import Quantiles, TruncatedPrior
+
+GRID = {1: 4096, 2: 160}  # cells per axis: 4096 for a 1-D marginal, 160 x 160 for a 2-D one
+
+
+def _cells(u_low: np.ndarray, u_high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres ``(G, k)`` of an even grid over the box, and the cell widths ``(k,)``."""
+    k = len(u_low)
+    steps = (np.arange(GRID[k]) + 0.5) / GRID[k]
+    axes = [u_low[i] + steps * (u_high[i] - u_low[i]) for i in range(k)]
+    centres = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, k)
+    return centres.astype(np.float32), ((u_high - u_low) / GRID[k]).astype(np.float32)
+
+
+def _full_theta(quantiles: Quantiles, columns, u_cols: jax.Array, u_fill: jax.Array) -> jax.Array:
+    """θ rows ``(..., d)`` with the marginal's columns at quantiles ``u_cols`` and the rest at ``u_fill``."""
+    u = jnp.broadcast_to(u_fill, (*u_cols.shape[:-1], u_fill.shape[-1]))
+    u = u.at[..., jnp.asarray(columns)].set(u_cols)
+    return quantiles.icdf(u)
+
+
+@eqx.filter_jit
+def _grid_logits(network: MarginalRatioNetwork, quantiles, head: int, centres, u_fill, xs) -> jax.Array:
+    """log-ratios ``(m, G)`` of one head over the grid, for observations xs ``(m, *x_shape)``."""
+    columns = network.marginals[head]
+    theta = _full_theta(quantiles, columns, centres, u_fill)  # (G, d)
+    features = network.embed(xs)  # (m, e)
+    return network.head_log_ratios(theta[None], features[:, None], heads=(head,))[..., 0]
+
+
+class MarginalPosterior(NetworkPosterior):
+    """The posterior of one 1-D or 2-D marginal, from its TMNRE head and the last round's box.
+
+    ``sample(n, key=)`` gives ``(n, k)``, ``log_prob(θ_m)`` takes ``(n, k)``; both amortized
+    over x inside the box (``condition(x)``, ``sample_batch``, ``log_prob_batch``).
+    """
+
+    kind = "tmnre_marginal"
+    settings = ("u_low", "u_high", "head", "rounds")
+
+    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, head: int, rounds=()):
+        self.u_low, self.u_high = [float(v) for v in u_low], [float(v) for v in u_high]
+        self.head, self.rounds = int(head), list(rounds)
+        self.quantiles = Quantiles(prior)
+        super().__init__(network, prior, x_obs, history)
+        self.columns = network.marginals[self.head]
+        self.names = [prior.names[c] for c in self.columns]
+        lo, hi = np.asarray(self.u_low), np.asarray(self.u_high)
+        self._u_fill = jnp.asarray(0.5 * (lo + hi), jnp.float32)
+        self._centres, self._width = _cells(lo[list(self.columns)], hi[list(self.columns)])
+
+    @classmethod
+    def _skeleton(cls, meta):
+        return marginal_skeleton(meta["spec"])
+
+    def _check_obs(self, x) -> jax.Array:
+        x = check_x(x, self.network.x_shape, iid=False)
+        if not bool(jnp.isfinite(x).all()):
+            raise ProblemError("x has NaN or inf values")
+        return x
+
+    def _logits(self, xs) -> jax.Array:
+        return _grid_logits(self.network, self.quantiles, self.head, jnp.asarray(self._centres), self._u_fill, xs)
+
+    def _log_norm(self, logits) -> jax.Array:
+        return jax.nn.logsumexp(logits, axis=-1) + float(np.log(self._width).sum())
+
+    def log_prob_batch(self, theta, xs) -> jax.Array:
+        """log p(θ_m | x_j) for θ ``(m, n, k)`` and xs ``(m, *x_shape)`` -> ``(m, n)``."""
+        theta, xs = jnp.asarray(theta, jnp.float32), jnp.asarray(xs, jnp.float32)
+        if theta.shape[-1] != len(self.columns):
+            raise ProblemError(f"theta has shape {theta.shape}; the marginal {tuple(self.names)} has {len(self.columns)} columns")
+        cols = jnp.asarray(self.columns)
+        fill = self.quantiles.icdf(self._u_fill)
+        full = jnp.broadcast_to(fill, (*theta.shape[:-1], fill.shape[-1])).at[..., cols].set(theta)
+        u_cols = self.quantiles.cdf(full)[..., cols]
+        features = self.network.embed(xs)
+        lr = self.network.head_log_ratios(full, features[:, None], heads=(self.head,))[..., 0]
+        log_f = self.quantiles.log_density(full)[..., cols].sum(-1)
+        lo, hi = jnp.asarray(self.u_low)[cols], jnp.asarray(self.u_high)[cols]
+        inside = jnp.all((u_cols >= lo) & (u_cols <= hi), axis=-1)
+        lp = lr - self._log_norm(self._logits(xs))[:, None] + log_f
+        return jnp.where(inside, lp, -jnp.inf)
+
+    def log_prob(self, theta, x=None) -> jax.Array:
+        theta = jnp.asarray(theta)
+        single = theta.ndim == 1
+        lp = self.log_prob_batch(jnp.atleast_2d(theta)[None], self._x(x)[None])[0]
+        return lp[0] if single else lp
+
+    def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
+        """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, k)``."""
+        xs = jnp.asarray(xs, jnp.float32)
+        logits = self._logits(xs)
+        k_cell, k_jitter = jax.random.split(as_key(key))
+        cells = jax.random.categorical(k_cell, logits[:, None, :], axis=-1, shape=(len(xs), n))
+        jitter = jax.random.uniform(k_jitter, (len(xs), n, len(self.columns)), minval=-0.5, maxval=0.5)
+        u = jnp.asarray(self._centres)[cells] + jitter * jnp.asarray(self._width)
+        return _full_theta(self.quantiles, self.columns, u, self._u_fill)[..., jnp.asarray(self.columns)]
+
+    def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
+        return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
+
+    def grid(self, x=None) -> tuple[np.ndarray, np.ndarray]:
+        """The normalised density on the grid: θ at the cell centres ``(G, k)`` and p(θ_m | x) ``(G,)``
+        (for plots: a 2-D marginal's grid is 160 x 160 in quantile space, row-major)."""
+        centres = jnp.asarray(self._centres)
+        theta = _full_theta(self.quantiles, self.columns, centres, self._u_fill)[..., jnp.asarray(self.columns)]
+        return np.asarray(theta), np.asarray(jnp.exp(self.log_prob(theta, x)))
+
+
+class TMNREPosterior(NetworkPosterior):
+    """What TMNRE returns: every marginal's posterior, the last round's box and the truncation history.
+
+    Attributes:
+        marginals: the estimated marginals, as tuples of parameter names.
+        rounds: one record per round: ``box`` (d, 2) in θ, ``quantile_box`` (d, 2), ``new`` and
+            ``pooled`` simulation counts.
+
+    ``sample`` and ``log_prob`` serve the joint posterior when one marginal covers every
+    parameter (problems of one or two parameters); otherwise use `marginal`. `to_arviz`
+    exports each parameter's 1-D marginal draws.
+    """
+
+    kind = "tmnre"
+    settings = ("u_low", "u_high", "rounds")
+
+    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, rounds=()):
+        self.u_low, self.u_high = [float(v) for v in u_low], [float(v) for v in u_high]
+        self.rounds = list(rounds)
+        super().__init__(network, prior, x_obs, history)
+        self.marginals = [tuple(prior.names[c] for c in m) for m in network.marginals]
+
+    @classmethod
+    def _skeleton(cls, meta):
+        return marginal_skeleton(meta["spec"])
+
+    def _check_obs(self, x) -> jax.Array:
+        x = check_x(x, self.network.x_shape, iid=False)
+        if not bool(jnp.isfinite(x).all()):
+            raise ProblemError("x has NaN or inf values")
+        return x
+
+    @property
+    def proposal(self) -> TruncatedPrior:
+        """The last round's truncated prior."""
+        return TruncatedPrior(Quantiles(self.prior), self.u_low, self.u_high)
+
+    def marginal(self, names: str | Sequence[str]) -> MarginalPosterior:
+        """The posterior of one estimated marginal, e.g. ``marginal(("a", "b"))`` or ``marginal("a")``."""
+        wanted = (names,) if isinstance(names, str) else tuple(names)
+        if wanted not in self.marginals:
+            hint = f"; it was estimated as {wanted[::-1]}" if wanted[::-1] in self.marginals else ""
+            raise ValueError(f"{wanted} is not among the estimated marginals {self.marginals}{hint}")
+        return MarginalPosterior(
+            self.network, self.prior, self.x_obs, self.history,
+            u_low=self.u_low, u_high=self.u_high, head=self.marginals.index(wanted), rounds=self.rounds,
+        )
+
+    def _joint(self) -> MarginalPosterior:
+        full = [m for m in self.marginals if len(m) == self.dim]
+        if not full:
+            raise ValueError(
+                f"TMNRE estimated the marginals {self.marginals}, not the joint posterior of all {self.dim} "
+                "parameters: use posterior.marginal(names), marginal_samples or to_arviz"
+            )
+        return self.marginal(tuple(self.names))
+
+    def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
+        return self._joint().sample(n, key=key, x=self._x(x))
+
+    def log_prob(self, theta, x=None) -> jax.Array:
+        return self._joint().log_prob(theta, x=self._x(x))
+
+    def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
+        return self._joint().sample_batch(n, key=key, xs=xs)
+
+    def log_prob_batch(self, theta, xs) -> jax.Array:
+        return self._joint().log_prob_batch(theta, xs)
+
+    def marginal_samples(self, n: int, *, key: jax.Array, x=None) -> dict[tuple[str, ...], np.ndarray]:
+        """``n`` draws ``(n, k)`` of every estimated marginal, keyed by its names."""
+        keys = jax.random.split(as_key(key), len(self.marginals))
+        x = self._x(x)
+        return {m: np.asarray(self.marginal(m).sample(n, key=k, x=x)) for k, m in zip(keys, self.marginals)}
+
+    def to_arviz(self, *, n: int = 1000, key: jax.Array | None = None):
+        """Each parameter's 1-D marginal draws as one ArviZ variable (draws of different parameters
+        are independent: the joint structure lives in the 2-D marginals)."""
+        key = jax.random.key(0) if key is None else as_key(key)
+        keys = jax.random.split(key, self.dim)
+        columns = [np.asarray(self.marginal(name).sample(n, key=k))[:, 0] for k, name in zip(keys, self.names)]
+        return samples_to_arviz(np.stack(columns, -1), self.names)
+
+
+__all__ = ["MarginalPosterior", "TMNREPosterior"]

@@ -1,0 +1,226 @@
+"""Prior truncation (TMNRE): the prior restricted to a box, sampled exactly.
+
+Boxes live in the prior's quantile space: column i of θ maps to u_i = F_i(θ_i) ∈ [0, 1] by its
+marginal CDF, and a box is ``u_low <= u <= u_high``. For a bounded prior that is the same
+box as in θ; for an unbounded one (a Gaussian) the quantile space is where a box is finite.
+Sampling draws u uniformly in the box and returns θ = F⁻¹(u), exact for any prior whose
+columns are independent, with no rejection.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from numpyro.distributions.transforms import biject_to
+
+from galton.keys import as_key
+from galton.problem import Prior, ProblemError
+
+
+class TruncationError(ValueError):
+    """A truncation cannot be made (a collapsed box, a prior with dependent columns, ...).
+
+    Attributes:
+        simulations: what was simulated before the error, when there was any (nothing is lost).
+    """
+
+    def __init__(self, message: str, simulations=None):
+        super().__init__(message)
+        self.simulations = simulations
+
+
+def _elementwise(name: str, d: dist.Distribution) -> dist.Distribution:
+    """The block's distribution as independent univariate ones over its elements (batch shape = block shape)."""
+    while isinstance(d, dist.Independent):
+        d = d.base_dist
+    if isinstance(d, dist.MultivariateNormal):
+        cov = np.asarray(d.covariance_matrix)
+        if np.any(cov * (1 - np.eye(cov.shape[-1])) != 0):
+            raise TruncationError(
+                f"prior block {name!r} is a MultivariateNormal with correlated columns; truncation needs "
+                "independent columns (give the prior as a dict of independent blocks)"
+            )
+        return dist.Normal(d.loc, jnp.sqrt(jnp.diagonal(d.covariance_matrix, axis1=-2, axis2=-1)))
+    if d.event_shape != ():
+        raise TruncationError(
+            f"prior block {name!r} is a {type(d).__name__} over vectors whose columns are not independent; "
+            "truncation needs a prior whose columns are independent univariate distributions"
+        )
+    return d
+
+
+def _has(d: dist.Distribution, method: str) -> bool:
+    probe = jnp.full(d.batch_shape, 0.5) if method == "icdf" else jnp.broadcast_to(jnp.asarray(d.mean), d.batch_shape)
+    try:
+        getattr(d, method)(probe)
+        return True
+    except (NotImplementedError, ImportError):  # Beta's icdf wants tensorflow_probability
+        return False
+
+
+def _bisect_icdf(d: dist.Distribution, u: jax.Array) -> jax.Array:
+    """F⁻¹(u) by bisection on the unconstrained line, for distributions without an ``icdf``."""
+    to_support = biject_to(d.support)
+    lo, hi = jnp.full(u.shape, -30.0), jnp.full(u.shape, 30.0)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = d.cdf(to_support(mid)) < u
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, 60, step, (lo, hi))
+    return to_support(0.5 * (lo + hi))
+
+
+class Quantiles:
+    """The prior's columns as independent 1-D distributions: CDF, inverse CDF and log-densities.
+
+    Args:
+        prior: a `Prior` whose columns are independent (univariate blocks, ``Independent`` ones,
+            or a MultivariateNormal with diagonal covariance).
+
+    Attributes:
+        bounded: per column, whether the prior's support is bounded on both sides.
+    """
+
+    def __init__(self, prior: Prior):
+        self.prior = prior
+        self.columns = {k: _elementwise(k, d) for k, d in prior.distributions.items()}
+        for k, d in self.columns.items():
+            if not _has(d, "cdf"):
+                raise TruncationError(f"prior block {k!r} ({type(d).__name__}) has no CDF, which truncation needs")
+        self._exact_icdf = {k: _has(d, "icdf") for k, d in self.columns.items()}
+        bounded = []
+        for k, d in self.columns.items():
+            ends = [getattr(d.support, side, None) for side in ("lower_bound", "upper_bound")]
+            finite = all(e is not None and np.isfinite(np.asarray(e)).all() for e in ends)
+            bounded.append(np.full(prior.blocks.sizes[k], finite))
+        self.bounded = np.concatenate(bounded)
+
+    def _block_icdf(self, k: str, u: jax.Array) -> jax.Array:
+        d = self.columns[k]
+        return d.icdf(u) if self._exact_icdf[k] else _bisect_icdf(d, u)
+
+    def cdf(self, theta) -> jax.Array:
+        """θ ``(*batch, d)`` -> u ``(*batch, d)`` in [0, 1]."""
+        blocks = self.prior.blocks.unflatten(jnp.asarray(theta))
+        return self.prior.blocks.flatten({k: self.columns[k].cdf(v) for k, v in blocks.items()})
+
+    def icdf(self, u) -> jax.Array:
+        """u ``(*batch, d)`` in [0, 1] -> θ ``(*batch, d)``."""
+        blocks = self.prior.blocks.unflatten(jnp.asarray(u))
+        return self.prior.blocks.flatten({k: self._block_icdf(k, v) for k, v in blocks.items()})
+
+    def log_density(self, theta) -> jax.Array:
+        """Per-column marginal log-densities: θ ``(*batch, d)`` -> ``(*batch, d)``."""
+        blocks = self.prior.blocks.unflatten(jnp.asarray(theta))
+        return self.prior.blocks.flatten({k: self.columns[k].log_prob(v) for k, v in blocks.items()})
+
+
+class TruncatedPrior(eqx.Module):
+    """The prior restricted to the quantile box ``[u_low, u_high]``, a proposal for `galton.simulate`.
+
+    Args:
+        prior: the problem's `Prior`; u_low, u_high: ``(d,)`` box corners in quantile space.
+    """
+
+    u_low: jax.Array
+    u_high: jax.Array
+    quantiles: Quantiles = eqx.field(static=True)
+
+    def __init__(self, quantiles: Quantiles, u_low, u_high):
+        self.quantiles = quantiles
+        self.u_low = jnp.asarray(u_low, jnp.float32)
+        self.u_high = jnp.asarray(u_high, jnp.float32)
+
+    @classmethod
+    def full(cls, prior: Prior) -> "TruncatedPrior":
+        """The whole prior (the box [0, 1]^d)."""
+        return cls(Quantiles(prior), np.zeros(prior.dim), np.ones(prior.dim))
+
+    @property
+    def prior(self) -> Prior:
+        return self.quantiles.prior
+
+    @property
+    def dim(self) -> int:
+        return self.prior.dim
+
+    @property
+    def volume(self) -> float:
+        """The prior mass inside the box."""
+        return float(np.prod(np.asarray(self.u_high - self.u_low, np.float64)))
+
+    def bounds(self) -> np.ndarray:
+        """The box in θ space, ``(d, 2)`` (infinite where an unbounded prior is not cut)."""
+        corners = self.quantiles.icdf(jnp.stack([self.u_low, self.u_high]))
+        return np.asarray(corners).T
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        """Exact draws ``(*sample_shape, d)`` from the prior restricted to the box."""
+        # keep clear of the box's ends by a float32 ulp, where F⁻¹ of an unbounded prior is infinite
+        tiny = 1e-6
+        low, high = jnp.maximum(self.u_low, tiny), jnp.minimum(self.u_high, 1.0 - tiny)
+        u = jax.random.uniform(as_key(key), (*sample_shape, self.dim), minval=low, maxval=high)
+        return self.quantiles.icdf(u)
+
+    def contains(self, theta) -> jax.Array:
+        """Whether θ ``(*batch, d)`` lies in the box: boolean ``(*batch,)``."""
+        u = self.quantiles.cdf(theta)
+        return jnp.all((u >= self.u_low) & (u <= self.u_high), axis=-1)
+
+    def log_prob(self, theta) -> jax.Array:
+        """log density of the truncated prior at θ ``(*batch, d)`` -> ``(*batch,)``; -inf outside the box."""
+        lp = self.prior.log_prob(theta) - math.log(max(self.volume, 1e-300))
+        return jnp.where(self.contains(theta), lp, -jnp.inf)
+
+
+def shrink(
+    current: TruncatedPrior,
+    log_ratio_1d,
+    *,
+    epsilon: float,
+    names,
+    grid: int = 2048,
+) -> TruncatedPrior:
+    """The next round's box from the 1-D marginal log-ratios.
+
+    Each parameter keeps the part of the current box where its 1-D log-ratio exceeds its
+    maximum + ln ε, evaluated on ``grid`` evenly spaced prior quantiles inside the current box;
+    the new edge is widened by one grid cell so the region is never cut inside a cell.
+
+    Args:
+        log_ratio_1d: ``(u_grid (grid, d)) -> (grid, d)``: column i is the i-th parameter's
+            1-D log-ratio at θ_i = F_i⁻¹(u_grid[:, i]).
+        epsilon: the threshold ε in (0, 1).
+
+    Raises:
+        TruncationError: a parameter's box collapses below float32 resolution.
+    """
+    lo, hi = np.asarray(current.u_low, np.float64), np.asarray(current.u_high, np.float64)
+    steps = (np.arange(grid) + 0.5) / grid
+    u = lo + steps[:, None] * (hi - lo)
+    values = np.asarray(log_ratio_1d(jnp.asarray(u, jnp.float32)), np.float64)
+    keep = values >= values.max(axis=0) + math.log(epsilon)
+    cell = (hi - lo) / grid
+    first = np.argmax(keep, axis=0)
+    last = grid - 1 - np.argmax(keep[::-1], axis=0)
+    new_lo = np.maximum(lo, u[first, np.arange(len(lo))] - cell)
+    new_hi = np.minimum(hi, u[last, np.arange(len(lo))] + cell)
+    width = new_hi - new_lo
+    for i in np.flatnonzero(~np.isfinite(values).all(axis=0) | (width < 1e-6)):
+        raise TruncationError(
+            f"the box of parameter {names[i]!r} collapsed (quantile width {width[i]:.2g}, or a non-finite "
+            "log-ratio): the 1-D ratio estimator is degenerate; train longer, simulate more per round or "
+            "raise epsilon"
+        )
+    return TruncatedPrior(current.quantiles, new_lo, new_hi)
+
+
+__all__ = ["Quantiles", "TruncatedPrior", "TruncationError", "shrink"]
