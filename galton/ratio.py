@@ -102,13 +102,13 @@ class MarginalRatioNetwork(eqx.Module):
         """Column indices of each head's marginal."""
         return [tuple(m) for m in self.spec["marginals"]]
 
-    def _index(self, heads) -> tuple[np.ndarray, np.ndarray]:
+    def _index(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each head's columns ``(n_heads, width)``, zero-padded, and the mask of real ones."""
         width = max(len(m) for m in self.marginals)
-        idx = np.zeros((len(heads), width), np.int32)
-        mask = np.zeros((len(heads), width), np.float32)
-        for row, h in enumerate(heads):
-            m = self.marginals[h]
-            idx[row, : len(m)], mask[row, : len(m)] = m, 1.0
+        idx = np.zeros((len(self.marginals), width), np.int32)
+        mask = np.zeros((len(self.marginals), width), np.float32)
+        for h, m in enumerate(self.marginals):
+            idx[h, : len(m)], mask[h, : len(m)] = m, 1.0
         return idx, mask
 
     def embed(self, x: jax.Array) -> jax.Array:
@@ -118,22 +118,23 @@ class MarginalRatioNetwork(eqx.Module):
         return jax.vmap(self.embedding)(x.reshape(-1, *self.x_shape)).reshape(*batch, -1)
 
     def head_log_ratios(self, theta: jax.Array, features: jax.Array, heads=None) -> jax.Array:
-        """d_m for the heads ``heads`` (all when None): θ ``(*batch, d)`` (full columns; a head reads
-        only its own) and features ``(*batch, e)`` (broadcast) -> ``(*batch, n_heads)``."""
-        heads = tuple(range(len(self.marginals))) if heads is None else tuple(heads)
-        idx, mask = self._index(heads)
+        """d_m for the heads ``heads`` (indices, possibly traced; all when None): θ ``(*batch, d)``
+        (full rows; a head reads only its own columns) and features ``(*batch, e)`` (broadcast)
+        -> ``(*batch, n_heads)``."""
+        heads = jnp.arange(len(self.marginals)) if heads is None else jnp.asarray(heads)
+        idx, mask = (jnp.asarray(a)[heads] for a in self._index())
         t = (theta - paramax.unwrap(self.theta_shift)) / paramax.unwrap(self.theta_scale)
         batch = jnp.broadcast_shapes(t.shape[:-1], features.shape[:-1])
         t = jnp.broadcast_to(t, (*batch, t.shape[-1])).reshape(-1, t.shape[-1])
         e = jnp.broadcast_to(features, (*batch, features.shape[-1])).reshape(-1, features.shape[-1])
-        chosen = jax.tree.map(lambda a: a[np.asarray(heads)] if eqx.is_array(a) else a, self.heads)
+        chosen = jax.tree.map(lambda a: a[heads] if eqx.is_array(a) else a, self.heads)
         inputs = t[:, idx] * mask  # (n, h, width)
 
         def one_head(mlp, z):  # z (n, width)
             return jax.vmap(mlp)(jnp.concatenate([z, e], axis=-1))
 
         out = eqx.filter_vmap(one_head, in_axes=(eqx.if_array(0), 1), out_axes=1)(chosen, inputs)
-        return out.reshape(*batch, len(heads))
+        return out.reshape(*batch, heads.shape[0])
 
     def log_ratios(self, theta: jax.Array, x: jax.Array) -> jax.Array:
         """Every head: θ ``(*batch, d)``, x ``(*batch, *x_shape)`` (broadcast) -> ``(*batch, n_heads)``."""

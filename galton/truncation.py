@@ -9,6 +9,7 @@ columns are independent, with no rejection.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -89,6 +90,13 @@ class Quantiles:
         bounded: per column, whether the prior's support is bounded on both sides.
     """
 
+    @staticmethod
+    @functools.lru_cache(maxsize=32)
+    def of(prior: Prior) -> "Quantiles":
+        """The one `Quantiles` of a prior (priors are equal by value), so compiled functions that
+        take it as a static argument are reused."""
+        return Quantiles(prior)
+
     def __init__(self, prior: Prior):
         self.prior = prior
         self.columns = {k: _elementwise(k, d) for k, d in prior.distributions.items()}
@@ -142,7 +150,7 @@ class TruncatedPrior(eqx.Module):
     @classmethod
     def full(cls, prior: Prior) -> "TruncatedPrior":
         """The whole prior (the box [0, 1]^d)."""
-        return cls(Quantiles(prior), np.zeros(prior.dim), np.ones(prior.dim))
+        return cls(Quantiles.of(prior), np.zeros(prior.dim), np.ones(prior.dim))
 
     @property
     def prior(self) -> Prior:

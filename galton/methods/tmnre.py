@@ -89,7 +89,7 @@ class TMNRE(NeuralMethod):
             maximum × ε.
         min_shrink: rounds stop early when the box's prior mass shrinks by less than this fraction.
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
-        training: `Training` settings for each round.
+        training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
 
     iid: ClassVar[bool] = False
@@ -99,7 +99,8 @@ class TMNRE(NeuralMethod):
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
-    training: Training = field(default_factory=Training)
+    # swyft's step size and batch size: contrastive heads learn from many small steps
+    training: Training = field(default_factory=lambda: Training(learning_rate=1e-3, batch_size=64))
 
     def __post_init__(self):
         if not (isinstance(self.epsilon, (int, float)) and 0.0 < self.epsilon < 1.0):
@@ -168,7 +169,7 @@ class TMNRE(NeuralMethod):
 
 def _one_d_log_ratios(network: MarginalRatioNetwork, proposal: TruncatedPrior, x_obs, one_d: dict[int, int]):
     """``u_grid (G, d) -> (G, d)``: parameter i's 1-D head at F_i⁻¹(u_grid[:, i]), given x_obs."""
-    heads = tuple(one_d[i] for i in range(proposal.dim))
+    heads = jnp.asarray([one_d[i] for i in range(proposal.dim)])
     features = network.embed(jnp.asarray(x_obs, jnp.float32))
 
     return lambda u: _head_values(network, proposal.quantiles, heads, features, u)

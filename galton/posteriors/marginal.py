@@ -35,20 +35,46 @@ def _cells(u_low: np.ndarray, u_high: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return centres.astype(np.float32), ((u_high - u_low) / GRID[k]).astype(np.float32)
 
 
-def _full_theta(quantiles: Quantiles, columns, u_cols: jax.Array, u_fill: jax.Array) -> jax.Array:
+def _full_theta(quantiles: Quantiles, cols: jax.Array, u_cols: jax.Array, u_fill: jax.Array) -> jax.Array:
     """θ rows ``(..., d)`` with the marginal's columns at quantiles ``u_cols`` and the rest at ``u_fill``."""
     u = jnp.broadcast_to(u_fill, (*u_cols.shape[:-1], u_fill.shape[-1]))
-    u = u.at[..., jnp.asarray(columns)].set(u_cols)
-    return quantiles.icdf(u)
+    return quantiles.icdf(u.at[..., cols].set(u_cols))
+
+
+# head and cols are traced, so one compiled program serves every marginal of a size
+def _grid_logits(network: MarginalRatioNetwork, quantiles, head, cols, centres, u_fill, xs) -> jax.Array:
+    """log-ratios ``(m, G)`` of one head over the grid, for observations xs ``(m, *x_shape)``."""
+    theta = _full_theta(quantiles, cols, centres, u_fill)  # (G, d)
+    features = network.embed(xs)  # (m, e)
+    return network.head_log_ratios(theta[None], features[:, None], heads=head[None])[..., 0]
 
 
 @eqx.filter_jit
-def _grid_logits(network: MarginalRatioNetwork, quantiles, head: int, centres, u_fill, xs) -> jax.Array:
-    """log-ratios ``(m, G)`` of one head over the grid, for observations xs ``(m, *x_shape)``."""
-    columns = network.marginals[head]
-    theta = _full_theta(quantiles, columns, centres, u_fill)  # (G, d)
-    features = network.embed(xs)  # (m, e)
-    return network.head_log_ratios(theta[None], features[:, None], heads=(head,))[..., 0]
+def _log_prob(network, quantiles, head, cols, box, theta, xs) -> jax.Array:
+    u_low, u_high, centres, width, u_fill = box
+    fill = quantiles.icdf(u_fill)
+    full = jnp.broadcast_to(fill, (*theta.shape[:-1], fill.shape[-1])).at[..., cols].set(theta)
+    u_cols = quantiles.cdf(full)[..., cols]
+    features = network.embed(xs)
+    lr = network.head_log_ratios(full, features[:, None], heads=head[None])[..., 0]
+    log_f = quantiles.log_density(full)[..., cols].sum(-1)
+    inside = jnp.all((u_cols >= u_low[cols]) & (u_cols <= u_high[cols]), axis=-1)
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, xs)
+    log_norm = jax.nn.logsumexp(logits, axis=-1) + jnp.log(width).sum()
+    return jnp.where(inside, lr - log_norm[:, None] + log_f, -jnp.inf)
+
+
+@eqx.filter_jit
+def _sample(network, quantiles, head, cols, centres, width, u_fill, xs, key, n: int) -> jax.Array:
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, xs)
+    k_cell, k_jitter = jax.random.split(key)
+    # inverse-CDF draws of the cells: Gumbel-max over the grid would cost n x G noise per observation
+    cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+    uniforms = jax.random.uniform(k_cell, (len(xs), n)) * cdf[:, -1:]
+    cells = jnp.minimum(jax.vmap(jnp.searchsorted)(cdf, uniforms), centres.shape[0] - 1)
+    jitter = jax.random.uniform(k_jitter, (len(xs), n, cols.shape[0]), minval=-0.5, maxval=0.5)
+    u = centres[cells] + jitter * width
+    return _full_theta(quantiles, cols, u, u_fill)[..., cols]
 
 
 class MarginalPosterior(NetworkPosterior):
@@ -64,7 +90,7 @@ class MarginalPosterior(NetworkPosterior):
     def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, head: int, rounds=()):
         self.u_low, self.u_high = [float(v) for v in u_low], [float(v) for v in u_high]
         self.head, self.rounds = int(head), list(rounds)
-        self.quantiles = Quantiles(prior)
+        self.quantiles = Quantiles.of(prior)
         super().__init__(network, prior, x_obs, history)
         self.columns = network.marginals[self.head]
         self.names = [prior.names[c] for c in self.columns]
@@ -82,28 +108,16 @@ class MarginalPosterior(NetworkPosterior):
             raise ProblemError("x has NaN or inf values")
         return x
 
-    def _logits(self, xs) -> jax.Array:
-        return _grid_logits(self.network, self.quantiles, self.head, jnp.asarray(self._centres), self._u_fill, xs)
-
-    def _log_norm(self, logits) -> jax.Array:
-        return jax.nn.logsumexp(logits, axis=-1) + float(np.log(self._width).sum())
+    def _head(self) -> tuple[jax.Array, jax.Array]:
+        return jnp.asarray(self.head, jnp.int32), jnp.asarray(self.columns, jnp.int32)
 
     def log_prob_batch(self, theta, xs) -> jax.Array:
         """log p(θ_m | x_j) for θ ``(m, n, k)`` and xs ``(m, *x_shape)`` -> ``(m, n)``."""
         theta, xs = jnp.asarray(theta, jnp.float32), jnp.asarray(xs, jnp.float32)
         if theta.shape[-1] != len(self.columns):
             raise ProblemError(f"theta has shape {theta.shape}; the marginal {tuple(self.names)} has {len(self.columns)} columns")
-        cols = jnp.asarray(self.columns)
-        fill = self.quantiles.icdf(self._u_fill)
-        full = jnp.broadcast_to(fill, (*theta.shape[:-1], fill.shape[-1])).at[..., cols].set(theta)
-        u_cols = self.quantiles.cdf(full)[..., cols]
-        features = self.network.embed(xs)
-        lr = self.network.head_log_ratios(full, features[:, None], heads=(self.head,))[..., 0]
-        log_f = self.quantiles.log_density(full)[..., cols].sum(-1)
-        lo, hi = jnp.asarray(self.u_low)[cols], jnp.asarray(self.u_high)[cols]
-        inside = jnp.all((u_cols >= lo) & (u_cols <= hi), axis=-1)
-        lp = lr - self._log_norm(self._logits(xs))[:, None] + log_f
-        return jnp.where(inside, lp, -jnp.inf)
+        box = (jnp.asarray(self.u_low), jnp.asarray(self.u_high), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill)
+        return _log_prob(self.network, self.quantiles, *self._head(), box, theta, xs)
 
     def log_prob(self, theta, x=None) -> jax.Array:
         theta = jnp.asarray(theta)
@@ -114,12 +128,7 @@ class MarginalPosterior(NetworkPosterior):
     def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
         """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, k)``."""
         xs = jnp.asarray(xs, jnp.float32)
-        logits = self._logits(xs)
-        k_cell, k_jitter = jax.random.split(as_key(key))
-        cells = jax.random.categorical(k_cell, logits[:, None, :], axis=-1, shape=(len(xs), n))
-        jitter = jax.random.uniform(k_jitter, (len(xs), n, len(self.columns)), minval=-0.5, maxval=0.5)
-        u = jnp.asarray(self._centres)[cells] + jitter * jnp.asarray(self._width)
-        return _full_theta(self.quantiles, self.columns, u, self._u_fill)[..., jnp.asarray(self.columns)]
+        return _sample(self.network, self.quantiles, *self._head(), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill, xs, as_key(key), int(n))
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
@@ -127,8 +136,8 @@ class MarginalPosterior(NetworkPosterior):
     def grid(self, x=None) -> tuple[np.ndarray, np.ndarray]:
         """The normalised density on the grid: θ at the cell centres ``(G, k)`` and p(θ_m | x) ``(G,)``
         (for plots: a 2-D marginal's grid is 160 x 160 in quantile space, row-major)."""
-        centres = jnp.asarray(self._centres)
-        theta = _full_theta(self.quantiles, self.columns, centres, self._u_fill)[..., jnp.asarray(self.columns)]
+        cols = jnp.asarray(self.columns)
+        theta = _full_theta(self.quantiles, cols, jnp.asarray(self._centres), self._u_fill)[..., cols]
         return np.asarray(theta), np.asarray(jnp.exp(self.log_prob(theta, x)))
 
 
@@ -167,7 +176,7 @@ class TMNREPosterior(NetworkPosterior):
     @property
     def proposal(self) -> TruncatedPrior:
         """The last round's truncated prior."""
-        return TruncatedPrior(Quantiles(self.prior), self.u_low, self.u_high)
+        return TruncatedPrior(Quantiles.of(self.prior), self.u_low, self.u_high)
 
     def marginal(self, names: str | Sequence[str]) -> MarginalPosterior:
         """The posterior of one estimated marginal, e.g. ``marginal(("a", "b"))`` or ``marginal("a")``."""

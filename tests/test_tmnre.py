@@ -1,0 +1,161 @@
+"""TMNRE: marginal heads against the analytic Gaussian posterior, truncation, resume, calibration,
+bad input. The problem is tests/analytic.py's: θ ~ N(0, 0.1·I₃), x ~ N(θ, 0.1·I₃), so every
+marginal of p(θ | x) is N(x_i/2, 0.05), and the quantile-space truncation of a Gaussian prior is
+exercised too (its support is unbounded)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from analytic import DIM, PROBLEM, X_OBS, sims  # noqa: F401  (sims is a fixture)
+from scipy import stats
+
+import galton
+from galton.calibration import expected_coverage
+from galton.methods import TMNRE
+from galton.posteriors import load
+from galton.train import Training
+from galton.truncation import TruncatedPrior, TruncationError, shrink
+
+FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)
+METHOD = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",), ("theta[0]", "theta[1]")], hidden=32, training=FAST)
+STD = np.sqrt(0.05)
+
+
+@pytest.fixture(scope="module")
+def amortized(sims):  # noqa: F811
+    return galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=METHOD, simulations=sims, budget=len(sims), progress=False)
+
+
+def test_heads_recover_the_gaussian_marginals(amortized):
+    for i, name in enumerate(amortized.names):
+        draws = np.asarray(amortized.marginal(name).sample(4000, key=jax.random.key(i)))[:, 0]
+        assert abs(draws.mean() - float(X_OBS[i]) / 2) < 0.25 * STD, (name, draws.mean())
+        assert abs(draws.std() / STD - 1) < 0.2, (name, draws.std())
+        # the grid density matches the exact one where the posterior lives
+        grid = np.linspace(X_OBS[i] / 2 - 2 * STD, X_OBS[i] / 2 + 2 * STD, 9)[:, None]
+        lp = np.asarray(amortized.marginal(name).log_prob(grid))
+        exact = stats.norm(float(X_OBS[i]) / 2, STD).logpdf(grid[:, 0])
+        assert np.abs(lp - exact).max() < 0.5, (name, lp - exact)  # σ off by 30 % would miss by 1.1
+    pair = np.asarray(amortized.marginal(("theta[0]", "theta[1]")).sample(4000, key=jax.random.key(9)))
+    assert pair.shape == (4000, 2) and abs(np.corrcoef(pair.T)[0, 1]) < 0.1
+    np.testing.assert_allclose(pair.std(0) / STD, 1, atol=0.2)
+
+
+def test_marginal_posterior_normalises_and_saves(amortized, tmp_path):
+    theta, density = amortized.marginal("theta[1]").grid()
+    assert abs(np.trapezoid(density, theta[:, 0]) - 1) < 0.01
+    loaded = load(amortized.save(tmp_path / "tmnre"))
+    assert loaded.marginals == amortized.marginals and loaded.rounds == amortized.rounds
+    key = jax.random.key(3)
+    for m in amortized.marginals:
+        np.testing.assert_array_equal(loaded.marginal(m).sample(50, key=key), amortized.marginal(m).sample(50, key=key))
+    with pytest.raises(ValueError, match="not the joint posterior"):
+        amortized.sample(10, key=key)
+    with pytest.raises(ValueError, match=r"estimated as \('theta\[0\]', 'theta\[1\]'\)"):
+        amortized.marginal(("theta[1]", "theta[0]"))
+    idata = amortized.to_arviz(n=100)
+    assert set(idata.posterior.data_vars) == set(amortized.names)
+
+
+def test_each_marginal_is_calibrated(amortized):
+    test = galton.simulate(PROBLEM, 150, key=jax.random.key(7), progress=False)
+    for i, name in enumerate(amortized.names):
+        marginal = amortized.marginal(name)
+        levels, coverage = expected_coverage(marginal, test.theta[:, [i]], test.x, key=jax.random.key(8), n_samples=300, levels=[0.5, 0.68, 0.95])
+        binomial = np.sqrt(np.asarray(levels) * (1 - np.asarray(levels)) / len(test))
+        assert np.all(np.abs(coverage - levels) < 3 * binomial + 0.03), (name, coverage)
+
+
+# a prior ten times wider than the posterior, so that truncation has something to cut
+WIDE = galton.Simulator(dist.Normal(jnp.zeros(DIM), 1.0), lambda key, theta: theta + 0.1 * jax.random.normal(key, theta.shape), name="wide")
+WIDE_MEAN, WIDE_STD = np.asarray(X_OBS) / 1.01, np.sqrt(0.01 / 1.01)
+
+
+@pytest.fixture(scope="module")
+def truncated(tmp_path_factory):
+    store = tmp_path_factory.mktemp("tmnre") / "store"
+    method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=32, training=FAST)
+    post = galton.infer(WIDE, X_OBS, key=jax.random.key(2), method=method, budget=3000, rounds=3, store=store, progress=False)
+    return method, store, post
+
+
+def test_truncation_shrinks_the_box_and_keeps_the_truth(truncated):
+    _, _, post = truncated
+    volumes = [r["volume"] for r in post.rounds]
+    assert volumes[0] == 1.0 and volumes[-1] < 0.4 and all(a >= b for a, b in zip(volumes, volumes[1:])), volumes
+    assert all(r["reused"] > 0 for r in post.rounds[1:])  # earlier simulations inside the new box are kept
+    # the exact posterior's ±4σ region lies inside every box
+    for r in post.rounds:
+        box = np.asarray(r["box"])
+        assert np.all(box[:, 0] < WIDE_MEAN - 4 * WIDE_STD) and np.all(box[:, 1] > WIDE_MEAN + 4 * WIDE_STD), box
+    draws = np.asarray(post.marginal("theta[2]").sample(3000, key=jax.random.key(5)))[:, 0]
+    assert abs(draws.mean() - WIDE_MEAN[2]) < 0.25 * WIDE_STD and abs(draws.std() / WIDE_STD - 1) < 0.2, (draws.mean(), draws.std())
+
+
+def test_interrupted_run_resumes_from_the_store_to_the_same_result(truncated):
+    method, store, post = truncated
+    done = store / "round_2" / "done"
+    import zarr
+
+    flags = zarr.open_array(str(done), mode="r+")
+    flags[-1] = 0  # as a run killed before the last round's last chunk was marked done
+    again = galton.infer(WIDE, X_OBS, key=jax.random.key(2), method=method, budget=3000, rounds=3, store=store, progress=False)
+    assert again.rounds == post.rounds
+    assert [h["train_loss"] for h in again.history] == [h["train_loss"] for h in post.history]
+    np.testing.assert_array_equal(again.marginal("theta[0]").sample(100, key=jax.random.key(0)), post.marginal("theta[0]").sample(100, key=jax.random.key(0)))
+
+
+def test_truncated_prior_samples_exactly_inside_its_box():
+    prior = galton.Prior({"a": dist.Uniform(-2.0, 2.0), "b": dist.Normal(1.0, 2.0), "c": dist.Gamma(2.0, 1.0)})
+    box = TruncatedPrior(TruncatedPrior.full(prior).quantiles, [0.25, 0.1, 0.5], [0.75, 0.3, 0.9])
+    draws = np.asarray(box.sample(jax.random.key(0), (20_000,)))
+    assert bool(box.contains(draws).all()) and abs(box.volume - 0.5 * 0.2 * 0.4) < 1e-6
+    np.testing.assert_allclose(box.bounds()[0], [-1.0, 1.0], atol=1e-5)
+    # the restricted Normal is the prior's law inside the box: its CDF ratio is uniform there
+    u = stats.norm(1.0, 2.0).cdf(draws[:, 1])
+    assert stats.kstest((u - 0.1) / 0.2, "uniform").pvalue > 1e-3
+    assert np.isinf(np.asarray(box.log_prob(jnp.array([[0.0, -0.683, 2.44], [-1.5, -0.683, 2.44]])))).tolist() == [False, True]
+
+
+@pytest.mark.parametrize(
+    "marginals, message",
+    [
+        ([("theta[0]",), ("nope",)], "not parameters"),
+        ([("theta[0]", "theta[0]")], "twice"),
+        ([("theta[0]",), ("theta[0]",)], "given twice"),
+        ([()], "empty marginal"),
+        ([], "non-empty list"),
+        ([("theta[0]", "theta[1]", "theta[2]")], "1-D and 2-D"),
+    ],
+)
+def test_bad_marginals_are_named(marginals, message, sims):  # noqa: F811
+    with pytest.raises(ValueError, match=message):
+        galton.infer(PROBLEM, X_OBS, key=jax.random.key(0), method="tmnre", marginals=marginals, simulations=sims, budget=len(sims), progress=False)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 1.0, -1e-3, 2.0])
+def test_epsilon_outside_the_unit_interval_is_refused(epsilon):
+    with pytest.raises(ValueError, match="epsilon must lie in"):
+        TMNRE(epsilon=epsilon)
+
+
+def test_a_collapsing_box_names_the_parameter():
+    full = TruncatedPrior.full(PROBLEM.prior)
+    box = TruncatedPrior(full.quantiles, np.full(DIM, 0.5), np.full(DIM, 0.5 + 1e-5))
+
+    def spike(u):  # a degenerate head: one grid cell far above the rest in parameter 1
+        values = jnp.zeros_like(u)
+        return values.at[1000, 1].set(1e9)
+
+    with pytest.raises(TruncationError, match=r"theta\[1\]") as err:
+        shrink(box, spike, epsilon=1e-6, names=PROBLEM.prior.names)
+    assert err.value.simulations is None
+
+
+def test_a_prior_with_correlated_columns_is_refused_with_its_block():
+    cov = jnp.array([[1.0, 0.5], [0.5, 1.0]])
+    problem = galton.Simulator({"w": dist.MultivariateNormal(jnp.zeros(2), cov)}, lambda k, t: t + jax.random.normal(k, (2,)))
+    with pytest.raises(TruncationError, match="block 'w'.*correlated"):
+        galton.infer(problem, jnp.zeros(2), key=jax.random.key(0), method="tmnre", budget=100, rounds=2, progress=False)
