@@ -259,3 +259,93 @@ def loss_curves(history: dict, *, fig: Figure | None = None) -> Figure:
 
 
 __all__ = ["corner", "coverage", "loss_curves", "sbc_ranks"]
+
+
+def marginals(posterior, *, reference=None, truth=None, grid: int = 120, fig: Figure | None = None) -> Figure:
+    """A corner plot drawn from TMNRE's 1-D and 2-D estimators directly: each marginal's density
+    on a grid (no sampling noise), with the 68 % and 95 % highest-density contours of each pair.
+
+    Args:
+        posterior: a `TMNREPosterior` (conditioned on an observation).
+        reference: optional ``(m, d)`` samples (e.g. the exact posterior) drawn in a second colour.
+        truth: optional ``(d,)`` true parameters.
+        grid: points per axis of the density grids.
+
+    Returns:
+        The figure; panels of pairs that were not estimated are left out.
+    """
+    names, d = list(posterior.names), posterior.dim
+    estimated = set(posterior.marginals)
+    draws = np.concatenate([np.asarray(posterior.marginal(n).sample(2000, key=_key(i))) for i, n in enumerate(names)], axis=1)
+    sets = [draws] if reference is None else [draws, _as_rows(reference, "reference")]
+    truth = None if truth is None else np.asarray(truth, dtype=float).reshape(-1)
+    limits = _ranges(sets, truth)
+    if fig is None:
+        fig = Figure(figsize=(1.0 + 2.0 * d, 1.0 + 2.0 * d), layout="constrained")
+    axes = fig.subplots(d, d, squeeze=False)
+    for i in range(d):
+        for j in range(d):
+            ax = axes[i, j]
+            pair = (names[j], names[i])
+            if j > i or (i != j and pair not in estimated):
+                fig.delaxes(ax)
+                continue
+            if i == j:
+                t = np.linspace(*limits[i], grid)
+                ax.plot(t, np.exp(np.asarray(posterior.marginal(names[i]).log_prob(t[:, None]))), color=COLOURS[0])
+                if reference is not None:
+                    ax.hist(sets[1][:, i], bins=50, range=limits[i], density=True, histtype="step", color=COLOURS[1])
+                ax.set_yticks([])
+            else:
+                tx, ty = np.linspace(*limits[j], grid), np.linspace(*limits[i], grid)
+                mesh = np.stack(np.meshgrid(tx, ty), -1).reshape(-1, 2)
+                density = np.exp(np.asarray(posterior.marginal(pair).log_prob(mesh))).reshape(grid, grid)
+                levels = _contour_levels(density)
+                if len(levels) >= 2 and levels[0] > 0:
+                    ax.contourf(tx, ty, density, levels=[*levels, np.inf], colors=COLOURS[0], alpha=0.25)
+                    ax.contour(tx, ty, density, levels=levels, colors=COLOURS[0], linewidths=1.0)
+                if reference is not None:
+                    _pair(ax, sets[1][:, j], sets[1][:, i], limits[[j, i]], 50, COLOURS[1], filled=False)
+                ax.set_ylim(limits[i])
+            if truth is not None:
+                ax.axvline(truth[j], color="k", linewidth=0.8)
+                if i != j:
+                    ax.axhline(truth[i], color="k", linewidth=0.8)
+            ax.set_xlim(limits[j])
+            if i == d - 1 or (i != j and all((names[j], names[k]) not in estimated for k in range(i + 1, d))):
+                ax.set_xlabel(names[j])
+            if j == 0 and i > 0:
+                ax.set_ylabel(names[i])
+    return fig
+
+
+def truncation(posterior, *, fig: Figure | None = None) -> Figure:
+    """The box of each round, one panel per parameter: how TMNRE narrowed the prior.
+
+    Args:
+        posterior: a `TMNREPosterior`; its ``rounds`` hold each round's box and simulation counts.
+    """
+    rounds = posterior.rounds
+    boxes = np.asarray([r["box"] for r in rounds], dtype=float)  # (R, d, 2)
+    d = boxes.shape[1]
+    fig = Figure(figsize=(2.2 * min(d, 5), 2.2 * -(-d // 5) + 0.4), layout="constrained") if fig is None else fig
+    axes = np.atleast_1d(fig.subplots(-(-d // 5), min(d, 5), squeeze=False)).ravel()
+    finite = np.where(np.isfinite(boxes), boxes, np.nan)
+    for i, ax in enumerate(axes):
+        if i >= d:
+            fig.delaxes(ax)
+            continue
+        low, high = finite[:, i, 0], finite[:, i, 1]
+        span = np.nanmax(high) - np.nanmin(low) if np.isfinite(np.nanmax(high) - np.nanmin(low)) else 1.0
+        low = np.where(np.isnan(low), np.nanmin(low) - 0.1 * span, low)  # an uncut unbounded edge: drawn open
+        high = np.where(np.isnan(high), np.nanmax(high) + 0.1 * span, high)
+        ax.bar(np.arange(1, len(rounds) + 1), high - low, bottom=low, color=COLOURS[0], alpha=0.6, width=0.6)
+        ax.set(title=posterior.names[i], xlabel="round", xticks=np.arange(1, len(rounds) + 1))
+    fig.suptitle(f"truncation: {', '.join(str(r['new']) for r in rounds)} new simulations per round", fontsize="small")
+    return fig
+
+
+def _key(i: int):
+    import jax
+
+    return jax.random.key(i)

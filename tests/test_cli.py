@@ -40,3 +40,18 @@ def test_run_writes_samples_plot_and_summary(tmp_path, capsys):
     assert (out / "corner.png").stat().st_size > 10_000
     samples = az.from_netcdf(out / "samples.nc")
     assert samples.posterior["theta_1"].shape == (1, 500)
+
+
+def test_run_tmnre_writes_marginals_corner_and_truncation(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "tmnre"
+    args = ["run", "two_moons", "--method", "tmnre", "--rounds", "2", "--budget", "600", "--samples", "300", "--max-epochs", "10", "--out", str(out)]
+    assert main(args) == 0
+    assert "mean C2ST of the 2 1-D marginals" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["truncation"]) == 2 and set(summary["marginal_c2st"]) == {"theta_1", "theta_2", "theta_1,theta_2"}
+    with np.load(out / "marginals.npz") as marginals:
+        assert marginals["theta_1,theta_2"].shape == (300, 2)
+    for png in ("corner.png", "truncation.png"):
+        assert (out / png).stat().st_size > 10_000

@@ -17,7 +17,7 @@ import pytest
 
 import galton
 from galton import methods
-from galton.methods import NLE, NPE, NRE
+from galton.methods import NLE, NPE, NRE, TMNRE
 from galton.posteriors import load
 from galton.train import Training
 
@@ -35,10 +35,11 @@ CASES = {
     "nle-maf": NLE(flow="maf", transforms=1, hidden=8, training=TINY, sampler=SAMPLER),
     "nle-nsf": NLE(flow="nsf", transforms=1, hidden=8, bins=4, training=TINY, sampler=SAMPLER),
     **{f"nre-{v}": NRE(variant=v, hidden=8, depth=1, training=TINY, sampler=SAMPLER) for v in ("a", "b", "c", "balanced")},
+    "tmnre": TMNRE(hidden=8, depth=1, training=TINY),  # two parameters: its pair head is the joint
 }
 # every case in one round; each method's default case also sequentially (its proposal-corrected
 # loss, pooled rounds), which is what rounds > 1 changes
-SEQUENTIAL = {"npe-nsf", "nle-maf", "nre-b"}
+SEQUENTIAL = {"npe-nsf", "nle-maf", "nre-b", "tmnre"}
 
 
 def test_every_registered_method_is_in_the_harness():

@@ -159,3 +159,12 @@ def test_a_prior_with_correlated_columns_is_refused_with_its_block():
     problem = galton.Simulator({"w": dist.MultivariateNormal(jnp.zeros(2), cov)}, lambda k, t: t + jax.random.normal(k, (2,)))
     with pytest.raises(TruncationError, match="block 'w'.*correlated"):
         galton.infer(problem, jnp.zeros(2), key=jax.random.key(0), method="tmnre", budget=100, rounds=2, progress=False)
+
+
+def test_corner_and_truncation_plots_draw_from_the_estimators(amortized, truncated):
+    from galton import plot
+
+    fig = plot.marginals(amortized, reference=np.zeros((50, DIM)) + 0.01 * np.arange(50)[:, None], truth=np.asarray(X_OBS) / 2)
+    assert len(fig.axes) == DIM + 1  # three 1-D panels and the one estimated pair
+    fig = plot.truncation(truncated[2])
+    assert len(fig.axes) == DIM and len(fig.axes[0].patches) == 3
