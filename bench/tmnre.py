@@ -1,0 +1,123 @@
+"""TMNRE accuracy: 1-D and 2-D marginal C2ST against the reference posteriors, amortized (one
+round) against truncation rounds, and whether truncation pays on posteriors much narrower
+than their priors.
+
+    python bench/tmnre.py [--tasks two_moons slcp gaussian_linear slcp_distractors]
+                          [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
+
+Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
+every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
+well for at most 6 parameters, else the 1-D ones and the pairs of the first 5), at ``budget``
+simulations in 1 round and in ``rounds`` rounds.
+Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
+(1-D marginals only): amortized at 10x the budget against truncated at the budget, scored by the
+mean 1-D C2ST against the exact Gaussian posterior.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from _report import report
+from sbibm import reference_samples
+
+import galton
+from galton.diagnostics import c2st
+from galton.methods import TMNRE
+from galton.tasks import get
+
+C2ST_SAMPLES = 5000
+
+
+def marginal_scores(posterior, reference: np.ndarray, key) -> dict[tuple[str, ...], float]:
+    draws = posterior.marginal_samples(C2ST_SAMPLES, key=key)
+    names = posterior.names
+    rng = np.random.default_rng(0)
+    ref = reference[rng.choice(len(reference), C2ST_SAMPLES, replace=len(reference) < C2ST_SAMPLES)]
+    return {m: float(c2st(ref[:, [names.index(n) for n in m]], v)) for m, v in draws.items()}
+
+
+def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
+    pairs = itertools.combinations(names if len(names) <= 6 else names[:5], 2)
+    return [(n,) for n in names] + list(pairs)
+
+
+def part_one(args) -> None:
+    for task_name in args.tasks:
+        task = get(task_name)
+        method = TMNRE(marginals=marginals_for(task.names))
+        for rounds in (1, args.rounds):
+            scores_1d, scores_2d, seconds = [], [], []
+            for k in args.observations:
+                x_obs = task.observation(k)
+                start = time.perf_counter()
+                post = galton.infer(task.problem, x_obs, key=jax.random.key(k), method=method, budget=args.budget, rounds=rounds, progress=False)
+                seconds.append(time.perf_counter() - start)
+                scores = marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k))
+                s1 = np.mean([v for m, v in scores.items() if len(m) == 1])
+                s2 = np.mean([v for m, v in scores.items() if len(m) == 2])
+                scores_1d.append(s1), scores_2d.append(s2)
+                volume = post.rounds[-1]["volume"]
+                print(f"{task_name:>17s} obs {k} rounds {rounds}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
+            report("tmnre", f"{task_name}-r{rounds}", c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
+                   galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
+
+
+def narrow_problem(dim: int, widen: float):
+    """θ ~ N(0, (widen·√0.1)² I), x ~ N(θ, 0.1 I): the exact posterior is Gaussian."""
+    prior_var, noise_var = 0.1 * widen**2, 0.1
+
+    def simulate(key, theta):
+        return theta + np.sqrt(noise_var) * jax.random.normal(key, theta.shape)
+
+    problem = galton.Simulator(dist.Normal(jnp.zeros(dim), np.sqrt(prior_var)), simulate, name=f"narrow_{dim}")
+
+    def exact(x_obs, n, key):
+        shrink = prior_var / (prior_var + noise_var)
+        std = np.sqrt(shrink * noise_var)
+        return np.asarray(shrink * x_obs + std * jax.random.normal(key, (n, dim)))
+
+    return problem, exact
+
+
+def part_two(args) -> None:
+    for dim in (10, 15):
+        problem, exact = narrow_problem(dim, 20.0)
+        method = TMNRE(marginals=[(n,) for n in problem.names])
+        for budget, rounds in ((10 * args.budget, 1), (args.budget, args.rounds)):
+            scores, seconds = [], []
+            for k in args.observations[:2]:
+                theta_true = problem.prior.sample(jax.random.key(500 + k))
+                x_obs = problem.simulate_flat(jax.random.key(600 + k), theta_true)
+                start = time.perf_counter()
+                post = galton.infer(problem, x_obs, key=jax.random.key(k), method=method, budget=budget, rounds=rounds, progress=False)
+                seconds.append(time.perf_counter() - start)
+                ref = exact(np.asarray(x_obs), C2ST_SAMPLES, jax.random.key(700 + k))
+                s = marginal_scores(post, ref, jax.random.key(800 + k))
+                scores.append(np.mean(list(s.values())))
+                print(f"narrow {dim}-D (prior 20x wider) obs {k}: {budget} sims in {rounds} round(s): mean 1-D C2ST {scores[-1]:.3f}  "
+                      f"prior mass kept {post.rounds[-1]['volume']:.3g}  {seconds[-1]:.0f} s", flush=True)
+            report("tmnre", f"narrow{dim}-{budget}-r{rounds}", c2st_1d=round(float(np.mean(scores)), 3), galton_s=round(float(np.mean(seconds)), 1), budget=budget)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["two_moons", "slcp", "gaussian_linear", "slcp_distractors"])
+    parser.add_argument("--observations", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    parser.add_argument("--budget", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-narrow", action="store_true", help="only part 1")
+    args = parser.parse_args()
+    part_one(args)
+    if not args.skip_narrow:
+        part_two(args)
+
+
+if __name__ == "__main__":
+    main()
