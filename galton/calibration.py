@@ -110,3 +110,22 @@ def tarp(posterior, theta, x, *, key: jax.Array, n_samples: int = 1000, referenc
     f = (draw_distance < truth_distance[:, None]).mean(axis=1)
     levels = np.linspace(0, 1, 101) if levels is None else np.asarray(levels)
     return levels, (f[None, :] < levels[:, None]).mean(axis=1)
+
+
+def marginal_coverage(posterior, theta, x, *, key: jax.Array, n_samples: int = 500, levels=None, progress: bool = False) -> dict:
+    """Expected coverage of every marginal a TMNRE posterior estimated (swyft's coverage plot).
+
+    Args:
+        posterior: a `TMNREPosterior`.
+        theta, x: ``(m, d)`` true parameters and ``(m, *x_shape)`` their simulations, drawn from
+            ``posterior.proposal`` (the last round's truncated prior), where its estimators hold.
+
+    Returns:
+        ``{marginal names: (levels (k,), coverage (k,))}``, each as `expected_coverage` gives.
+    """
+    theta, keys = np.asarray(theta), jax.random.split(as_key(key), len(posterior.marginals))
+    out = {}
+    for k, m in zip(keys, posterior.marginals):
+        columns = [posterior.names.index(n) for n in m]
+        out[m] = expected_coverage(posterior.marginal(m), theta[:, columns], x, key=k, n_samples=n_samples, levels=levels, progress=progress)
+    return out
