@@ -87,7 +87,9 @@ class TMNRE(NeuralMethod):
             every 1-D marginal and, for at most 6 parameters, every 2-D one.
         epsilon: truncation threshold ε in (0, 1): a box keeps where a 1-D ratio exceeds its
             maximum × ε.
-        min_shrink: rounds stop early when the box's prior mass shrinks by less than this fraction.
+        min_shrink: when a round shrinks the box by less than this fraction per parameter (its
+            prior mass to the power 1/d), the box has converged: the rest of the budget is spent
+            in one last round inside it.
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
@@ -95,7 +97,7 @@ class TMNRE(NeuralMethod):
     iid: ClassVar[bool] = False
     marginals: tuple | list | None = None
     epsilon: float = 1e-6
-    min_shrink: float = 0.0
+    min_shrink: float = 0.1
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -138,7 +140,9 @@ class TMNRE(NeuralMethod):
         proposal = TruncatedPrior.full(prior)  # also for one round: the marginal densities need the prior's columns
         per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
         pool, history, records, posterior = None, [], [], None
-        for r, n in enumerate(per_round):
+        r = 0
+        while True:  # per_round can end early: a converged box gets the rest of the budget at once
+            n = per_round[r]
             key_sim, key_fit, key = jax.random.split(key, 3)
             path = None if store is None else Path(store) / f"round_{r}"
             if r == 0 and simulations is not None:
@@ -154,16 +158,17 @@ class TMNRE(NeuralMethod):
                 "box": proposal.bounds().tolist(), "quantile_box": np.stack([proposal.u_low, proposal.u_high], -1).tolist(),
             })
             posterior = self.posterior(network, prior, history, proposal, records).condition(x_obs)
-            if r == rounds - 1:
+            if r == len(per_round) - 1:
                 break
             try:
                 narrower = shrink(proposal, _one_d_log_ratios(network, proposal, posterior.x_obs, one_d), epsilon=self.epsilon, names=prior.names)
             except TruncationError as err:
                 raise TruncationError(f"{err} (round {r + 1}; the {len(pool)} simulations so far are in err.simulations)", pool) from None
-            if narrower.volume > (1.0 - self.min_shrink) * proposal.volume and self.min_shrink > 0:
-                records[-1]["stopped"] = f"the box shrank by less than {self.min_shrink:.0%}"
-                break
-            proposal = narrower
+            per_parameter = 1.0 - (narrower.volume / proposal.volume) ** (1.0 / prior.dim)
+            if per_parameter < self.min_shrink and r + 2 < len(per_round):
+                records[-1]["converged"] = f"the box shrank by {per_parameter:.1%} per parameter; the rest of the budget goes to one last round"
+                per_round = per_round[: r + 1] + [sum(per_round[r + 1 :])]
+            proposal, r = narrower, r + 1
         return posterior
 
 
