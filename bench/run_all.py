@@ -34,6 +34,8 @@ SCRIPTS = {
     "muse_starts": (["--only", "lognormal", "--starts", "3"], []),
     "sbibm": (["--tasks", "two_moons", "--methods", "npe", "--budgets", "500", "--observations", "1"], []),
     "npe_vs_sbi": (["--observations", "1", "--budget", "1000", "--galton-flows", "maf"], []),
+    "tmnre": (["--tasks", "two_moons", "--observations", "1", "--budget", "2000", "--rounds", "2", "--skip-narrow"], []),
+    "tmnre_vs_swyft": (["--tasks", "two_moons", "--observations", "1", "--rounds", "2", "--per-round", "1000", "--epochs", "20"], []),
 }
 PEERS = ROOT / ".venv-peers" / "bin" / "python"
 
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
 
     rows, failed, start = [], [], time.perf_counter()
     for script in args.scripts or SCRIPTS:
-        if script == "npe_vs_sbi" and not PEERS.exists():
+        if script in ("npe_vs_sbi", "tmnre_vs_swyft") and not PEERS.exists():
             rows.append({"bench": script, "case": "skipped: peer environment .venv-peers missing (see bench/requirements-peers.txt)"})
             print(f"{script}: skipped (no .venv-peers)", file=sys.stderr)
             continue
