@@ -25,12 +25,12 @@ import numpy as np
 
 from galton.methods.base import NeuralMethod, register
 from galton.posteriors.marginal import TMNREPosterior
-from galton.problem import Prior, ProblemError
+from galton.problem import Prior
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
 from galton.simulate import simulate
 from galton.store import Simulations
-from galton.train import Training
-from galton.truncation import Quantiles, TruncatedPrior, TruncationError, shrink
+from galton.train import Training, train
+from galton.truncation import TruncatedPrior, TruncationError, shrink
 
 
 def _derangement(key, b: int) -> jax.Array:
@@ -114,14 +114,12 @@ class TMNRE(NeuralMethod):
         """The loss, the same in every round (each round's θ are draws from its own proposal)."""
         return loss
 
-    def network(self, theta, x, key, columns=None) -> MarginalRatioNetwork:
-        columns = columns if columns is not None else resolve_marginals(self.marginals, [f"{i}" for i in range(theta.shape[1])], truncate=False)
+    def network(self, theta, x, key, columns) -> MarginalRatioNetwork:
+        """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""
         return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
 
     def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None):
         """Train a fresh `MarginalRatioNetwork` on ``sims``; see `NeuralMethod.fit`."""
-        from galton.train import train
-
         key_init, key_train = jax.random.split(key)
         if columns is None:
             columns = resolve_marginals(self.marginals, prior.names, truncate=False)
