@@ -84,6 +84,7 @@ def test_truncation_shrinks_the_box_and_keeps_the_truth(truncated):
     volumes = [r["volume"] for r in post.rounds]
     assert volumes[0] == 1.0 and volumes[-1] < 0.4 and all(a >= b for a, b in zip(volumes, volumes[1:])), volumes
     assert all(r["reused"] > 0 for r in post.rounds[1:])  # earlier simulations inside the new box are kept
+    assert "unbounded prior support" in post.rounds[0]["note"]  # a Gaussian prior is cut in quantile space
     # the exact posterior's ±4σ region lies inside every box
     for r in post.rounds:
         box = np.asarray(r["box"])

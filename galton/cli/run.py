@@ -125,6 +125,8 @@ def _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref) ->
     print(f"{args.method} on {args.task}, observation {args.observation}, {args.budget} simulations in {args.rounds} round(s)")
     print(f"  fit {fit_seconds:.1f} s, {args.samples} samples of each of {len(draws)} marginals in {sample_seconds:.1f} s")
     print("  prior mass kept per round: " + ", ".join(f"{r['volume']:.3g}" for r in posterior.rounds))
+    if "note" in posterior.rounds[0]:
+        print(f"  note: {posterior.rounds[0]['note']}")
     for name in task.names:
         print(f"  {name:>10s} = {summary['posterior_mean'][name]: .3f} ± {summary['posterior_std'][name]:.3f}   (true {summary['true_parameters'][name]: .3f})")
     if scores:

@@ -155,6 +155,9 @@ class TMNRE(NeuralMethod):
                 "round": r, "new": len(new), "reused": kept, "pooled": len(pool), "volume": proposal.volume,
                 "box": proposal.bounds().tolist(), "quantile_box": np.stack([proposal.u_low, proposal.u_high], -1).tolist(),
             })
+            if r == 0 and rounds > 1 and not proposal.quantiles.bounded.all():
+                unbounded = [n for n, b in zip(prior.names, proposal.quantiles.bounded) if not b]
+                records[0]["note"] = f"{', '.join(unbounded)} have unbounded prior support: their boxes are cut in the prior's quantile space"
             posterior = self.posterior(network, prior, history, proposal, records).condition(x_obs)
             if r == len(per_round) - 1:
                 break
