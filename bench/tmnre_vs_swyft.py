@@ -46,7 +46,9 @@ def galton_worker(inp: str, out: str, task_name: str, rounds: int, per_round: in
     task = get(task_name)
     marginals = [tuple(task.names[c] for c in row if c >= 0) for row in data["marginals"]]
     training = Training(learning_rate=1e-3, batch_size=batch, patience=5, validation_fraction=0.2, max_epochs=epochs)
-    method = TMNRE(marginals=marginals, hidden=hidden, depth=2, training=training)
+    # min_shrink=0: every round runs, as in swyft's loop (galton's default would spend the rest of
+    # the budget in one round once the box stops shrinking)
+    method = TMNRE(marginals=marginals, hidden=hidden, depth=2, training=training, min_shrink=0.0)
     start = time.perf_counter()
     post = galton.infer(task.problem, data["x_obs"], key=jax.random.key(seed), method=method, budget=rounds * per_round, rounds=rounds, progress=False)
     draws = post.marginal_samples(N_SAMPLES, key=jax.random.key(seed + 1))
