@@ -46,13 +46,19 @@ class RatioNetwork(eqx.Module):
         return jax.vmap(self.head)(z.reshape(-1, z.shape[-1])).reshape(batch)
 
 
+def _standardisers(spec: dict, stats) -> list[paramax.NonTrainable]:
+    """θ's and x's shift and scale, frozen (identity ones for a skeleton to load weights into)."""
+    x_shape = tuple(spec["x_shape"])
+    if stats is None:
+        stats = (np.zeros(spec["theta_dim"]), np.ones(spec["theta_dim"]), np.zeros(x_shape), np.ones(x_shape))
+    return [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
+
+
 def _network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> RatioNetwork:
     x_shape = tuple(spec["x_shape"])
     e_dim = int(jax.eval_shape(embedding, jnp.zeros(x_shape)).shape[0])
     head = eqx.nn.MLP(spec["theta_dim"] + e_dim, "scalar", spec["hidden"], spec["depth"], activation=jax.nn.relu, key=key)
-    if stats is None:
-        stats = (np.zeros(spec["theta_dim"]), np.ones(spec["theta_dim"]), np.zeros(x_shape), np.ones(x_shape))
-    frozen = [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
+    frozen = _standardisers(spec, stats)
     return RatioNetwork(embedding, head, *frozen, json.dumps(spec))
 
 
@@ -148,9 +154,7 @@ def _marginal_network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=N
     keys = jax.random.split(key, len(spec["marginals"]))
     make = lambda k: eqx.nn.MLP(width + e_dim, "scalar", spec["hidden"], spec["depth"], activation=jax.nn.relu, key=k)
     heads = eqx.filter_vmap(make)(keys)
-    if stats is None:
-        stats = (np.zeros(spec["theta_dim"]), np.ones(spec["theta_dim"]), np.zeros(x_shape), np.ones(x_shape))
-    frozen = [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
+    frozen = _standardisers(spec, stats)
     return MarginalRatioNetwork(embedding, heads, *frozen, json.dumps(spec))
 
 

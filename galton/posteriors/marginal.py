@@ -77,7 +77,21 @@ def _sample(network, quantiles, head, cols, centres, width, u_fill, xs, key, n: 
     return _full_theta(quantiles, cols, u, u_fill)[..., cols]
 
 
-class MarginalPosterior(NetworkPosterior):
+class _OnMarginalHeads(NetworkPosterior):
+    """What the two kinds share: a `MarginalRatioNetwork` and one observation at a time."""
+
+    @classmethod
+    def _skeleton(cls, meta):
+        return marginal_skeleton(meta["spec"])
+
+    def _check_obs(self, x) -> jax.Array:
+        x = check_x(x, self.network.x_shape, iid=False)
+        if not bool(jnp.isfinite(x).all()):
+            raise ProblemError("x has NaN or inf values")
+        return x
+
+
+class MarginalPosterior(_OnMarginalHeads):
     """The posterior of one 1-D or 2-D marginal, from its TMNRE head and the last round's box.
 
     ``sample(n, key=)`` gives ``(n, k)``, ``log_prob(θ_m)`` takes ``(n, k)``; both amortized
@@ -97,16 +111,6 @@ class MarginalPosterior(NetworkPosterior):
         lo, hi = np.asarray(self.u_low), np.asarray(self.u_high)
         self._u_fill = jnp.asarray(0.5 * (lo + hi), jnp.float32)
         self._centres, self._width = _cells(lo[list(self.columns)], hi[list(self.columns)])
-
-    @classmethod
-    def _skeleton(cls, meta):
-        return marginal_skeleton(meta["spec"])
-
-    def _check_obs(self, x) -> jax.Array:
-        x = check_x(x, self.network.x_shape, iid=False)
-        if not bool(jnp.isfinite(x).all()):
-            raise ProblemError("x has NaN or inf values")
-        return x
 
     def _head(self) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(self.head, jnp.int32), jnp.asarray(self.columns, jnp.int32)
@@ -141,7 +145,7 @@ class MarginalPosterior(NetworkPosterior):
         return np.asarray(theta), np.asarray(jnp.exp(self.log_prob(theta, x)))
 
 
-class TMNREPosterior(NetworkPosterior):
+class TMNREPosterior(_OnMarginalHeads):
     """What TMNRE returns: every marginal's posterior, the last round's box and the truncation history.
 
     Attributes:
@@ -162,16 +166,6 @@ class TMNREPosterior(NetworkPosterior):
         self.rounds = list(rounds)
         super().__init__(network, prior, x_obs, history)
         self.marginals = [tuple(prior.names[c] for c in m) for m in network.marginals]
-
-    @classmethod
-    def _skeleton(cls, meta):
-        return marginal_skeleton(meta["spec"])
-
-    def _check_obs(self, x) -> jax.Array:
-        x = check_x(x, self.network.x_shape, iid=False)
-        if not bool(jnp.isfinite(x).all()):
-            raise ProblemError("x has NaN or inf values")
-        return x
 
     @property
     def proposal(self) -> TruncatedPrior:
