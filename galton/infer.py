@@ -7,7 +7,6 @@ same network on all simulations so far.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,7 +17,7 @@ from galton import methods
 from galton.keys import as_key
 from galton.problem import ProblemError, Program, Simulator
 from galton.simulate import simulate
-from galton.store import Simulations
+from galton.store import Simulations, round_store
 
 
 def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
@@ -29,10 +28,6 @@ def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
         return x_obs
     expected = f"{x_shape}" + (f" or (n_obs, *{x_shape}) for iid observations" if iid else "")
     raise ProblemError(f"x_obs has shape {x_obs.shape}, but {problem.name} simulates x of shape {expected}")
-
-
-def _round_store(store, r: int):
-    return None if store is None else Path(store) / f"round_{r}"
 
 
 def infer(
@@ -89,10 +84,10 @@ def infer(
         if r == 0 and simulations is not None:
             new = simulations
         elif r == 0:
-            new = simulate(problem, n, key=key_sim, store=_round_store(store, r), progress=progress)
+            new = simulate(problem, n, key=key_sim, store=round_store(store, r), progress=progress)
         else:
             theta = posterior.sample(n, key=key_draw)
-            new = simulate(problem, key=key_sim, theta=np.asarray(theta), store=_round_store(store, r), progress=progress)
+            new = simulate(problem, key=key_sim, theta=np.asarray(theta), store=round_store(store, r), progress=progress)
         sims = new if sims is None or (r == 0 and simulations is not None) else Simulations.concatenate([sims, new])
         if r == 0 and problem.backend != "jax":
             x_obs = _check_observation(problem, x_obs, sims.x.shape[1:], iid=method.iid)

@@ -161,6 +161,11 @@ class SimulationStore:
         return {name: arr[:][done] for name, arr in self.group.arrays() if name != "done"}
 
 
+def round_store(store, r: int) -> Path | None:
+    """Where round ``r`` of a multi-round run keeps its simulations: ``store/round_r`` (None without a store)."""
+    return None if store is None else Path(store) / f"round_{r}"
+
+
 def load_simulations(path: str | Path) -> Simulations:
     """Read the completed rows of a store written by `galton.simulate` into memory."""
     path = Path(path)

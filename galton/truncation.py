@@ -222,7 +222,9 @@ def shrink(
     new_lo = np.maximum(lo, u[first, np.arange(len(lo))] - cell)
     new_hi = np.minimum(hi, u[last, np.arange(len(lo))] + cell)
     width = new_hi - new_lo
-    for i in np.flatnonzero(~np.isfinite(values).all(axis=0) | (width < 1e-6)):
+    collapsed = np.flatnonzero(~np.isfinite(values).all(axis=0) | (width < 1e-6))
+    if collapsed.size:
+        i = collapsed[0]
         raise TruncationError(
             f"the box of parameter {names[i]!r} collapsed (quantile width {width[i]:.2g}, or a non-finite "
             "log-ratio): the 1-D ratio estimator is degenerate; train longer, simulate more per round or "

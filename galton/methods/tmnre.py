@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Sequence
 
 import equinox as eqx
@@ -28,8 +27,8 @@ from galton.posteriors.marginal import TMNREPosterior
 from galton.problem import Prior
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
 from galton.simulate import simulate
-from galton.store import Simulations
-from galton.train import Training, train
+from galton.store import Simulations, round_store
+from galton.train import Training
 from galton.truncation import TruncatedPrior, TruncationError, shrink
 
 
@@ -119,12 +118,13 @@ class TMNRE(NeuralMethod):
         return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
 
     def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None):
-        """Train a fresh `MarginalRatioNetwork` on ``sims``; see `NeuralMethod.fit`."""
-        key_init, key_train = jax.random.split(key)
-        if columns is None:
-            columns = resolve_marginals(self.marginals, prior.names, truncate=False)
-        model = init if init is not None else self.network(sims.theta, sims.x, key_init, columns)
-        return train(model, loss, (sims.theta, sims.x), key=key_train, settings=self.training, names=["theta", "x"], progress=progress)
+        """`NeuralMethod.fit` on a fresh network with one head per marginal in ``columns``
+        (column-index tuples; the settings' marginals when None)."""
+        if init is None:
+            if columns is None:
+                columns = resolve_marginals(self.marginals, prior.names, truncate=False)
+            init = self.network(sims.theta, sims.x, jax.random.split(key)[0], columns)  # the key base.fit builds with
+        return super().fit(sims, prior, key=key, sequential=sequential, init=init, progress=progress)
 
     def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=()) -> TMNREPosterior:
         proposal = TruncatedPrior.full(prior) if proposal is None else proposal
@@ -142,17 +142,16 @@ class TMNRE(NeuralMethod):
         while True:  # per_round can end early: a converged box gets the rest of the budget at once
             n = per_round[r]
             key_sim, key_fit, key = jax.random.split(key, 3)
-            path = None if store is None else Path(store) / f"round_{r}"
             if r == 0 and simulations is not None:
                 new = simulations
             else:
-                new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=path, progress=progress)
-            kept = 0 if pool is None else int(np.asarray(proposal.contains(pool.theta)).sum())
-            pool = new if pool is None else Simulations.concatenate([pool[np.asarray(proposal.contains(pool.theta))], new])
+                new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=round_store(store, r), progress=progress)
+            inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))
+            pool = new if pool is None else Simulations.concatenate([pool[inside], new])
             network, round_history = self.fit(pool, prior, key=key_fit, progress=progress, columns=columns)
             history.append(round_history)
             records.append({
-                "round": r, "new": len(new), "reused": kept, "pooled": len(pool), "volume": proposal.volume,
+                "round": r, "new": len(new), "reused": int(inside.sum()), "pooled": len(pool), "volume": proposal.volume,
                 "box": proposal.bounds().tolist(), "quantile_box": np.stack([proposal.u_low, proposal.u_high], -1).tolist(),
             })
             if r == 0 and rounds > 1 and not proposal.quantiles.bounded.all():

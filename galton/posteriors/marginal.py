@@ -42,10 +42,9 @@ def _full_theta(quantiles: Quantiles, cols: jax.Array, u_cols: jax.Array, u_fill
 
 
 # head and cols are traced, so one compiled program serves every marginal of a size
-def _grid_logits(network: MarginalRatioNetwork, quantiles, head, cols, centres, u_fill, xs) -> jax.Array:
-    """log-ratios ``(m, G)`` of one head over the grid, for observations xs ``(m, *x_shape)``."""
+def _grid_logits(network: MarginalRatioNetwork, quantiles, head, cols, centres, u_fill, features) -> jax.Array:
+    """log-ratios ``(m, G)`` of one head over the grid, for the features ``(m, e)`` of m observations."""
     theta = _full_theta(quantiles, cols, centres, u_fill)  # (G, d)
-    features = network.embed(xs)  # (m, e)
     return network.head_log_ratios(theta[None], features[:, None], heads=head[None])[..., 0]
 
 
@@ -59,14 +58,14 @@ def _log_prob(network, quantiles, head, cols, box, theta, xs) -> jax.Array:
     lr = network.head_log_ratios(full, features[:, None], heads=head[None])[..., 0]
     log_f = quantiles.log_density(full)[..., cols].sum(-1)
     inside = jnp.all((u_cols >= u_low[cols]) & (u_cols <= u_high[cols]), axis=-1)
-    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, xs)
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, features)
     log_norm = jax.nn.logsumexp(logits, axis=-1) + jnp.log(width).sum()
     return jnp.where(inside, lr - log_norm[:, None] + log_f, -jnp.inf)
 
 
 @eqx.filter_jit
 def _sample(network, quantiles, head, cols, centres, width, u_fill, xs, key, n: int) -> jax.Array:
-    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, xs)
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, network.embed(xs))
     k_cell, k_jitter = jax.random.split(key)
     # inverse-CDF draws of the cells: Gumbel-max over the grid would cost n x G noise per observation
     cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
