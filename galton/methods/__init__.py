@@ -8,5 +8,6 @@ from galton.methods.nle import NLE  # noqa: F401  (importing a method module reg
 from galton.methods.npe import NPE  # noqa: F401
 from galton.methods.nre import NRE  # noqa: F401
 from galton.methods.tmnre import TMNRE  # noqa: F401  (marginal heads and truncation rounds of its own)
+from galton.methods.abc import MCMCABC, RejectionABC, SMCABC  # noqa: F401  (ABC: loops of their own)
 
 __all__ = ["REGISTRY", "get", "names", "register", *(cls.__name__ for cls in REGISTRY.values())]

@@ -1,0 +1,82 @@
+"""What the ABC methods share: their settings' checks, and simulating a batch of θ.
+
+An ABC method owns its loop (`run`), so `galton.infer` hands it the problem, the budget and
+the store. Every batch goes through `galton.simulate` (vmapped and jitted for JAX simulators,
+the executor for Python ones), with a store path of its own when the run has a store: a run
+started again with the same key walks the same path and reads back what was simulated.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import ClassVar
+
+import jax
+import numpy as np
+
+from galton.methods.abc.distances import ABCError
+from galton.simulate import POLICIES, simulate
+from galton.store import Simulations
+
+
+class ABCMethod:
+    """Mixin of the ABC settings objects: ``run(problem, x_obs, key=, budget=, ...)``."""
+
+    name: ClassVar[str] = ""
+    iid: ClassVar[bool] = False
+
+    def _check_common(self) -> None:
+        if self.on_invalid not in POLICIES:
+            raise ABCError(f"on_invalid must be one of {POLICIES}, got {self.on_invalid!r}")
+        if self.summary is not None and not callable(self.summary):
+            raise ABCError(f"summary must be a function of one x (or a fitted galton.summaries.Compressor), got {type(self.summary).__name__}")
+
+    def _check_run(self, rounds: int) -> None:
+        if rounds != 1:
+            raise ABCError(f"rounds={rounds} does not apply to {self.name}; it sets its own schedule (budget= bounds it)")
+
+
+def simulate_batch(problem, theta: np.ndarray, *, key, store: Path | None, name: str, chunk: int, on_invalid: str) -> Simulations:
+    """Simulate at θ ``(m, d)`` in chunks of ``chunk`` rows (one compiled shape per run)."""
+    path = None if store is None else Path(store) / name
+    return simulate(problem, key=key, theta=theta, store=path, chunk_size=chunk, on_invalid=on_invalid, progress=False)
+
+
+def check_budget(budget: int, needed: int, what: str) -> None:
+    if budget < needed:
+        raise ABCError(f"budget={budget} simulations cannot fit {what} ({needed} simulations)")
+
+
+def prior_draws(problem, n: int, key: jax.Array) -> np.ndarray:
+    return np.asarray(problem.prior.sample(key, (n,)))
+
+
+def numpy_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key: host-side draws of any shape without a compile per shape."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
+@functools.lru_cache(maxsize=16)
+def _prior_functions(prior):
+    return jax.jit(prior.log_prob), jax.jit(prior.in_support)
+
+
+def _in_chunks(fn, theta: np.ndarray, chunk: int) -> np.ndarray:
+    """``fn`` on θ ``(m, d)`` padded to whole chunks, so one compiled shape serves every m."""
+    m = len(theta)
+    padded = np.concatenate([theta, np.repeat(theta[-1:], -m % chunk, axis=0)]) if m % chunk else theta
+    return np.concatenate([np.asarray(fn(padded[i : i + chunk])) for i in range(0, len(padded), chunk)])[:m]
+
+
+def log_prior(prior, theta: np.ndarray, chunk: int) -> np.ndarray:
+    """log p(θ) ``(m,)`` of θ ``(m, d)``, −inf outside the support."""
+    return _in_chunks(_prior_functions(prior)[0], theta, chunk).astype(np.float64)
+
+
+def in_support(prior, theta: np.ndarray, chunk: int) -> np.ndarray:
+    """Whether each row of θ ``(m, d)`` is in the prior's support ``(m,)``."""
+    return _in_chunks(_prior_functions(prior)[1], theta, chunk).astype(bool)
+
+
+__all__ = ["ABCMethod", "check_budget", "in_support", "log_prior", "numpy_rng", "prior_draws", "simulate_batch"]

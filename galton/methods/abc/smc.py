@@ -1,0 +1,229 @@
+"""SMC-ABC / ABC-PMC (Beaumont et al. 2009), with an adaptive ε schedule and kernel.
+
+Generation 0 is N draws from the prior, all kept (ε₀ = ∞). Generation t sets ε_t to the
+``alpha`` quantile of generation t−1's weighted distances, then proposes in vectorised
+batches: a parent drawn by weight, moved by a Gaussian kernel (the candidate is drawn again,
+parent and all, while outside the prior's support, so the proposal is the kernel mixture
+restricted to the support and its normaliser cancels), simulated, kept when within ε_t,
+until N are kept. Weights are w ∝ p(θ) / Σ_j w_j K_j(θ). The kernel around parent j is
+``"olcm"``, Filippi et al.'s (2013) optimal local covariance Σ_j = Σ_i w_i (θ_i − θ_j)(θ_i − θ_j)ᵀ
+over the parents within ε_t, or ``"beaumont"``, twice the population's weighted covariance.
+When the ESS falls below ``min_ess`` × N the population is resampled to equal weights.
+It stops at the target ``epsilon``, when a generation's acceptance rate falls below
+``min_acceptance``, after ``generations``, or when the budget cannot complete a generation
+(then the last complete one is returned, with a warning giving ε and the count reached).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.methods.abc.base import ABCMethod, check_budget, in_support, log_prior, numpy_rng, prior_draws, simulate_batch
+from galton.methods.abc.distances import ABCError, discrepancy, weighted_quantile
+from galton.methods.base import register
+from galton.posteriors.samples import SamplesPosterior
+from galton.progress import Progress
+
+KERNELS = ("olcm", "beaumont")
+
+
+def ess(weights: np.ndarray) -> float:
+    """Kish's effective sample size of normalised ``weights (n,)``."""
+    return float(1.0 / np.sum(weights**2))
+
+
+def systematic_resample(key: jax.Array, weights: np.ndarray) -> np.ndarray:
+    """Indices ``(n,)`` of a systematic resample of normalised ``weights (n,)``."""
+    n = len(weights)
+    positions = (numpy_rng(key).uniform() + np.arange(n)) / n
+    return np.minimum(np.searchsorted(np.cumsum(weights), positions), n - 1)
+
+
+def kernel_covariances(theta: np.ndarray, weights: np.ndarray, dist: np.ndarray, eps: float, kind: str) -> np.ndarray:
+    """One covariance ``(N, d, d)`` per parent θ ``(N, d)``."""
+    n, d = theta.shape
+    jitter = 1e-9 * np.eye(d) * max(float(np.trace(np.atleast_2d(np.cov(theta, rowvar=False, aweights=weights + 1e-300)))), 1e-12)
+    near = dist <= eps
+    if kind == "olcm" and near.sum() > d:
+        w = weights[near] / weights[near].sum()
+        diff = theta[near][None, :, :] - theta[:, None, :]  # (N, n_near, d)
+        return np.einsum("k,jki,jkl->jil", w, diff, diff) + jitter
+    mean = weights @ theta
+    cov = 2.0 * np.atleast_2d(((theta - mean).T * weights) @ (theta - mean)) / max(1.0 - np.sum(weights**2), 1e-12)
+    return np.broadcast_to(cov + jitter, (n, d, d)).copy()
+
+
+@jax.jit
+def _log_mixture(theta, parents, log_w, chol_inv, log_det):
+    """log Σ_j w_j N(θ_i; parent_j, Σ_j) for θ ``(m, d)`` -> ``(m,)``."""
+    z = jnp.einsum("jab,ijb->ija", chol_inv, theta[:, None, :] - parents[None])
+    d = theta.shape[-1]
+    log_k = -0.5 * jnp.sum(z**2, -1) - 0.5 * d * jnp.log(2 * jnp.pi) - 0.5 * log_det
+    return jax.nn.logsumexp(log_w + log_k, axis=1)
+
+
+def _log_mixture_chunks(theta, parents, weights, chol_inv, log_det, chunk: int) -> np.ndarray:
+    """`_log_mixture` over θ ``(m, d)`` in padded chunks of ``chunk`` rows (one compiled shape)."""
+    m = len(theta)
+    padded = np.concatenate([theta, np.repeat(theta[-1:], -m % chunk, axis=0)]) if m % chunk else theta
+    args = jnp.asarray(parents), jnp.log(jnp.asarray(weights) + 1e-300), jnp.asarray(chol_inv), jnp.asarray(log_det)
+    return np.concatenate([np.asarray(_log_mixture(jnp.asarray(padded[i : i + chunk]), *args)) for i in range(0, len(padded), chunk)])[:m].astype(np.float64)
+
+
+@register("smc_abc")
+@dataclass(frozen=True)
+class SMCABC(ABCMethod):
+    """Settings of SMC-ABC.
+
+    Attributes:
+        population: particles per generation; None picks budget // 10 within [50, 1000].
+        alpha: ε_t is this quantile of the last generation's distances.
+        kernel: ``"olcm"`` (local covariances) or ``"beaumont"`` (twice the weighted covariance).
+        epsilon: stop once ε_t is at or below this distance.
+        generations: stop after this many generations (None: no limit).
+        min_acceptance: stop when a generation's acceptance rate falls below this (with a warning).
+        min_ess: resample when the ESS falls below this fraction of the population.
+        summary, distance, on_invalid: as for `RejectionABC`.
+    """
+
+    population: int | None = None
+    alpha: float = 0.5
+    kernel: str = "olcm"
+    epsilon: float | None = None
+    generations: int | None = None
+    min_acceptance: float = 0.005
+    min_ess: float = 0.5
+    summary: Any = None
+    distance: Callable | None = None
+    on_invalid: str = "raise"
+
+    def __post_init__(self):
+        self._check_common()
+        if self.population is not None and (int(self.population) != self.population or self.population < 2):
+            raise ABCError(f"population must be an integer ≥ 2, got {self.population!r}")
+        if not 0 < self.alpha < 1:
+            raise ABCError(f"alpha must be a quantile in (0, 1), got {self.alpha!r}")
+        if self.kernel not in KERNELS:
+            raise ABCError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ABCError(f"epsilon must be a positive distance, got {self.epsilon!r}")
+        if self.generations is not None and (int(self.generations) != self.generations or self.generations < 1):
+            raise ABCError(f"generations must be a positive integer or None, got {self.generations!r}")
+        if not 0 <= self.min_acceptance < 1:
+            raise ABCError(f"min_acceptance must be in [0, 1), got {self.min_acceptance!r}")
+        if not 0 <= self.min_ess <= 1:
+            raise ABCError(f"min_ess must be a fraction in [0, 1], got {self.min_ess!r}")
+
+    def _propose(self, key, m, theta, weights, chol, prior) -> np.ndarray:
+        """``m`` candidates from the kernel mixture, inside the prior's support."""
+        out, filled, rng = np.zeros((m, theta.shape[1])), 0, numpy_rng(key)
+        for attempt in range(1000):
+            parent = rng.choice(len(theta), m, p=weights)
+            cand = theta[parent] + np.einsum("mab,mb->ma", chol[parent], rng.standard_normal((m, theta.shape[1])))
+            cand = cand[in_support(prior, cand, len(theta))][: m - filled]
+            out[filled : filled + len(cand)] = cand
+            filled += len(cand)
+            if filled == m:
+                return out
+        raise ABCError(f"the kernel's proposals fell outside the prior's support 1000 times over; only {filled} of {m} are inside")
+
+    def run(self, problem, x_obs, *, key, budget: int, rounds: int = 1, simulations=None, store=None, progress=True) -> SamplesPosterior:
+        """SMC-ABC at ``x_obs``; `galton.infer` calls this for ``method="smc_abc"``.
+
+        Returns:
+            A `SamplesPosterior` of the last complete generation with its weights; ``info`` holds
+            the schedule: per generation ε, acceptance rate, ESS, simulations, resampling.
+        """
+        self._check_run(rounds)
+        if simulations is not None:
+            raise ABCError("smc_abc draws its own generations; simulations= cannot be used with it")
+        prior = problem.prior
+        n = int(self.population) if self.population is not None else int(np.clip(budget // 10, 50, 1000))
+        check_budget(budget, 2 * n, f"generation 0 and one more of population {n}")
+        key0, key = jax.random.split(key)
+        sims = simulate_batch(problem, prior_draws(problem, n, key0), key=key0, store=store, name="generation_0", chunk=n, on_invalid=self.on_invalid)
+        if len(sims) < n:
+            raise ABCError(f"only {len(sims)} of {n} prior simulations of generation 0 were valid")
+        disc = discrepancy(x_obs, sims.x, summary=self.summary, distance=self.distance)
+        theta, dist = sims.theta.astype(np.float64), disc(sims.x)
+        weights = np.full(n, 1.0 / n)
+        used, eps = n, math.inf
+        schedule = [{"generation": 0, "epsilon": eps, "acceptance_rate": 1.0, "ess": float(n), "simulations": n, "resampled": False}]
+        bar = Progress(budget, initial=n, desc=f"smc-abc on {problem.name}", unit="sim", enabled=progress)
+        stop, t = None, 0
+        while stop is None:
+            t += 1
+            if self.generations is not None and t > self.generations:
+                stop = f"reached generations={self.generations}"
+                break
+            eps = weighted_quantile(dist, self.alpha, weights)
+            cov = kernel_covariances(theta, weights, dist, eps, self.kernel)
+            chol = np.linalg.cholesky(cov)
+            chol_inv = np.linalg.inv(chol)
+            log_det = 2 * np.log(np.abs(np.diagonal(chol, axis1=1, axis2=2))).sum(-1)
+            kept_theta, kept_dist, tried, rate, b = [], [], 0, schedule[-1]["acceptance_rate"], 0
+            k_gen = jax.random.fold_in(key, t)
+            while sum(len(k) for k in kept_theta) < n:
+                left = budget - used
+                if left <= 0:
+                    break
+                need = n - sum(len(k) for k in kept_theta)
+                m = int(min(left, n * max(1, math.ceil(1.2 * need / max(rate, 1e-3) / n))))
+                k_prop, k_sim = jax.random.split(jax.random.fold_in(k_gen, b))
+                cand = self._propose(k_prop, m, theta, weights, chol, prior)
+                new = simulate_batch(problem, cand, key=k_sim, store=store, name=f"generation_{t}_batch_{b}", chunk=n,
+                                     on_invalid="keep" if self.on_invalid == "drop" else self.on_invalid)
+                d_new = disc(new.x)
+                ok = d_new <= eps
+                kept_theta.append(new.theta[ok])
+                kept_dist.append(d_new[ok])
+                used, tried, b = used + m, tried + m, b + 1
+                rate = max(sum(len(k) for k in kept_theta) / tried, 1.0 / tried)
+                bar.update(m, generation=t, epsilon=f"{eps:.4g}", acceptance=f"{rate:.3f}")
+            got = sum(len(k) for k in kept_theta)
+            if got < n // 2:  # too few to stand for the generation: keep the last complete one
+                stop = f"the budget ran out in generation {t} (epsilon={eps:.4g}) with {got} of {n} particles accepted"
+                warnings.warn(f"smc_abc: {stop}; returning generation {t - 1} (epsilon={schedule[-1]['epsilon']:.4g})", stacklevel=3)
+                break
+            # a partial last generation (≥ half the population) is still an exact weighted sample at ε_t
+            new_theta = np.concatenate(kept_theta)[:n]
+            new_dist = np.concatenate(kept_dist)[:n]
+            log_q = _log_mixture_chunks(new_theta, theta, weights, chol_inv, log_det, n)
+            log_w = log_prior(prior, new_theta, n) - log_q
+            w = np.exp(log_w - log_w.max())
+            w /= w.sum()
+            record = {"generation": t, "epsilon": eps, "acceptance_rate": got / tried, "ess": ess(w), "simulations": tried,
+                      "particles": len(new_theta), "resampled": False}
+            if got < n:
+                record["partial"] = f"the budget ran out with {got} of {n} particles accepted"
+            if record["ess"] < self.min_ess * len(w):
+                rows = systematic_resample(jax.random.fold_in(k_gen, 10**6), w)
+                new_theta, new_dist, w = new_theta[rows], new_dist[rows], np.full(len(w), 1.0 / len(w))
+                record["resampled"] = True
+            theta, dist, weights = new_theta, new_dist, w
+            schedule.append(record)
+            if self.epsilon is not None and eps <= self.epsilon:
+                stop = f"reached epsilon={self.epsilon:.4g}"
+            elif record["acceptance_rate"] < self.min_acceptance:
+                stop = f"the acceptance rate {record['acceptance_rate']:.4f} fell below min_acceptance={self.min_acceptance}"
+                warnings.warn(f"smc_abc stopped at generation {t}: {stop}", stacklevel=3)
+            elif used >= budget or got < n:
+                stop = "the budget is spent"
+        bar.close(f"{len(schedule) - 1} generations, epsilon {schedule[-1]['epsilon']:.4g}")
+        if self.epsilon is not None and schedule[-1]["epsilon"] > self.epsilon:
+            warnings.warn(f"smc_abc: the target epsilon={self.epsilon:.4g} was not reached ({stop}); the last generation has epsilon={schedule[-1]['epsilon']:.4g}", stacklevel=3)
+        info = {
+            "method": self.name, "population": n, "epsilon": schedule[-1]["epsilon"], "simulations": int(used),
+            "generations": schedule, "stopped": stop, "ess": schedule[-1]["ess"],
+        }
+        return SamplesPosterior(theta, prior.names, np.log(weights), x_obs=x_obs, info=info)
+
+
+__all__ = ["SMCABC", "ess", "kernel_covariances", "systematic_resample"]
