@@ -55,3 +55,15 @@ def test_run_tmnre_writes_marginals_corner_and_truncation(tmp_path, capsys):
         assert marginals["theta_1,theta_2"].shape == (300, 2)
     for png in ("corner.png", "truncation.png"):
         assert (out / png).stat().st_size > 10_000
+
+
+def test_run_smc_abc_reports_its_schedule(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "smc"
+    assert main(["run", "two_moons", "--method", "smc_abc", "--budget", "2000", "--samples", "300", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ABC: " in printed and "generations" in printed and "C2ST against the reference posterior" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["abc"]["simulations"] <= 2000 and len(summary["abc"]["generations"]) >= 3 and summary["epochs"] == []
+    assert (out / "corner.png").stat().st_size > 10_000 and not (out / "loss.png").exists()

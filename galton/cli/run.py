@@ -45,7 +45,7 @@ def run_inference(args) -> int:
     x_obs, truth = task.observation(args.observation), task.true_parameters(args.observation)
     key_fit, key_sample, key_ref = jax.random.split(jax.random.key(args.seed), 3)
     method = methods.get(args.method)
-    if args.max_epochs is not None:
+    if args.max_epochs is not None and hasattr(method, "training"):
         method = dataclasses.replace(method, training=dataclasses.replace(method.training, max_epochs=args.max_epochs))
     start = time.perf_counter()
     posterior = infer(task.problem, x_obs, key=key_fit, method=method, budget=args.budget, rounds=args.rounds)
@@ -58,11 +58,14 @@ def run_inference(args) -> int:
     summary = {
         "task": args.task, "method": args.method, "budget": args.budget, "rounds": args.rounds,
         "observation": args.observation, "seed": args.seed, "fit_seconds": round(fit_seconds, 2),
-        "sample_seconds": round(sample_seconds, 2), "epochs": [h["epochs"] for h in posterior.history],
+        "sample_seconds": round(sample_seconds, 2), "epochs": [h["epochs"] for h in getattr(posterior, "history", None) or []],
         "posterior_mean": dict(zip(task.names, samples.mean(0).tolist())),
         "posterior_std": dict(zip(task.names, samples.std(0).tolist())),
         "true_parameters": dict(zip(task.names, np.asarray(truth).tolist())),
     }
+    info = getattr(posterior, "info", None)
+    if info:  # ABC: ε, acceptance, simulations run (and SMC's schedule)
+        summary["abc"] = json.loads(json.dumps(info, default=float))
     reference = None
     if task.reference is not None:
         reference = np.asarray(task.reference_posterior(x_obs, args.samples, key=key_ref))
@@ -71,15 +74,20 @@ def run_inference(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     samples_to_arviz(samples, task.names).to_netcdf(out / "samples.nc")
     plot.corner(samples, names=task.names, reference=reference, truth=np.asarray(truth)).savefig(out / "corner.png", dpi=100)
-    plot.loss_curves(posterior.history[-1]).savefig(out / "loss.png", dpi=100)
+    written = ["samples.nc", "corner.png"]
+    if getattr(posterior, "history", None):
+        plot.loss_curves(posterior.history[-1]).savefig(out / "loss.png", dpi=100)
+        written.append("loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"{args.method} on {args.task}, observation {args.observation}, {args.budget} simulations in {args.rounds} round(s)")
     print(f"  fit {fit_seconds:.1f} s, {args.samples} samples in {sample_seconds:.1f} s")
+    if info:
+        print(f"  ABC: {info['simulations']} simulations, epsilon {info['epsilon']:.4g}" + (f", {len(info['generations']) - 1} generations" if "generations" in info else ""))
     for name in task.names:
         print(f"  {name:>10s} = {summary['posterior_mean'][name]: .3f} ± {summary['posterior_std'][name]:.3f}   (true {summary['true_parameters'][name]: .3f})")
     if "c2st" in summary:
         print(f"  C2ST against the reference posterior: {summary['c2st']:.3f}  (0.5 = indistinguishable)")
-    print(f"  wrote {out}/samples.nc, corner.png, loss.png, summary.json")
+    print(f"  wrote {out}/{', '.join(written)}, summary.json")
     return 0
 
 
