@@ -7,7 +7,7 @@
 IN holds x_obs (d_x,), the prior as either low (d,), high (d,) (box uniform) or loc (d,), scale (d,)
 (independent Gaussians, scale = standard deviation), and marginals, an int array (m, 2) of column
 indices with -1 padding for 1-D rows, e.g. [[0, -1], [1, -1], [0, 1]]. Tasks: two_moons,
-gaussian_linear, slcp, slcp_distractors (simulators re-implemented here in NumPy from TASKS.md).
+gaussian_linear, slcp, slcp_distractors (NumPy simulators from TASKS.md, in _tasks_numpy.py).
 
 The procedure is swyft's own truncation loop (its notebook "0H - Truncation and bounds"): each
 round draws N new simulations from swyft.RectBoundSampler on the current box, trains a fresh
@@ -48,6 +48,8 @@ import torch
 import swyft
 from swyft.networks import OnlineStandardizingLayer
 
+from _tasks_numpy import TASKS, simulator_fn  # this folder: the script's directory is on sys.path
+
 for _name in ("pytorch_lightning", "lightning_fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
@@ -58,60 +60,6 @@ def _channel_linear_einsum(self, x):
     """The same map as swyft's LinearWithChannel.forward, y[..., c, o] = Σ_i W[c, o, i] x[..., c, i] + b[c, o].
     swyft's matmul broadcasts W over the batch (one weight copy per sample): ~90x slower on a CPU."""
     return torch.einsum("coi,...ci->...co", self.weights, x) + self.bias
-
-
-# ---------------------------------------------------------------- simulators (TASKS.md), one θ at a time
-
-
-def two_moons(theta):
-    a = np.random.uniform(-np.pi / 2, np.pi / 2)
-    r = np.random.normal(0.1, 0.01)
-    z0 = (theta[0] + theta[1]) / np.sqrt(2.0)
-    z1 = (theta[1] - theta[0]) / np.sqrt(2.0)
-    return np.array([r * np.cos(a) + 0.25 - abs(z0), r * np.sin(a) + z1])
-
-
-def gaussian_linear(theta):
-    return theta + np.sqrt(0.1) * np.random.standard_normal(theta.shape)
-
-
-def slcp(theta):
-    s1, s2, rho = theta[2] ** 2, theta[3] ** 2, np.tanh(theta[4])
-    cov = np.array([[s1**2 + 1e-6, rho * s1 * s2], [rho * s1 * s2, s2**2 + 1e-6]])
-    chol = np.linalg.cholesky(cov)
-    draws = theta[:2] + np.random.standard_normal((4, 2)) @ chol.T  # 4 iid draws of N(m, Σ)
-    return draws.reshape(-1)  # (x1_1, x1_2, x2_1, ..., x4_2)
-
-
-class _Distractors:
-    """sbibm's 20-component Student-t (df 2) mixture over 92 distractors and the output permutation."""
-
-    def __init__(self, n=92, k=20):
-        rng = np.random.RandomState(42)  # the same stream as np.random.seed(42), in sbibm's order
-        self.means = np.stack([15.0 * rng.normal(size=n) for _ in range(k)])
-        chols = []
-        for _ in range(k):
-            full = rng.normal(size=(n, n))
-            chols.append(3.0 * (np.tril(full) + np.diag(np.exp(rng.normal(size=n)))))
-        self.chols = np.stack(chols)
-        self.permutation = rng.permutation(n + 8)
-        self.n = n
-
-    def __call__(self, theta):
-        k = np.random.randint(len(self.means))
-        c = np.random.chisquare(2.0)
-        d = self.means[k] + self.chols[k] @ np.random.standard_normal(self.n) / np.sqrt(c / 2.0)
-        v = np.concatenate([slcp(theta), d.astype(np.float32)])
-        return v[self.permutation]
-
-
-SIMULATORS = {"two_moons": two_moons, "gaussian_linear": gaussian_linear, "slcp": slcp}
-
-
-def simulator_fn(task):
-    if task == "slcp_distractors":
-        return _Distractors()
-    return SIMULATORS[task]
 
 
 # ---------------------------------------------------------------- swyft pieces
@@ -193,7 +141,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("inp")
     parser.add_argument("out")
-    parser.add_argument("--task", required=True, choices=[*SIMULATORS, "slcp_distractors"])
+    parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-round", type=int, default=1000)
     parser.add_argument("--hidden", type=int, default=64)

@@ -6,8 +6,12 @@ batches: a parent drawn by weight, moved by a Gaussian kernel (the candidate is 
 parent and all, while outside the prior's support, so the proposal is the kernel mixture
 restricted to the support and its normaliser cancels), simulated, kept when within ε_t,
 until N are kept. Weights are w ∝ p(θ) / Σ_j w_j K_j(θ). The kernel around parent j is
-``"olcm"``, Filippi et al.'s (2013) optimal local covariance Σ_j = Σ_i w_i (θ_i − θ_j)(θ_i − θ_j)ᵀ
-over the parents within ε_t, or ``"beaumont"``, twice the population's weighted covariance.
+``"silverman"`` (the default, as pyabc's): the population's weighted covariance times Silverman's
+bandwidth² on its ESS; ``"olcm"``, Filippi et al.'s (2013) optimal local covariance
+Σ_j = Σ_i w_i (θ_i − θ_j)(θ_i − θ_j)ᵀ over the parents within ε_t; or ``"beaumont"``, twice the
+weighted covariance. On two_moons at 100k simulations the Silverman kernel reached ε 0.115 and
+C2ST 0.505 / 0.525 (observations 1, 2) where OLCM reached ε 0.24 / 0.21 and C2ST 0.66 / 0.75:
+its narrower moves are accepted more often, so more generations fit the budget.
 When the ESS falls below ``min_ess`` × N the population is resampled to equal weights.
 It stops at the target ``epsilon``, when a generation's acceptance rate falls below
 ``min_acceptance``, after ``generations``, or when the budget cannot complete a generation
@@ -31,7 +35,7 @@ from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
 from galton.progress import Progress
 
-KERNELS = ("olcm", "beaumont")
+KERNELS = ("olcm", "beaumont", "silverman")
 
 
 def ess(weights: np.ndarray) -> float:
@@ -56,7 +60,11 @@ def kernel_covariances(theta: np.ndarray, weights: np.ndarray, dist: np.ndarray,
         diff = theta[near][None, :, :] - theta[:, None, :]  # (N, n_near, d)
         return np.einsum("k,jki,jkl->jil", w, diff, diff) + jitter
     mean = weights @ theta
-    cov = 2.0 * np.atleast_2d(((theta - mean).T * weights) @ (theta - mean)) / max(1.0 - np.sum(weights**2), 1e-12)
+    cov = np.atleast_2d(((theta - mean).T * weights) @ (theta - mean)) / max(1.0 - np.sum(weights**2), 1e-12)
+    if kind == "silverman":  # pyabc's default: Silverman's bandwidth on the effective sample size
+        cov = cov * (4.0 / (d + 2)) ** (2.0 / (d + 4)) * ess(weights) ** (-2.0 / (d + 4))
+    else:
+        cov = 2.0 * cov
     return np.broadcast_to(cov + jitter, (n, d, d)).copy()
 
 
@@ -85,7 +93,8 @@ class SMCABC(ABCMethod):
     Attributes:
         population: particles per generation; None picks budget // 10 within [50, 1000].
         alpha: ε_t is this quantile of the last generation's distances.
-        kernel: ``"olcm"`` (local covariances) or ``"beaumont"`` (twice the weighted covariance).
+        kernel: ``"silverman"`` (weighted covariance × Silverman's bandwidth²), ``"olcm"`` (local
+            covariances) or ``"beaumont"`` (twice the weighted covariance).
         epsilon: stop once ε_t is at or below this distance.
         generations: stop after this many generations (None: no limit).
         min_acceptance: stop when a generation's acceptance rate falls below this (with a warning).
@@ -95,7 +104,7 @@ class SMCABC(ABCMethod):
 
     population: int | None = None
     alpha: float = 0.5
-    kernel: str = "olcm"
+    kernel: str = "silverman"
     epsilon: float | None = None
     generations: int | None = None
     min_acceptance: float = 0.005
