@@ -6,7 +6,7 @@ from galton._cache import enable_compile_cache
 
 enable_compile_cache()
 
-from galton import methods, nets, posteriors, tasks  # noqa: E402
+from galton import methods, nets, posteriors, summaries, tasks  # noqa: E402
 from galton.infer import infer  # noqa: E402
 from galton.keys import as_key  # noqa: E402
 from galton.methods import *  # noqa: E402,F403  (every registered method class: NPE, NLE, NRE, ...)
@@ -54,6 +54,7 @@ __all__ = [
     "nets",
     "posteriors",
     "simulate",
+    "summaries",
     "tasks",
     *(cls.__name__ for cls in methods.REGISTRY.values()),
     *_LAZY,

@@ -51,6 +51,15 @@ def standardisation(values: np.ndarray, min_scale: float = 1e-6) -> tuple[np.nda
     return shift.astype(np.float32), scale.astype(np.float32)
 
 
+def input_standardisation(embedding, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`standardisation` of an embedding's input, or the identity for an embedding that z-scores
+    its own input (a fitted `galton.summaries.Compressor`)."""
+    if getattr(embedding, "standardises_input", False):
+        shape = np.shape(values)[1:]
+        return np.zeros(shape, np.float32), np.ones(shape, np.float32)
+    return standardisation(values)
+
+
 class ConditionalFlow(eqx.Module):
     """q(y | c) with z-scoring of y and c learned from training data.
 
@@ -123,7 +132,7 @@ def conditional_flow(
     embedding = nets.Identity(c_shape) if embedding is None else embedding
     cond_dim = int(jax.eval_shape(embedding, jnp.zeros(c_shape)).shape[0])
     y_shift, y_scale = standardisation(y)
-    c_shift, c_scale = standardisation(c)
+    c_shift, c_scale = input_standardisation(embedding, c)
     spec = {
         "flow": flow, "transforms": transforms, "hidden": hidden, "bins": bins,
         "y_dim": int(y.shape[1]), "c_shape": [int(s) for s in c_shape], "embedding": embedding.spec,
@@ -166,4 +175,4 @@ def _skeleton(spec_json: str) -> ConditionalFlow:
     )
 
 
-__all__ = ["ConditionalFlow", "conditional_flow", "make_flow", "skeleton", "standardisation", "FLOWS"]
+__all__ = ["ConditionalFlow", "conditional_flow", "input_standardisation", "make_flow", "skeleton", "standardisation", "FLOWS"]

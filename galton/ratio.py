@@ -13,7 +13,7 @@ import numpy as np
 import paramax
 
 from galton import nets
-from galton.flows import standardisation
+from galton.flows import input_standardisation, standardisation
 
 
 class RatioNetwork(eqx.Module):
@@ -76,7 +76,7 @@ def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embeddin
         "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape],
         "hidden": hidden, "depth": depth, "embedding": embedding.spec,
     }
-    return _network(spec, embedding, key, (*standardisation(theta), *standardisation(x)))
+    return _network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
 
@@ -175,7 +175,7 @@ def marginal_ratio_network(
         "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape], "hidden": hidden, "depth": depth,
         "embedding": embedding.spec, "marginals": [list(map(int, m)) for m in marginals],
     }
-    return _marginal_network(spec, embedding, key, (*standardisation(theta), *standardisation(x)))
+    return _marginal_network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
 __all__ = ["MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]

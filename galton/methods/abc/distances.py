@@ -7,6 +7,7 @@ summary dominates by its units. A user distance replaces it and sees the raw sum
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -109,9 +110,12 @@ class Discrepancy:
         return self.of_summaries(self.summaries(x))
 
 
-def discrepancy(x_obs, x_reference, *, summary=None, distance=None) -> Discrepancy:
+def discrepancy(x_obs, x_reference, *, summary=None, distance=None, problem: str = "") -> Discrepancy:
     """Set up distances to ``x_obs`` ``(*x_shape)``, with the MAD scale of ``x_reference`` ``(n, *x_shape)``."""
     x_obs = np.asarray(x_obs)
+    trained_on = getattr(summary, "problem", "")
+    if trained_on and problem and trained_on != problem:
+        warnings.warn(f"the summary (a compressor) was trained on problem {trained_on!r} but summarises {problem!r}", stacklevel=4)
     s_obs = summarise(summary, x_obs[None])[0]
     s_ref = summarise(summary, x_reference)
     if s_ref.shape[1:] != s_obs.shape:

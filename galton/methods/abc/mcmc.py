@@ -91,7 +91,7 @@ class MCMCABC(ABCMethod):
             problem, prior_draws(problem, n_pilot, key_pilot), key=key_pilot, store=store, name="pilot",
             chunk=min(n_pilot, 10_000), on_invalid=self.on_invalid,
         )
-        disc = discrepancy(x_obs, pilot.x, summary=self.summary, distance=self.distance)
+        disc = discrepancy(x_obs, pilot.x, summary=self.summary, distance=self.distance, problem=problem.name)
         d_pilot = disc(pilot.x)
         order = np.argsort(d_pilot, kind="stable")
         eps = float(self.epsilon) if self.epsilon is not None else float(d_pilot[order[max(1, math.ceil(self.quantile * len(order))) - 1]])

@@ -110,7 +110,7 @@ class RejectionABC(ABCMethod):
         sims = simulations if simulations is not None else simulate(
             problem, budget, key=key_sim, store=store, chunk_size=min(self.chunk_size, budget), on_invalid=self.on_invalid, progress=progress
         )
-        disc = discrepancy(x_obs, sims.x, summary=self.summary, distance=self.distance)
+        disc = discrepancy(x_obs, sims.x, summary=self.summary, distance=self.distance, problem=problem.name)
         s = disc.summaries(sims.x)
         d = disc.of_summaries(s)
         rows, eps, warning = self.accept(d)

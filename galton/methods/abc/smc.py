@@ -160,7 +160,7 @@ class SMCABC(ABCMethod):
         sims = simulate_batch(problem, prior_draws(problem, n, key0), key=key0, store=store, name="generation_0", chunk=n, on_invalid=self.on_invalid)
         if len(sims) < n:
             raise ABCError(f"only {len(sims)} of {n} prior simulations of generation 0 were valid")
-        disc = discrepancy(x_obs, sims.x, summary=self.summary, distance=self.distance)
+        disc = discrepancy(x_obs, sims.x, summary=self.summary, distance=self.distance, problem=problem.name)
         theta, dist = sims.theta.astype(np.float64), disc(sims.x)
         weights = np.full(n, 1.0 / n)
         used, eps = n, math.inf
