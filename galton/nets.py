@@ -262,7 +262,37 @@ class DeepSet(eqx.Module):
         return self.rho(pooled)
 
 
-NETS = {cls.__name__: cls for cls in (Identity, MLP, ResNet, CNN1d, CNN2d, DeepSet)}
+class Reshaped(eqx.Module):
+    """A net applied to x reshaped: e.g. a `CNN2d` on a `Program`'s flat x ``(1024,)`` seen as ``(32, 32)``.
+
+    Args:
+        in_shape: the shape x arrives in; net: a net (or its spec) whose ``in_shape`` holds as many values.
+    """
+
+    net: eqx.Module
+    in_shape: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, in_shape, net, *, key: jax.Array | None = None):
+        self.in_shape = _shape(in_shape)
+        self.net = build(net, key=jax.random.key(0) if key is None else key) if isinstance(net, dict) else net
+        inner = tuple(self.net.spec["in_shape"])
+        if math.prod(inner) != math.prod(self.in_shape):
+            raise ValueError(f"Reshaped: x of shape {self.in_shape} cannot be seen as the net's in_shape {inner}")
+
+    @property
+    def out_dim(self) -> int:
+        return self.net.out_dim
+
+    @property
+    def spec(self) -> dict:
+        return {"kind": "Reshaped", "in_shape": list(self.in_shape), "net": self.net.spec}
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_input(x, self.in_shape, "Reshaped")
+        return self.net(x.reshape(self.net.spec["in_shape"]))
+
+
+NETS = {cls.__name__: cls for cls in (Identity, MLP, ResNet, CNN1d, CNN2d, DeepSet, Reshaped)}
 
 
 def build(spec: dict, *, key: jax.Array) -> eqx.Module:
@@ -279,4 +309,4 @@ def build(spec: dict, *, key: jax.Array) -> eqx.Module:
     return NETS[kind](**settings, key=key)
 
 
-__all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "DeepSet", "Identity", "MLP", "NETS", "ResNet", "build"]
+__all__ = ["ACTIVATIONS", "CNN1d", "CNN2d", "DeepSet", "Identity", "MLP", "NETS", "ResNet", "Reshaped", "build"]

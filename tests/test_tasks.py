@@ -295,3 +295,24 @@ def test_galton_board_iid_marginal_and_reference():
     sd = float(jnp.sqrt(jnp.trapezoid((g - mean) ** 2 * density, g)))
     assert abs(draws.mean() - mean) < 4 * sd / np.sqrt(20_000) and abs(draws.std() / sd - 1) < 0.03
     assert draws.min() >= -1 and draws.max() <= 1
+
+
+def test_lognormal_field_has_the_moments_it_is_built_from_and_a_converged_nuts_reference():
+    from galton import simulate
+    from galton.tasks import lognormal_field as lnf
+
+    g = jax.vmap(lambda k: lnf.gaussian_field(jax.random.normal(k, (16, 16)), 2.0))(jax.random.split(jax.random.key(0), 400))
+    assert abs(float(g.var()) - 1.0) < 0.05 and abs(float(g.mean())) < 0.05  # unit variance by construction
+    task = tasks.get("lognormal_field", size=16)
+    sims = simulate(task.problem, 300, key=jax.random.key(1), progress=False)
+    assert sims.x.shape == (300, 256) and task.names == ["sigma", "ell"]
+    # x = exp(σ g − σ²/2) − 1 + noise: per pixel, mean 0 and variance exp(σ²) − 1 + noise²
+    fixed = simulate(task.problem, theta=np.tile([0.6, 3.0], (400, 1)), key=jax.random.key(3), progress=False).x
+    np.testing.assert_allclose(fixed.var(0).mean(), np.exp(0.36) - 1 + 0.2**2, rtol=0.1)
+    assert abs(float(fixed.mean())) < 0.05
+    s = jax.vmap(lnf.power_spectrum)(jnp.asarray(sims.x[:4]))
+    assert s.shape == (4, 8) and bool(jnp.isfinite(s).all())
+    small = tasks.get("lognormal_field", size=8)  # NUTS over 66 dimensions keeps the test short
+    draws, info = lnf.nuts_posterior(small.observation(1), 400, jax.random.key(2), size=8, num_warmup=200, num_chains=2, return_info=True)
+    assert draws.shape == (400, 2) and max(info["r_hat"].values()) < 1.05 and info["divergences"] < 10, info
+    assert bool(task.prior.in_support(draws).all())

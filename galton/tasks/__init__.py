@@ -24,6 +24,7 @@ _REGISTRY = {
     "sir": "sir",
     "lotka_volterra": "lotka_volterra",
     "galton_board": "galton_board",
+    "lognormal_field": "lognormal_field",
 }
 
 
