@@ -159,6 +159,8 @@ def test_bad_input_is_named():
     assert len(post.theta) == 10 and post.info["epsilon"] > 1e-9
     with pytest.warns(UserWarning, match=r"acceptance rate 0\.\d+ fell below min_acceptance=0\.9"):
         run(SMCABC(population=50, min_acceptance=0.9), budget=1000)
+    with pytest.warns(UserWarning, match=r"mcmc_abc: the acceptance rate 0\.0000 after warm-up \(0 moves"):
+        run(MCMCABC(chains=8, epsilon=1e-9), budget=400)
     with pytest.warns(UserWarning, match="epsilon=1e-09 was not reached"):
         run(SMCABC(population=50, epsilon=1e-9), budget=400)
     with pytest.raises(ABCError, match=r"summary must return a vector \(k,\) per x, but returned shape \(1, 1\)"):

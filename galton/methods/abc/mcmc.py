@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -48,6 +49,7 @@ class MCMCABC(ABCMethod):
         epsilon: a fixed acceptance distance.
         warmup: fraction of each chain's steps that adapt Σ and are discarded.
         adapt_every: steps between re-estimates of Σ during warm-up (and between checkpoints).
+        min_acceptance: below this post-warm-up acceptance rate the run warns (with the figure).
         summary, distance, on_invalid: as for `RejectionABC`.
     """
 
@@ -57,6 +59,7 @@ class MCMCABC(ABCMethod):
     epsilon: float | None = None
     warmup: float = 0.5
     adapt_every: int = 50
+    min_acceptance: float = 0.001
     summary: Any = None
     distance: Callable | None = None
     on_invalid: str = "raise"
@@ -140,8 +143,11 @@ class MCMCABC(ABCMethod):
             "method": self.name, "epsilon": eps, "chains": c, "steps": steps, "warmup": n_warm,
             "acceptance_rate": rate, "simulations": int(n_pilot + steps * c), "kernel_cov": cov.tolist(),
         }
-        if rate == 0:
-            raise ABCError(f"no MCMC-ABC move was accepted in {steps - n_warm} steps of {c} chains at epsilon={eps:.4g}; raise quantile or the budget")
+        if rate < self.min_acceptance:
+            warnings.warn(
+                f"mcmc_abc: the acceptance rate {rate:.4f} after warm-up ({moves} moves in {steps - n_warm} steps of {c} chains, "
+                f"epsilon={eps:.4g}) is below min_acceptance={self.min_acceptance}: the draws are mostly the chains' "
+                "starting points; raise quantile or the budget", stacklevel=3)
         return SamplesPosterior(kept, prior.names, x_obs=x_obs, info=info)
 
 
