@@ -92,3 +92,15 @@ def test_bad_input_is_named(vmim, sims):
         summaries.fit(sims, loss="mse", summaries=3, key=jax.random.key(0))
     with pytest.raises(CompressorError, match=r"embedding takes x of shape \(4,\)"):
         summaries.fit(sims, embedding=galton.nets.MLP(4, 8, key=jax.random.key(0)), key=jax.random.key(0))
+
+
+def test_ratio_methods_take_a_compressor_as_their_embedding(vmim, sims):
+    from galton.methods import NRE, TMNRE
+
+    tiny = Training(max_epochs=3, patience=3, batch_size=100)
+    for method in (NRE(hidden=8, depth=1, embedding=vmim.frozen(), training=tiny), TMNRE(hidden=8, depth=1, embedding=vmim, training=tiny)):
+        post = galton.infer(PROBLEM, X_O, key=jax.random.key(7), method=method, budget=1000, simulations=sims[:1000], progress=False)
+        assert np.isfinite(post.history[0]["train_loss"]).all()
+        net = post.network if hasattr(post, "network") else None
+        if net is not None:  # raw x reaches the compressor, which z-scores it itself
+            np.testing.assert_array_equal(np.asarray(paramax.unwrap(net.x_shift)), 0.0)
