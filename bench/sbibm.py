@@ -7,7 +7,7 @@ two_moons, gaussian_linear, gaussian_mixture, slcp), else galton's reference pos
 Sequential methods (snpe, snle, snre) use 10 rounds, as sbibm does. The ABC methods
 (issue 15): rej_abc keeps the nearest 1 % (at least 100 draws, as sbibm's REJ-ABC keeps 100),
 rej_abc_reg adds Beaumont's linear adjustment, mcmc_abc runs 64 chains after a 10 % pilot at its
-1 % quantile, smc_abc has a population of budget / 10 within [50, 1000] and ε at the 0.5
+1 % quantile, smc_abc has a population of budget / 50 within [50, 1000] and ε at the 0.5
 quantile; all use Euclidean distances on MAD-scaled x, and their draws are resampled by weight
 (no kernel smoothing). Prints one line per run and a table of mean C2ST next to the published
 sbibm figure where one is quoted. ``--c2st-samples`` scores fewer draws against as many

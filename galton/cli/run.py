@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 
 import jax
 
@@ -48,8 +49,13 @@ def run_inference(args) -> int:
     if args.max_epochs is not None and hasattr(method, "training"):
         method = dataclasses.replace(method, training=dataclasses.replace(method.training, max_epochs=args.max_epochs))
     start = time.perf_counter()
-    posterior = infer(task.problem, x_obs, key=key_fit, method=method, budget=args.budget, rounds=args.rounds)
+    with warnings.catch_warnings(record=True) as caught:  # printed as notes below, and kept in summary.json
+        warnings.simplefilter("always")
+        posterior = infer(task.problem, x_obs, key=key_fit, method=method, budget=args.budget, rounds=args.rounds)
     fit_seconds = time.perf_counter() - start
+    notes = list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)))
+    for note in notes:
+        print(f"  warning: {note}")
     if getattr(posterior, "marginals", None) is not None:  # TMNRE: marginals, not a joint
         return _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref)
     start = time.perf_counter()
@@ -63,6 +69,8 @@ def run_inference(args) -> int:
         "posterior_std": dict(zip(task.names, samples.std(0).tolist())),
         "true_parameters": dict(zip(task.names, np.asarray(truth).tolist())),
     }
+    if notes:
+        summary["warnings"] = notes
     info = getattr(posterior, "info", None)
     if info:  # ABC: ε, acceptance, simulations run (and SMC's schedule)
         summary["abc"] = json.loads(json.dumps(info, default=float))

@@ -91,7 +91,8 @@ class SMCABC(ABCMethod):
     """Settings of SMC-ABC.
 
     Attributes:
-        population: particles per generation; None picks budget // 10 within [50, 1000].
+        population: particles per generation; None picks budget // 50 within [50, 1000] (on two_moons at
+            10k simulations a population of 1,000 left too few generations: C2ST 0.95, against 0.64 with 200).
         alpha: ε_t is this quantile of the last generation's distances.
         kernel: ``"silverman"`` (weighted covariance × Silverman's bandwidth²), ``"olcm"`` (local
             covariances) or ``"beaumont"`` (twice the weighted covariance).
@@ -154,7 +155,7 @@ class SMCABC(ABCMethod):
         if simulations is not None:
             raise ABCError("smc_abc draws its own generations; simulations= cannot be used with it")
         prior = problem.prior
-        n = int(self.population) if self.population is not None else int(np.clip(budget // 10, 50, 1000))
+        n = int(self.population) if self.population is not None else int(np.clip(budget // 50, 50, 1000))
         check_budget(budget, 2 * n, f"generation 0 and one more of population {n}")
         key0, key = jax.random.split(key)
         sims = simulate_batch(problem, prior_draws(problem, n, key0), key=key0, store=store, name="generation_0", chunk=n, on_invalid=self.on_invalid)
