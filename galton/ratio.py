@@ -57,7 +57,8 @@ def _standardisers(spec: dict, stats) -> list[paramax.NonTrainable]:
 def _network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> RatioNetwork:
     x_shape = tuple(spec["x_shape"])
     e_dim = int(jax.eval_shape(embedding, jnp.zeros(x_shape)).shape[0])
-    head = eqx.nn.MLP(spec["theta_dim"] + e_dim, "scalar", spec["hidden"], spec["depth"], activation=jax.nn.relu, key=key)
+    activation = nets._activation(spec.get("activation", "relu"))  # specs saved before the option are relu
+    head = eqx.nn.MLP(spec["theta_dim"] + e_dim, "scalar", spec["hidden"], spec["depth"], activation=activation, key=key)
     frozen = _standardisers(spec, stats)
     return RatioNetwork(embedding, head, *frozen, json.dumps(spec))
 
@@ -68,14 +69,20 @@ def skeleton(spec: dict) -> RatioNetwork:
     return _network(spec, nets.build(spec["embedding"], key=key), key)
 
 
-def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embedding: eqx.Module | None = None) -> RatioNetwork:
-    """An untrained `RatioNetwork` for θ ``(n, d)`` and x ``(n, *x_shape)``, z-scored on them."""
+def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embedding: eqx.Module | None = None,
+                  activation: str = "relu") -> RatioNetwork:
+    """An untrained `RatioNetwork` for θ ``(n, d)`` and x ``(n, *x_shape)``, z-scored on them.
+
+    ``activation``: the head's (a `galton.nets` name); losses on ∇θ d want a smooth one such as ``"tanh"``.
+    """
     x_shape = x.shape[1:]
     embedding = nets.Identity(x_shape) if embedding is None else embedding
     spec = {
         "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape],
         "hidden": hidden, "depth": depth, "embedding": embedding.spec,
     }
+    if activation != "relu":
+        spec["activation"] = activation
     return _network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 

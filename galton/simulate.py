@@ -20,6 +20,7 @@ import loky
 import numpy as np
 
 from galton import _worker
+from galton import augment as _augment
 from galton.keys import as_key
 from galton.progress import Progress
 from galton.problem import ProblemError, Program, Simulator, check_theta
@@ -37,14 +38,21 @@ def _format_theta(names, row) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _batched(problem, keep_latents: bool):
+def _batched(problem, keep_latents: bool, augment: tuple = (), theta_ref: tuple | None = None):
     """A jitted, vmapped ``(keys (m,), θ (m, d)) -> (x (m, ...), extras)`` for a JAX problem."""
 
     def one(key, theta):
-        if keep_latents:
-            z, x = problem.sample_joint(key, theta)
-            return x, {"z": problem.latents.flatten(z)}
-        return problem.simulate_flat(key, theta), {}
+        if not (keep_latents or augment):
+            return problem.simulate_flat(key, theta), {}
+        z, x = problem.sample_joint(key, theta)
+        z_flat = problem.latents.flatten(z) if problem.latents.dim else jnp.zeros(0)
+        extras = {"z": z_flat} if keep_latents else {}
+        log_joint = lambda t: _augment._log_joint_flat(problem, x, z_flat, t)  # noqa: E731
+        if "score" in augment:
+            extras["score"] = jax.grad(log_joint)(theta)
+        if "ratio" in augment:
+            extras["log_ratio"] = log_joint(theta) - log_joint(jnp.asarray(theta_ref, theta.dtype))
+        return x, extras
 
     return jax.jit(jax.vmap(one))
 
@@ -93,20 +101,46 @@ def _run_python(problem: Simulator, keys: jax.Array, theta: np.ndarray, executor
     return np.stack(results), {}
 
 
-def _check_finite(x: np.ndarray, theta: np.ndarray, names, policy: str, offset: int) -> np.ndarray:
+def _check_finite(x: np.ndarray, theta: np.ndarray, names, policy: str, offset: int, what: str = "x") -> np.ndarray:
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if np.issubdtype(x.dtype, np.inexact) else np.ones(len(x), bool)
     if policy == "raise" and not finite.all():
         bad = np.flatnonzero(~finite)
         raise SimulationError(
-            f"{bad.size} of {len(x)} simulations in this chunk returned NaN or inf, first simulation "
+            f"{bad.size} of {len(x)} simulations in this chunk returned NaN or inf {what}, first simulation "
             f"{offset + int(bad[0])} with {_format_theta(names, theta[bad[0]])}; "
             "pass on_invalid='drop' to discard such simulations or 'keep' to keep them"
         )
     return finite if policy == "drop" else np.ones(len(x), bool)
 
 
-def _settings(problem, n, key, theta, proposal, chunk_size, keep_latents, on_invalid) -> dict[str, Any]:
+def _check_augment(problem, augment, theta_ref) -> tuple[tuple[str, ...], list | None]:
+    """Validated ``augment`` names (sorted) and θ_ref as a list (hashable for the compiled simulator, JSON for the store)."""
+    augment = (augment,) if isinstance(augment, str) else tuple(augment or ())
+    unknown = sorted(set(augment) - set(_augment.AUGMENTS))
+    if unknown:
+        raise ValueError(f"augment may hold {list(_augment.AUGMENTS)}, got {unknown}")
+    if not augment:
+        if theta_ref is not None:
+            raise ValueError("theta_ref goes with augment=('ratio',)")
+        return (), None
+    if not isinstance(problem, Program):
+        raise ProblemError("augment needs a Program: a black-box Simulator has no joint density to differentiate")
+    _augment.check_scorable(problem)
+    if "ratio" in augment:
+        if theta_ref is None:
+            raise ValueError("augment=('ratio',) needs theta_ref, the (d,) parameters the joint ratio is taken against")
+        ref = np.asarray(problem.prior.flatten(theta_ref) if isinstance(theta_ref, dict) else theta_ref, np.float64).reshape(-1)
+        check_theta(problem.prior, ref[None], what="theta_ref")
+        theta_ref = [float(v) for v in ref]
+    elif theta_ref is not None:
+        raise ValueError("theta_ref goes with augment=('ratio',); the score needs none")
+    return tuple(sorted(augment)), theta_ref
+
+
+def _settings(problem, n, key, theta, proposal, chunk_size, keep_latents, on_invalid, augment=(), theta_ref=None) -> dict[str, Any]:
+    extra = {"augment": list(augment), "theta_ref": theta_ref} if augment else {}  # stores written before augment stay valid
     return {
+        **extra,
         "version": 1,
         "problem": f"{type(problem).__name__}:{problem.name}",
         "prior": fingerprint_of(problem.prior.distributions),
@@ -133,6 +167,8 @@ def simulate(
     chunk_size: int = 1000,
     on_invalid: str = "raise",
     keep_latents: bool = False,
+    augment: tuple[str, ...] | str = (),
+    theta_ref=None,
     progress: bool = True,
 ) -> Simulations:
     """Simulate ``n`` pairs (θ, x).
@@ -154,6 +190,11 @@ def simulate(
         on_invalid: what to do with x containing NaN or inf: ``"raise"``, ``"drop"`` (with a
             warning giving the count) or ``"keep"``.
         keep_latents: for a `Program`, also return the latents z in ``extras["z"]`` ``(n, d_z)``.
+        augment: for a `Program`, joint quantities to compute from each simulation's (x, z) at its
+            θ ("mining gold", `galton.augment`): ``"score"`` gives ``extras["score"]`` ``(n, d)``,
+            t(x, z|θ) = ∇θ log p(x, z|θ); ``"ratio"`` gives ``extras["log_ratio"]`` ``(n,)``,
+            log p(x, z|θ) − log p(x, z|θ_ref).
+        theta_ref: ``(d,)`` reference parameters for ``"ratio"``, inside the prior's support.
         progress: show a progress bar.
 
     Returns:
@@ -166,6 +207,7 @@ def simulate(
         raise ValueError(f"on_invalid must be one of {POLICIES}, got {on_invalid!r}")
     if keep_latents and not isinstance(problem, Program):
         raise ProblemError("keep_latents needs a Program: a black-box Simulator has no latents to return")
+    augment, theta_ref = _check_augment(problem, augment, theta_ref)
     if theta is not None:
         if proposal is not None:
             raise ValueError("give either theta or proposal, not both")
@@ -183,7 +225,7 @@ def simulate(
 
     disk = None
     if store is not None:
-        settings = _settings(problem, n, key, theta, proposal, chunk_size, keep_latents, on_invalid)
+        settings = _settings(problem, n, key, theta, proposal, chunk_size, keep_latents, on_invalid, augment, theta_ref)
         disk = SimulationStore.open_or_create(store, settings)
     done = disk.done_chunks() if disk is not None else np.zeros(n_chunks, bool)
 
@@ -204,7 +246,7 @@ def simulate(
                 # pad the last chunk to the full size so the jitted simulator compiles once
                 th = theta[np.minimum(np.arange(start, start + chunk_size), n - 1)]
             if problem.backend == "jax":
-                x, extras = _batched(problem, keep_latents)(keys, jnp.asarray(th))
+                x, extras = _batched(problem, keep_latents, augment, None if theta_ref is None else tuple(theta_ref))(keys, jnp.asarray(th))
                 x, extras = np.asarray(x), {k: np.asarray(v) for k, v in extras.items()}
                 rows = stop - start
                 th, x, extras = th[:rows], x[:rows], {k: v[:rows] for k, v in extras.items()}
@@ -212,6 +254,9 @@ def simulate(
                 th = th[: stop - start]
                 x, extras = _run_python(problem, keys[: stop - start], th, pool, start)
             valid = _check_finite(x, th, problem.names, on_invalid, start)
+            for name in ("score", "log_ratio"):
+                if name in extras:
+                    valid &= _check_finite(extras[name], th, problem.names, on_invalid, start, what=f"joint {name.replace('_', ' ')}s")
             if disk is not None:
                 disk.write_chunk(int(i), {"theta": th, "x": x, "valid": valid, **{f"extra_{k}": v for k, v in extras.items()}})
             else:

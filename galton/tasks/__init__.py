@@ -25,6 +25,7 @@ _REGISTRY = {
     "lotka_volterra": "lotka_volterra",
     "galton_board": "galton_board",
     "lognormal_field": "lognormal_field",
+    "state_space": "state_space",
 }
 
 

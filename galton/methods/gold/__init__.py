@@ -1,0 +1,12 @@
+"""Mining gold: estimators trained on the joint likelihood ratio and joint score of a Program.
+
+- `pairs.py`: `pair_simulations`, the (θ0, θ1, x, y, log r, t0, t1) rows the ratio estimators train on.
+- `ratios.py`: CARL, ROLR, ALICE and their score-augmented forms CASCAL, RASCAL, ALICES.
+- `scored.py`: SCANDAL (likelihood flow + score) and score-augmented NPE.
+"""
+
+from galton.methods.gold.pairs import pair_simulations
+from galton.methods.gold.ratios import ALICE, ALICES, CARL, CASCAL, RASCAL, ROLR, ParameterizedRatio, log_ratio
+from galton.methods.gold.scored import SCANDAL, ScoreNPE
+
+__all__ = ["pair_simulations", "ParameterizedRatio", "CARL", "ROLR", "ALICE", "CASCAL", "RASCAL", "ALICES", "SCANDAL", "ScoreNPE", "log_ratio"]

@@ -1,0 +1,201 @@
+"""Parameterized likelihood-ratio estimators trained on the joint ratio and score (Brehmer,
+Louppe, Pavez, Cranmer 2020; the losses as madminer defines them).
+
+One network f(θ, x) (a `galton.ratio.RatioNetwork`) gives log r̂(x|θ0, θ1) = f(θ0, x) − f(θ1, x),
+so r̂(x|θ, θ) = 1 by construction, r̂ is consistent between any pair of θ, and f itself is
+log p(x|θ) up to a function of x: the posterior is exp f(θ, x_o) · p(θ). With d = log r̂,
+ŝ = σ(−d) the classifier's "x came from θ1" and, on rows (θ0, θ1, x, y, log r, t0, t1)
+from `pair_simulations` (y = 1 when x ~ p(x|θ1)):
+
+    CARL   (Cranmer et al. 2015):  L = −[y log ŝ + (1 − y) log(1 − ŝ)]
+    ROLR:                          L = y (r̂ − r)² + (1 − y)(1/r̂ − 1/r)²
+    ALICE  (Stoye et al. 2018):    L = −[s log ŝ + (1 − s) log(1 − ŝ)],  s = 1 / (1 + r)
+    CASCAL, RASCAL, ALICES:        the above + α [(1 − y) |∇θ0 f(θ0, x) − t0|² + y |∇θ1 f(θ1, x) − t1|²]
+
+r and t are the joint ratio and score. E[r(x, z|θ0, θ1) | x] is the true ratio when z ~ p(z|x, θ1)
+(so ROLR regresses r on rows drawn at θ1 and 1/r on rows drawn at θ0), E[t(x, z|θ) | x] the true
+score when z ~ p(z|x, θ), and 1/(1 + r) averages to the true ŝ over both classes; each loss is minimised by the true ratio (and score), so these estimators need no access
+to p(x|θ). The score term ties f's gradient to the true score at the θ each x was drawn at,
+which is where the sample efficiency comes from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from galton.methods.base import NeuralMethod, bind, register
+from galton.methods.gold.pairs import COLUMNS, pair_simulations
+from galton.posteriors import DensityPosterior
+from galton.problem import ProblemError, Program, Prior
+from galton.ratio import RatioNetwork, ratio_network
+from galton.sampling import MCMC_DEFAULTS
+from galton.store import Simulations
+from galton.train import Training, train
+
+LOG_CLIP = 30.0  # exp(±30) keeps ROLR's squared ratios finite in float32
+
+
+def log_ratio(model: RatioNetwork, x: jax.Array, theta0: jax.Array, theta1: jax.Array) -> jax.Array:
+    """log r̂(x|θ0, θ1) = f(θ0, x) − f(θ1, x) for x ``(*batch, *x_shape)``, θ ``(*batch, d)`` (broadcast) -> ``(*batch,)``."""
+    return model.log_ratio(theta0, x) - model.log_ratio(theta1, x)
+
+
+def _values_and_scores(model: RatioNetwork, theta, x):
+    """f(θ, x) ``(b,)`` and ∇θ f(θ, x) ``(b, d)`` row by row."""
+    return jax.vmap(jax.value_and_grad(lambda t, xx: model.log_ratio(t, xx)))(theta, x)
+
+
+def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float) -> jax.Array:
+    theta0, theta1, x, y, log_r, t0, t1 = batch
+    f0, g0 = _values_and_scores(model, theta0, x)
+    f1, g1 = _values_and_scores(model, theta1, x)
+    d = f0 - f1
+    if base == "carl":
+        loss = -(y * jax.nn.log_sigmoid(-d) + (1 - y) * jax.nn.log_sigmoid(d))
+    elif base == "alice":
+        s = jax.nn.sigmoid(-log_r)
+        loss = -(s * jax.nn.log_sigmoid(-d) + (1 - s) * jax.nn.log_sigmoid(d))
+    else:  # rolr
+        d, log_r = jnp.clip(d, -LOG_CLIP, LOG_CLIP), jnp.clip(log_r, -LOG_CLIP, LOG_CLIP)
+        loss = y * (jnp.exp(d) - jnp.exp(log_r)) ** 2 + (1 - y) * (jnp.exp(-d) - jnp.exp(-log_r)) ** 2
+    if alpha:
+        score = (1 - y) * ((g0 - t0) ** 2).sum(-1) + y * ((g1 - t1) ** 2).sum(-1)
+        loss = loss + alpha * score
+    return loss.mean()
+
+
+@dataclass(frozen=True)
+class ParameterizedRatio(NeuralMethod):
+    """Settings shared by CARL, ROLR, CASCAL, RASCAL, ALICE and ALICES.
+
+    Attributes:
+        alpha: weight of the score term (0 for CARL, ROLR and ALICE, which use no score).
+        theta_ref: ``(d,)`` a fixed θ1 (madminer's parameterized estimators), or None to draw
+            θ1 from the prior too (doubly parameterized: every pair of θ is trained).
+        hidden, depth, activation: the MLP of f(θ, x) (smooth by default: the score terms
+            differentiate it in θ); embedding: a `galton.nets` module for x.
+        training: `Training`; sampler: settings for `galton.sampling.mcmc`.
+    """
+
+    base: ClassVar[str] = "carl"
+    uses_score: ClassVar[bool] = False
+    iid: ClassVar[bool] = True
+    alpha: float = 0.0
+    theta_ref: tuple | None = None
+    hidden: int = 64
+    depth: int = 2
+    activation: str = "tanh"
+    embedding: eqx.Module | None = None
+    training: Training = field(default_factory=Training)
+    sampler: tuple = MCMC_DEFAULTS
+
+    def __post_init__(self):
+        if self.uses_score and not self.alpha > 0:
+            raise ValueError(f"{type(self).__name__} weights its score term by alpha > 0, got {self.alpha}")
+        if not self.uses_score and self.alpha:
+            raise ValueError(f"{type(self).__name__} uses no score; its score-augmented form is {_AUGMENTED[self.base]}")
+        if self.theta_ref is not None:
+            object.__setattr__(self, "theta_ref", tuple(float(v) for v in np.ravel(self.theta_ref)))
+
+    def loss(self, prior: Prior, sequential: bool):
+        return bind(gold_loss, base=self.base, alpha=float(self.alpha))
+
+    def network(self, theta, x, key) -> RatioNetwork:
+        return ratio_network(theta, x, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding, activation=self.activation)
+
+    def arrays(self, sims: Simulations) -> tuple[np.ndarray, ...]:
+        missing = [c for c in COLUMNS if c not in sims.extras]
+        if missing:
+            raise ProblemError(
+                f"{type(self).__name__} trains on pairs with their joint ratio and scores; these simulations lack "
+                f"{missing}: make them with galton.methods.gold.pair_simulations (or let galton.infer simulate)"
+            )
+        e = sims.extras
+        return (sims.theta, e["theta1"], sims.x, e["y"], e["log_ratio"], e["score0"], e["score1"])
+
+    def fit(self, sims: Simulations, prior: Prior, *, key: jax.Array, sequential: bool = False,
+            init: eqx.Module | None = None, progress: bool = True) -> tuple[RatioNetwork, dict]:
+        """Train f on pair simulations (see `pair_simulations`); returns the network and its history."""
+        key_init, key_train = jax.random.split(key)
+        arrays = self.arrays(sims)
+        model = init if init is not None else self.network(np.concatenate([arrays[0], arrays[1]]), np.concatenate([sims.x, sims.x]), key_init)
+        names = ["theta0", "theta1", "x", "y", "log_ratio", "score0", "score1"]
+        return train(model, self.loss(prior, sequential), arrays, key=key_train, settings=self.training, names=names, progress=progress)
+
+    def posterior(self, network, prior: Prior, history: list[dict]) -> DensityPosterior:
+        return DensityPosterior(network, prior, history=history, term="ratio", sampler=self.sampler)
+
+    def run(self, problem, x_obs, *, key, budget, rounds, simulations=None, store=None, progress=True):
+        """`galton.infer`'s path: simulate ``budget`` pairs, train, condition on ``x_obs``."""
+        if not isinstance(problem, Program):
+            raise ProblemError(f"method {self.name!r} mines the joint density of a Program; {problem.name} is a black-box Simulator")
+        if rounds != 1:
+            raise ValueError(f"method {self.name!r} is amortized: rounds must be 1, got {rounds}")
+        key_sim, key_fit = jax.random.split(key)
+        sims = simulations if simulations is not None else pair_simulations(
+            problem, budget, key=key_sim, theta_ref=self.theta_ref, store=store, progress=progress)
+        model, history = self.fit(sims, problem.prior, key=key_fit, progress=progress)
+        return self.posterior(model, problem.prior, [history]).condition(x_obs)
+
+
+_AUGMENTED = {"carl": "CASCAL", "rolr": "RASCAL", "alice": "ALICES"}
+
+
+@register("carl")
+@dataclass(frozen=True)
+class CARL(ParameterizedRatio):
+    """Calibrated classifier: cross-entropy of "x came from θ1", no gold used."""
+
+    base: ClassVar[str] = "carl"
+
+
+@register("rolr")
+@dataclass(frozen=True)
+class ROLR(ParameterizedRatio):
+    """Regression of the likelihood ratio on the joint ratio."""
+
+    base: ClassVar[str] = "rolr"
+
+
+@register("alice")
+@dataclass(frozen=True)
+class ALICE(ParameterizedRatio):
+    """Cross-entropy against the joint ratio's soft labels 1 / (1 + r)."""
+
+    base: ClassVar[str] = "alice"
+
+
+@register("cascal")
+@dataclass(frozen=True)
+class CASCAL(ParameterizedRatio):
+    """CARL + α · joint-score regression."""
+
+    base: ClassVar[str] = "carl"
+    uses_score: ClassVar[bool] = True
+    alpha: float = 1.0
+
+
+@register("rascal")
+@dataclass(frozen=True)
+class RASCAL(ParameterizedRatio):
+    """ROLR + α · joint-score regression."""
+
+    base: ClassVar[str] = "rolr"
+    uses_score: ClassVar[bool] = True
+    alpha: float = 1.0
+
+
+@register("alices")
+@dataclass(frozen=True)
+class ALICES(ParameterizedRatio):
+    """ALICE + α · joint-score regression."""
+
+    base: ClassVar[str] = "alice"
+    uses_score: ClassVar[bool] = True
+    alpha: float = 1.0

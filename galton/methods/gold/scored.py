@@ -1,0 +1,113 @@
+"""Density estimators whose loss adds the joint score: SCANDAL (a likelihood flow, Brehmer et
+al. 2020) and score-augmented NPE (a posterior flow, as in the Zeghal et al. seed).
+
+On simulations (θ, x, t) with t = t(x, z|θ) the joint score (`simulate(..., augment="score")`):
+
+    SCANDAL:              L = −log q(x|θ) + α |∇θ log q(x|θ) − t|²
+    score-augmented NPE:  L = −log q(θ|x) + α |∇θ log q(θ|x) − (t + ∇θ log p(θ))|²
+
+Both minimisers are the true density: E[t | x, θ] = ∇θ log p(x|θ), and the posterior's score is
+the likelihood's plus the prior's. The flows are neural splines (rational-quadratic, C¹), so
+∇θ log q is continuous and the score term is well posed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from galton.methods.base import bind, register
+from galton.methods.nle import NLE
+from galton.methods.npe import NPE
+from galton.problem import ProblemError, Program, Prior
+from galton.simulate import simulate
+from galton.store import Simulations
+from galton.train import train
+
+
+def scandal_loss(model, batch, key, *, alpha: float) -> jax.Array:
+    theta, x, t = batch
+    lp, g = jax.vmap(jax.value_and_grad(lambda th, xx: model.log_prob(xx, th)))(theta, x)
+    return -lp.mean() + alpha * ((g - t) ** 2).sum(-1).mean()
+
+
+def score_npe_loss(model, batch, key, *, alpha: float, prior: Prior) -> jax.Array:
+    theta, x, t = batch
+    lp, g = jax.vmap(jax.value_and_grad(lambda th, xx: model.log_prob(th, xx)))(theta, x)
+    prior_score = jax.vmap(jax.grad(prior.log_prob))(theta)
+    return -lp.mean() + alpha * ((g - t - prior_score) ** 2).sum(-1).mean()
+
+
+class _Scored:
+    """Training on (θ, x, t) and `galton.infer`'s path for a score-trained flow."""
+
+    def _scored_arrays(self, sims: Simulations):
+        if "score" not in sims.extras:
+            raise ProblemError(
+                f"{type(self).__name__} trains on the joint score; these simulations have none: "
+                "simulate them with galton.simulate(program, n, key=..., augment='score')"
+            )
+        theta, x = self.arrays(sims)
+        return theta, x, sims.extras["score"]
+
+    def fit(self, sims: Simulations, prior: Prior, *, key: jax.Array, sequential: bool = False,
+            init: eqx.Module | None = None, progress: bool = True):
+        """Train on simulations with a joint score; returns the flow and its history."""
+        if sequential:
+            raise ValueError(f"{type(self).__name__} is amortized: its score term needs θ from the prior")
+        key_init, key_train = jax.random.split(key)
+        theta, x, t = self._scored_arrays(sims)
+        model = init if init is not None else self.network(theta, x, key_init)
+        return train(model, self.loss(prior, False), (theta, x, t), key=key_train, settings=self.training,
+                     names=["theta", "x", "score"], progress=progress)
+
+    def run(self, problem, x_obs, *, key, budget, rounds, simulations=None, store=None, progress=True):
+        """`galton.infer`'s path: ``budget`` simulations with their joint score, one fit."""
+        if not isinstance(problem, Program):
+            raise ProblemError(f"method {self.name!r} uses the joint score of a Program; {problem.name} is a black-box Simulator")
+        if rounds != 1:
+            raise ValueError(f"method {self.name!r} is amortized: rounds must be 1, got {rounds}")
+        key_sim, key_fit = jax.random.split(key)
+        sims = simulations if simulations is not None else simulate(problem, budget, key=key_sim, augment="score", store=store, progress=progress)
+        model, history = self.fit(sims, problem.prior, key=key_fit, progress=progress)
+        return self.posterior(model, problem.prior, [history]).condition(x_obs)
+
+
+@register("scandal")
+@dataclass(frozen=True)
+class SCANDAL(_Scored, NLE):
+    """NLE with the joint score (NLE's settings, and ``alpha`` the score weight).
+
+    ``dequantize`` adds U(0, 1) noise to integer-valued x (counts, Galton-board slots) so a flow
+    can model it: p(x + u|θ) = p(x|θ) on each unit cell, so the score is unchanged.
+    """
+
+    flow: str = "nsf"
+    alpha: float = 1.0
+    dequantize: bool = False
+
+    def arrays(self, sims: Simulations):
+        theta, x = super().arrays(sims)
+        if self.dequantize:
+            noise = np.random.default_rng(0).uniform(size=x.shape).astype(x.dtype)
+            x = x + noise
+        return theta, x
+
+    def loss(self, prior: Prior, sequential: bool):
+        return bind(scandal_loss, alpha=float(self.alpha))
+
+
+@register("score_npe")
+@dataclass(frozen=True)
+class ScoreNPE(_Scored, NPE):
+    """NPE with the joint score (NPE's settings, and ``alpha`` the score weight)."""
+
+    alpha: float = 1.0
+    iid: ClassVar[bool] = False
+
+    def loss(self, prior: Prior, sequential: bool):
+        return bind(score_npe_loss, alpha=float(self.alpha), prior=prior)
