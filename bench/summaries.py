@@ -3,6 +3,7 @@ gives summaries from which NPE recovers the full-field posterior (NUTS over θ a
 
     python bench/summaries.py [--observations 1 2] [--train 5000] [--budget 2000]
                               [--epochs 30] [--smc-budget 100000] [--reference 2000]
+                              [--patience 5] [--channels 4 8 16]
 
 For each loss (mse, mae, gnll, vmim, nass) a compressor, a CNN on the 32×32 field (three
 conv stages of 4, 8, 16 channels, 64 features, then the loss's head; 8, 16, 32 channels took
@@ -38,8 +39,8 @@ from galton.train import Training
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "cache"
 
 
-def cnn(key):
-    return nets.Reshaped((1024,), nets.CNN2d((32, 32), 64, channels=(4, 8, 16), key=key))
+def cnn(key, channels=(4, 8, 16)):
+    return nets.Reshaped((1024,), nets.CNN2d((32, 32), 64, channels=tuple(channels), key=key))
 
 
 def reference(task, k: int, n: int) -> tuple[np.ndarray, dict]:
@@ -63,10 +64,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--smc-budget", type=int, default=100_000)
     parser.add_argument("--reference", type=int, default=2000)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--channels", type=int, nargs=3, default=[4, 8, 16], help="the CNN's three conv stages")
     args = parser.parse_args()
     task = galton.tasks.get("lognormal_field")
     problem = task.problem
-    training = Training(learning_rate=1e-3, batch_size=128, patience=5, max_epochs=args.epochs)
+    training = Training(learning_rate=1e-3, batch_size=128, patience=args.patience, max_epochs=args.epochs)
     train_sims = galton.simulate(problem, args.train, key=jax.random.key(0), progress=False)
     npe_sims = galton.simulate(problem, args.budget, key=jax.random.key(1), progress=False)
     n = args.reference
@@ -74,14 +77,14 @@ def main():
     compressors = {}
     for loss in summaries.LOSSES:
         start = time.perf_counter()
-        compressors[loss] = summaries.fit(train_sims, loss=loss, embedding=cnn(jax.random.key(2)), key=jax.random.key(3),
+        compressors[loss] = summaries.fit(train_sims, loss=loss, embedding=cnn(jax.random.key(2), args.channels), key=jax.random.key(3),
                                           training=training, problem=problem.name, progress=False)
         h = compressors[loss].history
         print(f"compressor {loss:5s}: {h['epochs']} epochs, best validation loss {min(h['validation_loss']):.4f}, {time.perf_counter() - start:.0f} s", flush=True)
     methods = {f"npe on {loss} summaries": (NPE(embedding=c.frozen()), npe_sims) for loss, c in compressors.items()}
-    methods[f"npe on the raw field (CNN), {args.budget}"] = (NPE(embedding=cnn(jax.random.key(2))), npe_sims)
+    methods[f"npe on the raw field (CNN), {args.budget}"] = (NPE(embedding=cnn(jax.random.key(2), args.channels)), npe_sims)
     both = galton.Simulations.concatenate([train_sims, npe_sims])
-    methods[f"npe on the raw field (CNN), {len(both)}"] = (NPE(embedding=cnn(jax.random.key(2))), both)
+    methods[f"npe on the raw field (CNN), {len(both)}"] = (NPE(embedding=cnn(jax.random.key(2), args.channels)), both)
     posteriors = {}
     for label, (method, sims) in methods.items():  # amortized: fitted once, conditioned on each observation
         start = time.perf_counter()

@@ -6,7 +6,8 @@ from galton._cache import enable_compile_cache
 
 enable_compile_cache()
 
-from galton import methods, nets, posteriors, summaries, tasks  # noqa: E402
+from galton import augment, fisher, methods, nets, posteriors, summaries, tasks  # noqa: E402
+from galton.fisher import fisher_information  # noqa: E402
 from galton.infer import infer  # noqa: E402
 from galton.keys import as_key  # noqa: E402
 from galton.methods import *  # noqa: E402,F403  (every registered method class: NPE, NLE, NRE, ...)
@@ -47,6 +48,7 @@ __all__ = [
     "TrainingError",
     "as_key",
     "check_theta",
+    "fisher_information",
     "infer",
     "load_simulations",
     "methods",

@@ -31,7 +31,7 @@ from galton.flows import conditional_flow, standardisation
 from galton.store import Simulations
 from galton.train import Training, train
 
-LOSSES = ("mse", "mae", "gnll", "vmim", "nass")
+LOSSES = ("mse", "mae", "gnll", "vmim", "nass", "sally")
 
 
 class CompressorError(ValueError):
@@ -203,7 +203,7 @@ def _nass(model: _Trainable, batch, key):
     return (jax.nn.softplus(-joint) + jax.nn.softplus(marginal)).mean()
 
 
-_LOSS_FUNCTIONS = {"mse": _mse, "mae": _mae, "gnll": _gnll, "vmim": _vmim, "nass": _nass}
+_LOSS_FUNCTIONS = {"sally": _mse, "mse": _mse, "mae": _mae, "gnll": _gnll, "vmim": _vmim, "nass": _nass}
 
 
 def fit(
@@ -221,7 +221,11 @@ def fit(
 
     Args:
         key: a ``jax.random`` key.
-        loss: one of ``"mse"``, ``"mae"``, ``"gnll"``, ``"vmim"``, ``"nass"``.
+        loss: one of ``"mse"``, ``"mae"``, ``"gnll"``, ``"vmim"``, ``"nass"``, or ``"sally"``: regress the
+            joint score t(x, z|θ) of simulations made with ``augment="score"`` (SALLY, Brehmer et
+            al. 2020); drawn at one θ_ref, the summaries are then the estimated score
+            ∇θ log p(x|θ_ref), in the score's own units: locally sufficient statistics, and
+            their covariance is the Fisher information (`galton.fisher.fisher_information`).
         embedding: an untrained `galton.nets` module for one x; an MLP (64 wide, 2 layers, 64 out) if None.
         summaries: how many summaries; θ's dimension by default (and always for mse, mae, gnll).
         training: the `Training` settings.
@@ -235,9 +239,13 @@ def fit(
     if not isinstance(simulations, Simulations):
         raise CompressorError(f"simulations must be galton Simulations, got {type(simulations).__name__}")
     theta, x = np.asarray(simulations.theta, np.float32), np.asarray(simulations.x, np.float32)
+    if loss == "sally":
+        if "score" not in simulations.extras:
+            raise CompressorError("the sally loss regresses the joint score: simulate with galton.simulate(program, ..., augment='score')")
+        theta = np.asarray(simulations.extras["score"], np.float32)  # the regression target, in θ's place
     d, x_shape = theta.shape[1], x.shape[1:]
     k = d if summaries is None else int(summaries)
-    if loss in ("mse", "mae", "gnll") and k != d:
+    if loss in ("mse", "mae", "gnll", "sally") and k != d:
         raise CompressorError(f"the {loss} loss regresses θ, so it gives {d} summaries (θ's dimension), not {k}")
     if k < 1:
         raise CompressorError(f"summaries must be a positive integer, got {summaries!r}")
@@ -256,8 +264,15 @@ def fit(
     elif loss == "nass":
         partner = eqx.nn.MLP(d + k, "scalar", 64, 2, activation=jax.nn.relu, key=k_partner)
     model = _Trainable(compressor, partner, paramax.NonTrainable(jnp.asarray(theta_shift)), paramax.NonTrainable(jnp.asarray(theta_scale)))
-    fitted, history = train(model, _LOSS_FUNCTIONS[loss], (theta, x), key=k_train, settings=training, names=["theta", "x"], progress=progress)
-    return fitted.compressor._rebuild(history=history)
+    fitted, history = train(model, _LOSS_FUNCTIONS[loss], (theta, x), key=k_train, settings=training,
+                            names=["score" if loss == "sally" else "theta", "x"], progress=progress)
+    compressor = fitted.compressor
+    if loss == "sally":  # fold the target's z-scoring into the linear head: outputs in the score's units
+        shift, scale = jnp.asarray(theta_shift), jnp.asarray(theta_scale)
+        head = compressor.head
+        head = eqx.tree_at(lambda h: (h.weight, h.bias), head, (head.weight * scale[:, None], head.bias * scale + shift))
+        compressor = compressor._rebuild(head=head)
+    return compressor._rebuild(history=history)
 
 
 __all__ = ["Compressor", "CompressorError", "LOSSES", "fit", "load"]

@@ -1,0 +1,119 @@
+"""Fisher information of a `Program` at θ, from its joint score (Brehmer et al. 2020).
+
+    I(θ) = E[∇θ log p(x|θ) ∇θ log p(x|θ)ᵀ]
+
+- ``"truth"``: E[t tᵀ] over the joint score t(x, z|θ) of simulations at θ: the information of
+  (x, z) together ("parton level" in madminer's words), an upper bound on that of x alone.
+- ``"sally"``: E[t̂ t̂ᵀ] with t̂(x) a SALLY score regressor (`galton.summaries.fit(...,
+  loss="sally")`) trained at this θ: the information of x, as t̂(x) → E[t | x] = ∇θ log p(x|θ).
+- ``"histogram"``: the information in a histogram of a scalar observable h(x),
+  Σ_b ∂p_b ∂p_bᵀ / p_b, with the bin probabilities' gradients ∂p_b = E[1_b(h(x)) t] taken from
+  the joint score (no finite differences, no simulations at other θ).
+
+`project` keeps a subset of parameters (the others known); `profile` keeps a subset with the
+others unknown (the Schur complement).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from galton.keys import as_key
+from galton.problem import ProblemError, Program, check_theta
+from galton.simulate import simulate
+
+METHODS = ("truth", "sally", "histogram")
+
+
+def fisher_information(
+    program: Program,
+    theta,
+    *,
+    key: jax.Array,
+    method: str = "truth",
+    n: int = 10_000,
+    estimator: Callable | None = None,
+    observable: Callable | None = None,
+    bins: int = 20,
+    progress: bool = False,
+) -> np.ndarray:
+    """The Fisher information matrix ``(d, d)`` at θ ``(d,)``, from ``n`` simulations at θ.
+
+    Args:
+        program: a `Program`.
+        theta: ``(d,)`` parameters inside the prior's support.
+        key: a ``jax.random`` key.
+        method: ``"truth"``, ``"sally"`` or ``"histogram"`` (see the module).
+        estimator: for ``"sally"``, the score regressor x ``(*x_shape)`` -> ``(d,)`` (a `Compressor`).
+        observable: for ``"histogram"``, h: one x -> a scalar; x itself when x has one value.
+        bins: histogram bins, at quantiles of h over the simulations (a discrete h gets one bin per value when it has fewer).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not isinstance(program, Program):
+        raise ProblemError(f"fisher_information needs a Program (its joint score), got {type(program).__name__}")
+    theta = np.asarray(program.prior.flatten(theta) if isinstance(theta, dict) else theta, np.float32).reshape(-1)
+    check_theta(program.prior, theta[None])
+    if int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
+    key = as_key(key)
+    sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment="score", progress=progress)
+    t = np.asarray(sims.extras["score"], np.float64)
+    if method == "truth":
+        return t.T @ t / len(t)
+    if method == "sally":
+        if estimator is None:
+            raise ValueError("method='sally' needs estimator=, a score regressor fitted with galton.summaries.fit(..., loss='sally')")
+        t_hat = np.asarray(jax.vmap(estimator)(jax.numpy.asarray(sims.x)), np.float64)
+        if t_hat.shape != t.shape:
+            raise ProblemError(f"the estimator returns {t_hat.shape[1:]} per x; a score has {t.shape[1:]} (one value per parameter)")
+        return t_hat.T @ t_hat / len(t_hat)
+    if observable is None:
+        if int(np.prod(sims.x.shape[1:])) != 1:
+            raise ValueError(f"x has shape {sims.x.shape[1:]}: give observable=, a function of one x returning a scalar")
+        h = sims.x.reshape(-1)
+    else:
+        h = np.asarray(jax.vmap(observable)(jax.numpy.asarray(sims.x))).reshape(-1)
+    return _histogram_information(h, t, bins)
+
+
+def _histogram_information(h: np.ndarray, t: np.ndarray, bins: int) -> np.ndarray:
+    values = np.unique(h)
+    if len(values) <= bins:
+        index = np.searchsorted(values, h)
+        n_bins = len(values)
+    else:
+        edges = np.quantile(h, np.linspace(0, 1, bins + 1)[1:-1])
+        index = np.searchsorted(edges, h)
+        n_bins = bins
+    info = np.zeros((t.shape[1], t.shape[1]))
+    for b in range(n_bins):
+        in_bin = index == b
+        p = in_bin.mean()
+        if p == 0:
+            continue
+        grad = (t * in_bin[:, None]).mean(0)  # ∂p_b = E[1_b t]
+        info += np.outer(grad, grad) / p
+    return info
+
+
+def project(info: np.ndarray, keep: Sequence[int]) -> np.ndarray:
+    """The information on the parameters ``keep`` when the others are known: the submatrix."""
+    keep = list(keep)
+    return np.asarray(info)[np.ix_(keep, keep)]
+
+
+def profile(info: np.ndarray, keep: Sequence[int]) -> np.ndarray:
+    """The information on ``keep`` with the others unknown (profiled): I_kk − I_ko I_oo⁻¹ I_ok."""
+    info = np.asarray(info)
+    keep = list(keep)
+    other = [i for i in range(info.shape[0]) if i not in keep]
+    if not other:
+        return info[np.ix_(keep, keep)]
+    return info[np.ix_(keep, keep)] - info[np.ix_(keep, other)] @ np.linalg.solve(info[np.ix_(other, other)], info[np.ix_(other, keep)])
+
+
+__all__ = ["fisher_information", "project", "profile", "METHODS"]
