@@ -6,7 +6,7 @@ from galton._cache import enable_compile_cache
 
 enable_compile_cache()
 
-from galton import augment, fisher, methods, nets, posteriors, summaries, tasks  # noqa: E402
+from galton import augment, fisher, lrt, methods, nets, posteriors, summaries, tasks  # noqa: E402
 from galton.fisher import fisher_information  # noqa: E402
 from galton.infer import infer  # noqa: E402
 from galton.keys import as_key  # noqa: E402

@@ -271,3 +271,51 @@ def test_bad_inputs_name_the_problem():
     assert 0 < len(kept) < 200
     with pytest.raises(ValueError, match="estimator="):
         galton.fisher_information(PROGRAM, [0.0, 0.0], key=jax.random.key(0), n=10, method="sally")
+
+
+# ------------------------------------------------------------------------- likelihood-ratio inference
+
+
+def _gaussian_mean():
+    theta = numpyro.sample("theta", dist.Uniform(-3.0, 3.0))
+    numpyro.sample("x", dist.Normal(theta, 1.0))
+
+
+GAUSSIAN_MEAN = galton.Program(_gaussian_mean, params=["theta"], observed=["x"], name="gaussian_mean")
+
+
+def _exact_gaussian_loglik(theta, x):
+    return -0.5 * ((x.reshape(1, -1) - theta.reshape(-1, 1)) ** 2).sum(1)
+
+
+def test_wilks_sets_cover_at_the_nominal_rate_on_a_gaussian_mean():
+    theta_grid = galton.lrt.grid(GAUSSIAN_MEAN.prior, 601)
+    results = galton.lrt.coverage(_exact_gaussian_loglik, GAUSSIAN_MEAN, [0.4], n_events=10, theta_grid=theta_grid,
+                                  key=jax.random.key(0), toys=400)
+    for r in results:
+        assert abs(r.pulls) < 3, r  # within 3 binomial standard errors of 68 % and 95 %
+
+
+def test_neyman_and_wilks_sets_agree_where_wilks_is_exact():
+    theta_grid = galton.lrt.grid(GAUSSIAN_MEAN.prior, 61)
+    x = galton.simulate(GAUSSIAN_MEAN, key=jax.random.key(1), theta=np.full((10, 1), 0.4), progress=False).x
+    wilks = galton.lrt.confidence_set(_exact_gaussian_loglik, x, theta_grid, level=0.68)
+    neyman = galton.lrt.confidence_set(_exact_gaussian_loglik, x, theta_grid, level=0.68, method="neyman",
+                                       problem=GAUSSIAN_MEAN, toys=300, key=jax.random.key(2))
+    assert wilks.sum() >= 3 and (wilks != neyman).sum() <= 2  # at most the edge points differ
+    x_mean = float(x.mean())
+    assert abs(theta_grid.axes[0][wilks].mean() - x_mean) < 0.1  # centred on the MLE
+
+
+def test_lrt_from_a_trained_estimator_and_profiling():
+    posterior = galton.infer(PROGRAM, np.zeros((5, 2)), key=jax.random.key(3), method=CASES["alices"], budget=400, progress=False)
+    loglik = galton.lrt.log_likelihood(posterior)
+    theta_grid = galton.lrt.grid(PROGRAM.prior, 9, bounds=[(-2, 2), (-2, 2)])
+    q = galton.lrt.test_statistic(loglik, np.zeros((5, 2)), theta_grid)
+    assert q.shape == (9, 9) and q.min() == 0.0 and np.isfinite(q).all()
+    profiled = galton.lrt.test_statistic(loglik, np.zeros((5, 2)), theta_grid, keep=[0])
+    np.testing.assert_allclose(profiled, q.min(axis=1))
+    with pytest.raises(galton.ProblemError, match="x has shape"):
+        loglik(jnp.zeros((3, 2)), np.zeros((5, 3)))  # events of the wrong shape
+    with pytest.raises(TypeError, match="no likelihood term"):
+        galton.lrt.log_likelihood(galton.infer(PROGRAM, X_OBS, key=jax.random.key(0), method=CASES["score_npe"], budget=200, progress=False))

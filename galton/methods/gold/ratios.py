@@ -10,7 +10,11 @@ from `pair_simulations` (y = 1 when x ~ p(x|θ1)):
     CARL   (Cranmer et al. 2015):  L = −[y log ŝ + (1 − y) log(1 − ŝ)]
     ROLR:                          L = y (r̂ − r)² + (1 − y)(1/r̂ − 1/r)²
     ALICE  (Stoye et al. 2018):    L = −[s log ŝ + (1 − s) log(1 − ŝ)],  s = 1 / (1 + r)
-    CASCAL, RASCAL, ALICES:        the above + α [(1 − y) |∇θ0 f(θ0, x) − t0|² + y |∇θ1 f(θ1, x) − t1|²]
+    CASCAL, RASCAL, ALICES:        the above + α [(1 − y) |∇θ0 f(θ0, x) − t0|²_W + y |∇θ1 f(θ1, x) − t1|²_W]
+
+with |v|²_W = Σ_j v_j² / Var(t_j) over the training labels (madminer weights the raw squared
+error; scaled, the default α = 0.1 served both the Galton board, score variance 14, and the
+state-space model, score variances 40 to 160).
 
 r and t are the joint ratio and score. E[r(x, z|θ0, θ1) | x] is the true ratio when z ~ p(z|x, θ1)
 (so ROLR regresses r on rows drawn at θ1 and 1/r on rows drawn at θ0), E[t(x, z|θ) | x] the true
@@ -51,7 +55,14 @@ def _values_and_scores(model: RatioNetwork, theta, x):
     return jax.vmap(jax.value_and_grad(lambda t, xx: model.log_ratio(t, xx)))(theta, x)
 
 
-def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float) -> jax.Array:
+def score_weights(scores: np.ndarray) -> tuple[float, ...]:
+    """1 / variance of each parameter's joint-score labels: the score term is then
+    dimensionless, and one α suits problems whose scores differ in scale by orders of magnitude."""
+    var = np.var(np.asarray(scores, np.float64), axis=0)
+    return tuple(float(1.0 / max(v, 1e-12)) for v in var)
+
+
+def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weights: tuple = ()) -> jax.Array:
     theta0, theta1, x, y, log_r, t0, t1 = batch
     f0, g0 = _values_and_scores(model, theta0, x)
     f1, g1 = _values_and_scores(model, theta1, x)
@@ -65,7 +76,8 @@ def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float) -> ja
         d, log_r = jnp.clip(d, -LOG_CLIP, LOG_CLIP), jnp.clip(log_r, -LOG_CLIP, LOG_CLIP)
         loss = y * (jnp.exp(d) - jnp.exp(log_r)) ** 2 + (1 - y) * (jnp.exp(-d) - jnp.exp(-log_r)) ** 2
     if alpha:
-        score = (1 - y) * ((g0 - t0) ** 2).sum(-1) + y * ((g1 - t1) ** 2).sum(-1)
+        w = jnp.asarray(weights) if weights else 1.0
+        score = (1 - y) * (w * (g0 - t0) ** 2).sum(-1) + y * (w * (g1 - t1) ** 2).sum(-1)
         loss = loss + alpha * score
     return loss.mean()
 
@@ -75,7 +87,8 @@ class ParameterizedRatio(NeuralMethod):
     """Settings shared by CARL, ROLR, CASCAL, RASCAL, ALICE and ALICES.
 
     Attributes:
-        alpha: weight of the score term (0 for CARL, ROLR and ALICE, which use no score).
+        alpha: weight of the score term, in units of the labels' variance (0 for CARL, ROLR and
+            ALICE, which use no score).
         theta_ref: ``(d,)`` a fixed θ1 (madminer's parameterized estimators), or None to draw
             θ1 from the prior too (doubly parameterized: every pair of θ is trained).
         hidden, depth, activation: the MLP of f(θ, x) (smooth by default: the score terms
@@ -103,8 +116,8 @@ class ParameterizedRatio(NeuralMethod):
         if self.theta_ref is not None:
             object.__setattr__(self, "theta_ref", tuple(float(v) for v in np.ravel(self.theta_ref)))
 
-    def loss(self, prior: Prior, sequential: bool):
-        return bind(gold_loss, base=self.base, alpha=float(self.alpha))
+    def loss(self, prior: Prior, sequential: bool, weights: tuple = ()):
+        return bind(gold_loss, base=self.base, alpha=float(self.alpha), weights=weights)
 
     def network(self, theta, x, key) -> RatioNetwork:
         return ratio_network(theta, x, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding, activation=self.activation)
@@ -126,7 +139,9 @@ class ParameterizedRatio(NeuralMethod):
         arrays = self.arrays(sims)
         model = init if init is not None else self.network(np.concatenate([arrays[0], arrays[1]]), np.concatenate([sims.x, sims.x]), key_init)
         names = ["theta0", "theta1", "x", "y", "log_ratio", "score0", "score1"]
-        return train(model, self.loss(prior, sequential), arrays, key=key_train, settings=self.training, names=names, progress=progress)
+        y = arrays[3][:, None]
+        weights = score_weights(np.where(y == 0, arrays[5], arrays[6])) if self.uses_score else ()
+        return train(model, self.loss(prior, sequential, weights), arrays, key=key_train, settings=self.training, names=names, progress=progress)
 
     def posterior(self, network, prior: Prior, history: list[dict]) -> DensityPosterior:
         return DensityPosterior(network, prior, history=history, term="ratio", sampler=self.sampler)
@@ -178,7 +193,7 @@ class CASCAL(ParameterizedRatio):
 
     base: ClassVar[str] = "carl"
     uses_score: ClassVar[bool] = True
-    alpha: float = 1.0
+    alpha: float = 0.1
 
 
 @register("rascal")
@@ -188,7 +203,7 @@ class RASCAL(ParameterizedRatio):
 
     base: ClassVar[str] = "rolr"
     uses_score: ClassVar[bool] = True
-    alpha: float = 1.0
+    alpha: float = 0.1
 
 
 @register("alices")
@@ -198,4 +213,4 @@ class ALICES(ParameterizedRatio):
 
     base: ClassVar[str] = "alice"
     uses_score: ClassVar[bool] = True
-    alpha: float = 1.0
+    alpha: float = 0.1

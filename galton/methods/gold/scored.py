@@ -3,8 +3,10 @@ al. 2020) and score-augmented NPE (a posterior flow, as in the Zeghal et al. see
 
 On simulations (θ, x, t) with t = t(x, z|θ) the joint score (`simulate(..., augment="score")`):
 
-    SCANDAL:              L = −log q(x|θ) + α |∇θ log q(x|θ) − t|²
-    score-augmented NPE:  L = −log q(θ|x) + α |∇θ log q(θ|x) − (t + ∇θ log p(θ))|²
+    SCANDAL:              L = −log q(x|θ) + α |∇θ log q(x|θ) − t|²_W
+    score-augmented NPE:  L = −log q(θ|x) + α |∇θ log q(θ|x) − (t + ∇θ log p(θ))|²_W
+
+(|v|²_W = Σ_j v_j² / Var(t_j), as in ratios.py.)
 
 Both minimisers are the true density: E[t | x, θ] = ∇θ log p(x|θ), and the posterior's score is
 the likelihood's plus the prior's. The flows are neural splines (rational-quadratic, C¹), so
@@ -18,9 +20,11 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from galton.methods.base import bind, register
+from galton.methods.gold.ratios import score_weights
 from galton.methods.nle import NLE
 from galton.methods.npe import NPE
 from galton.problem import ProblemError, Program, Prior
@@ -29,17 +33,17 @@ from galton.store import Simulations
 from galton.train import train
 
 
-def scandal_loss(model, batch, key, *, alpha: float) -> jax.Array:
+def scandal_loss(model, batch, key, *, alpha: float, weights: tuple) -> jax.Array:
     theta, x, t = batch
     lp, g = jax.vmap(jax.value_and_grad(lambda th, xx: model.log_prob(xx, th)))(theta, x)
-    return -lp.mean() + alpha * ((g - t) ** 2).sum(-1).mean()
+    return -lp.mean() + alpha * (jnp.asarray(weights) * (g - t) ** 2).sum(-1).mean()
 
 
-def score_npe_loss(model, batch, key, *, alpha: float, prior: Prior) -> jax.Array:
+def score_npe_loss(model, batch, key, *, alpha: float, weights: tuple, prior: Prior) -> jax.Array:
     theta, x, t = batch
     lp, g = jax.vmap(jax.value_and_grad(lambda th, xx: model.log_prob(th, xx)))(theta, x)
     prior_score = jax.vmap(jax.grad(prior.log_prob))(theta)
-    return -lp.mean() + alpha * ((g - t - prior_score) ** 2).sum(-1).mean()
+    return -lp.mean() + alpha * (jnp.asarray(weights) * (g - t - prior_score) ** 2).sum(-1).mean()
 
 
 class _Scored:
@@ -62,7 +66,7 @@ class _Scored:
         key_init, key_train = jax.random.split(key)
         theta, x, t = self._scored_arrays(sims)
         model = init if init is not None else self.network(theta, x, key_init)
-        return train(model, self.loss(prior, False), (theta, x, t), key=key_train, settings=self.training,
+        return train(model, self.loss(prior, False, score_weights(t)), (theta, x, t), key=key_train, settings=self.training,
                      names=["theta", "x", "score"], progress=progress)
 
     def run(self, problem, x_obs, *, key, budget, rounds, simulations=None, store=None, progress=True):
@@ -87,7 +91,7 @@ class SCANDAL(_Scored, NLE):
     """
 
     flow: str = "nsf"
-    alpha: float = 1.0
+    alpha: float = 0.1
     dequantize: bool = False
 
     def arrays(self, sims: Simulations):
@@ -97,8 +101,8 @@ class SCANDAL(_Scored, NLE):
             x = x + noise
         return theta, x
 
-    def loss(self, prior: Prior, sequential: bool):
-        return bind(scandal_loss, alpha=float(self.alpha))
+    def loss(self, prior: Prior, sequential: bool, weights: tuple = ()):
+        return bind(scandal_loss, alpha=float(self.alpha), weights=weights or (1.0,) * prior.dim)
 
 
 @register("score_npe")
@@ -106,8 +110,8 @@ class SCANDAL(_Scored, NLE):
 class ScoreNPE(_Scored, NPE):
     """NPE with the joint score (NPE's settings, and ``alpha`` the score weight)."""
 
-    alpha: float = 1.0
+    alpha: float = 0.1
     iid: ClassVar[bool] = False
 
-    def loss(self, prior: Prior, sequential: bool):
-        return bind(score_npe_loss, alpha=float(self.alpha), prior=prior)
+    def loss(self, prior: Prior, sequential: bool, weights: tuple = ()):
+        return bind(score_npe_loss, alpha=float(self.alpha), weights=weights or (1.0,) * prior.dim, prior=prior)

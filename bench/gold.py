@@ -1,0 +1,197 @@
+"""Mining gold (issue 16): how many simulations each estimator needs for the likelihood ratio,
+score-augmented NPE against NPE, and Fisher information against the exact one.
+
+    python bench/gold.py [--tasks galton_board state_space] [--budgets 1000 3000 10000 30000 100000]
+                         [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
+                         [--fisher-seeds 5] [--skip-fisher] [--skip-c2st]
+
+1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
+   the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
+   held-out x drawn half from p(x|θ0), half from p(x|θ_ref). galton_board (20 rows, one ball):
+   θ0 on 19 grid points in [−0.9, 0.9], θ_ref = 0, the expectation over x taken exactly over the
+   21 slots; state_space (20 steps, 3 parameters): 20 θ0 drawn from the prior, θ_ref = the
+   prior's centre, 200 held-out x per θ0, the exact ratio by the Kalman filter. The ratio
+   family (CARL .. ALICES) is trained with θ1 = θ_ref; SCANDAL and NLE give
+   log q(x|θ0) − log q(x|θ_ref), NPE and score-augmented NPE the same through q(θ|x)/p(θ).
+   On the board x is an integer slot: SCANDAL dequantises it (x + U(0, 1)) and is evaluated
+   at the cell's midpoint.
+2. C2ST of NPE and score-augmented NPE against the exact posterior (grid / NUTS on the exact
+   likelihood) at observation 1, per budget.
+3. Fisher information of state_space at θ = (0.7, 0.8, 0.5): "truth" (the joint score's
+   covariance) against the exact information of (x, s), and SALLY (a score regressor trained on
+   20,000 simulations at θ) against the exact information of x; error per entry
+   |ΔI_ij| / √(I_ii I_jj) (the relative error on the diagonal), mean over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from _report import report
+
+import galton
+from galton import nets, summaries
+from galton.diagnostics import c2st
+from galton.methods import NLE, NPE, gold
+from galton.tasks import galton_board as gb
+from galton.tasks import state_space as ss
+from galton.train import Training
+
+RATIO = ("carl", "rolr", "alice", "cascal", "rascal", "alices")
+
+
+def training(budget: int) -> Training:
+    return Training(learning_rate=1e-3, batch_size=128 if budget < 30_000 else 256, patience=20, max_epochs=500)
+
+
+class Board:
+    name, theta_ref = "galton_board", np.array([0.0], np.float32)
+
+    def __init__(self):
+        self.task = galton.tasks.get("galton_board")
+        self.grid = np.linspace(-0.9, 0.9, 19, dtype=np.float32)
+        probs = np.asarray(jax.vmap(gb.slot_probabilities)(jnp.asarray(self.grid)))
+        ref = np.asarray(gb.slot_probabilities(0.0))
+        self.exact = np.log(probs) - np.log(ref)[None]  # (19, 21)
+        self.weight = 0.5 * (probs + ref[None])
+        self.x = np.arange(21, dtype=np.float32)[None, :, None].repeat(19, 0)  # (19, 21, 1)
+        self.theta0 = np.broadcast_to(self.grid[:, None, None], (19, 21, 1))
+        mean = (self.exact * self.weight).sum(1, keepdims=True)
+        self.variance = float((((self.exact - mean) ** 2) * self.weight).sum(1).mean())
+
+    def error(self, log_ratio) -> float:
+        est = np.asarray(log_ratio(self.x, self.theta0, np.broadcast_to(self.theta_ref, self.theta0.shape)))
+        return float((((est - self.exact) ** 2) * self.weight).sum(1).mean())
+
+
+class StateSpace:
+    name = "state_space"
+
+    def __init__(self):
+        self.task = galton.tasks.get("state_space")
+        self.theta_ref = np.asarray((ss.LOW + ss.HIGH) / 2, np.float32)
+        program = self.task.problem
+        self.theta0 = np.asarray(program.prior.sample(jax.random.key(7), (20,)))
+        xs = []
+        for i, t in enumerate(self.theta0):
+            for j, at in enumerate((t, self.theta_ref)):
+                sims = galton.simulate(program, key=jax.random.key(100 + 2 * i + j), theta=np.tile(at, (100, 1)), progress=False)
+                xs.append(sims.x)
+        self.x = np.stack([np.concatenate(xs[2 * i: 2 * i + 2]) for i in range(20)])  # (20, 200, 20)
+        lml = jax.vmap(jax.vmap(ss.log_marginal_likelihood, (0, None)), (0, 0))
+        self.exact = np.asarray(lml(jnp.asarray(self.x), jnp.asarray(self.theta0))) - np.asarray(
+            jax.vmap(jax.vmap(ss.log_marginal_likelihood, (0, None)), (0, None))(jnp.asarray(self.x), jnp.asarray(self.theta_ref)))
+        self.variance = float(self.exact.var(axis=1).mean())
+
+    def error(self, log_ratio) -> float:
+        t0 = np.broadcast_to(self.theta0[:, None], (*self.x.shape[:2], 3))
+        est = np.asarray(log_ratio(self.x, t0, np.broadcast_to(self.theta_ref, t0.shape)))
+        return float(((est - self.exact) ** 2).mean())
+
+
+def log_ratio_of(name: str, method, net, prior, dequantized: bool):
+    """A function (x, θ0, θ1) -> log r̂ for the trained network of ``method``."""
+    if name in RATIO:
+        return lambda x, t0, t1: gold.log_ratio(net, jnp.asarray(x), jnp.asarray(t0), jnp.asarray(t1))
+    shift = 0.5 if dequantized else 0.0
+    if name in ("scandal", "nle"):
+        return lambda x, t0, t1: net.log_prob(jnp.asarray(x) + shift, jnp.asarray(t0)) - net.log_prob(jnp.asarray(x) + shift, jnp.asarray(t1))
+    return lambda x, t0, t1: (net.log_prob(jnp.asarray(t0), jnp.asarray(x)) - net.log_prob(jnp.asarray(t1), jnp.asarray(x))
+                              - prior.log_prob(jnp.asarray(t0)) + prior.log_prob(jnp.asarray(t1)))
+
+
+def make_method(name: str, budget: int, problem, board: bool, theta_ref):
+    t = training(budget)
+    if name in RATIO:
+        return galton.methods.get(name, theta_ref=tuple(theta_ref), training=t)
+    if name == "scandal":
+        return gold.SCANDAL(training=t, dequantize=board)
+    if name == "nle":
+        return NLE(flow="nsf", training=t)
+    if name == "score_npe":
+        return gold.ScoreNPE(training=t)
+    return NPE(training=t)
+
+
+def ratio_errors(bench, methods, budgets, c2st_too: bool):
+    program = bench.task.problem
+    board = bench.name == "galton_board"
+    x_o = bench.task.observation(1)
+    reference = np.asarray(bench.task.reference_posterior(x_o, 2000, key=jax.random.key(11))) if c2st_too else None
+    for budget in budgets:
+        pairs = gold.pair_simulations(program, budget, key=jax.random.key(budget), theta_ref=bench.theta_ref, progress=False) \
+            if any(m in RATIO for m in methods) else None
+        plain = galton.simulate(program, budget, key=jax.random.key(budget + 1), augment="score", progress=False)
+        for name in methods:
+            if board and name == "nle":
+                continue  # a flow on integer slots without dequantisation is not a density
+            method = make_method(name, budget, program, board, bench.theta_ref)
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                net, history = method.fit(pairs if name in RATIO else plain, program.prior, key=jax.random.key(3), progress=False)
+            seconds = time.perf_counter() - start
+            mse = bench.error(log_ratio_of(name, method, net, program.prior, board and name == "scandal"))
+            score = None
+            if c2st_too and name in ("npe", "score_npe"):
+                draws = np.asarray(method.posterior(net, program.prior, [history]).condition(x_o).sample(2000, key=jax.random.key(12)))
+                score = float(c2st(reference, draws))
+            extra = f", C2ST {score:.3f}" if score is not None else ""
+            print(f"{bench.name:13s} {name:9s} {budget:7d}: log-ratio MSE {mse:9.4f} ({mse / bench.variance:.4f} of Var log r){extra}"
+                  f"  ({seconds:.0f} s, {history['epochs']} epochs)", flush=True)
+            report("gold", f"{bench.name} {name} {budget}", mse=mse, c2st=score, galton_s=seconds)
+
+
+def _relative(estimate, exact):
+    """|ΔI_ij| / √(I_ii I_jj): the diagonal's relative error, and off the diagonal the error
+    on the scale of the entry's largest possible value (an exact zero has no relative error)."""
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    return np.abs(estimate - exact) / scale
+
+
+def fisher(seeds: int):
+    task = galton.tasks.get("state_space")
+    theta = np.asarray(task.true_parameters(1))
+    exact_joint, exact_x = ss.fisher_information(theta, joint=True), ss.fisher_information(theta)
+    errors = {"truth": [], "sally": []}
+    for seed in range(seeds):
+        truth = galton.fisher_information(task.problem, theta, key=jax.random.key(10 * seed), n=20_000)
+        sims = galton.simulate(task.problem, key=jax.random.key(10 * seed + 1), theta=np.tile(theta, (20_000, 1)), augment="score", progress=False)
+        start = time.perf_counter()
+        regressor = summaries.fit(sims, loss="sally", key=jax.random.key(10 * seed + 2), progress=False,
+                                  embedding=nets.MLP(20, 64, width=128, depth=2, activation="tanh", key=jax.random.key(10 * seed + 3)),
+                                  training=Training(learning_rate=1e-3, batch_size=256, patience=20, max_epochs=500))
+        sally = galton.fisher_information(task.problem, theta, key=jax.random.key(10 * seed + 4), n=20_000, method="sally", estimator=regressor)
+        errors["truth"].append(_relative(truth, exact_joint))
+        errors["sally"].append(_relative(sally, exact_x))
+        print(f"seed {seed}: truth max rel. error {errors['truth'][-1].max():.3f}, sally {errors['sally'][-1].max():.3f} "
+              f"(sally trained in {time.perf_counter() - start:.0f} s)", flush=True)
+    for label, exact in (("truth", exact_joint), ("sally", exact_x)):
+        mean = np.mean(errors[label], axis=0)
+        print(f"{label}: exact {np.round(exact, 2).tolist()}\n  relative error per entry, mean over {seeds} seeds: {np.round(mean, 3).tolist()}")
+        report("gold", f"fisher {label}", max_rel_error=float(mean.max()), diag_rel_error=float(np.diag(mean).max()), seeds=seeds)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["galton_board", "state_space"])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 10_000, 30_000, 100_000])
+    parser.add_argument("--methods", nargs="+", default=[*RATIO, "scandal", "nle", "npe", "score_npe"])
+    parser.add_argument("--fisher-seeds", type=int, default=5)
+    parser.add_argument("--skip-fisher", action="store_true")
+    parser.add_argument("--skip-c2st", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_fisher:
+        fisher(args.fisher_seeds)
+    for name in args.tasks:
+        bench = Board() if name == "galton_board" else StateSpace()
+        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st)
+
+
+if __name__ == "__main__":
+    main()
