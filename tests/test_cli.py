@@ -67,3 +67,13 @@ def test_run_smc_abc_reports_its_schedule(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["abc"]["simulations"] <= 2000 and len(summary["abc"]["generations"]) >= 3 and summary["epochs"] == []
     assert (out / "corner.png").stat().st_size > 10_000 and not (out / "loss.png").exists()
+
+
+def test_run_a_gold_mining_method_on_a_program_task(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "gold"
+    assert main(["run", "galton_board", "--method", "alices", "--budget", "600", "--samples", "300", "--out", str(out)]) == 0
+    assert "C2ST against the reference posterior" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["c2st"] < 0.75 and len(summary["epochs"]) == 1
