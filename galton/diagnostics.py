@@ -89,3 +89,39 @@ def c2st(
 
 
 __all__ = ["c2st"]
+
+
+def compare(posterior, reference, *, n: int = 2000, key=None, names=None, show: bool = True) -> dict:
+    """How far ``posterior`` is from ``reference`` (e.g. `method="nuts"` on the same Program).
+
+    Args:
+        posterior, reference: posteriors with ``sample(n, key=)``, or draws ``(m, d)``.
+        n: draws of each compared (C2ST on ``n`` a side).
+        key: a ``jax.random`` key for the draws (``jax.random.key(0)`` when omitted).
+        names: parameter names for the report (the posterior's when it has them).
+        show: print the report.
+
+    Returns:
+        ``{"c2st": float, "parameters": {name: {"mean_shift": (mean − ref mean) / ref σ,
+        "sigma_ratio": σ / ref σ}}}``.
+    """
+    import jax
+
+    key = jax.random.key(0) if key is None else key
+    k1, k2 = jax.random.split(key)
+    draws = [_as_samples(p.sample(n, key=k) if hasattr(p, "sample") else p, what)
+             for p, k, what in ((posterior, k1, "posterior"), (reference, k2, "reference"))]
+    m = min(len(draws[0]), len(draws[1]), n)
+    a, b = draws[0][:m], draws[1][:m]  # equal classes: C2ST's chance level is then 0.5
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"the posterior has {a.shape[1]} parameters and the reference {b.shape[1]}")
+    names = list(names or getattr(posterior, "names", None) or [f"theta[{i}]" for i in range(a.shape[1])])
+    ref_sd = b.std(0, ddof=1)
+    params = {name: {"mean_shift": float((a[:, i].mean() - b[:, i].mean()) / ref_sd[i]), "sigma_ratio": float(a[:, i].std(ddof=1) / ref_sd[i])}
+              for i, name in enumerate(names)}
+    score = c2st(b, a)
+    if show:
+        print(f"C2ST {score:.3f} (0.5 = indistinguishable) on {min(len(a), len(b))} draws a side")
+        for name, p in params.items():
+            print(f"  {name:>12s}: mean shift {p['mean_shift']:+.3f} σ, σ ratio {p['sigma_ratio']:.3f}")
+    return {"c2st": score, "parameters": params}
