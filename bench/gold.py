@@ -4,6 +4,7 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
     python bench/gold.py [--tasks galton_board state_space] [--budgets 1000 3000 10000 30000 100000]
                          [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
                          [--fisher-seeds 5] [--skip-fisher] [--skip-c2st]
+                         [--coverage-toys 500] [--coverage-budget 30000]
 
 1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
    the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
@@ -72,9 +73,13 @@ class Board:
 class StateSpace:
     name = "state_space"
 
+    @staticmethod
+    def centre() -> np.ndarray:
+        return np.asarray((ss.LOW + ss.HIGH) / 2, np.float32)
+
     def __init__(self):
         self.task = galton.tasks.get("state_space")
-        self.theta_ref = np.asarray((ss.LOW + ss.HIGH) / 2, np.float32)
+        self.theta_ref = self.centre()
         program = self.task.problem
         self.theta0 = np.asarray(program.prior.sample(jax.random.key(7), (20,)))
         xs = []
@@ -177,15 +182,50 @@ def fisher(seeds: int):
         report("gold", f"fisher {label}", max_rel_error=float(mean.max()), diag_rel_error=float(np.diag(mean).max()), seeds=seeds)
 
 
+def coverage(toys: int, budget: int):
+    """Wilks sets from a trained estimator: how often they cover the true θ over ``toys`` experiments."""
+    cases = [
+        ("galton_board", "alices", galton.tasks.get("galton_board"), np.array([0.3], np.float32), 20, 201),
+        ("state_space", "scandal", galton.tasks.get("state_space"), np.asarray(ss.TRUE_THETA, np.float32), 10, 15),
+    ]
+    for name, method_name, task, theta_true, n_events, points in cases:
+        program = task.problem
+        board = name == "galton_board"
+        method = make_method(method_name, budget, program, board, np.zeros(program.prior.dim, np.float32) if board else StateSpace.centre())
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if method_name in RATIO:
+                sims = gold.pair_simulations(program, budget, key=jax.random.key(21), theta_ref=method.theta_ref, progress=False)
+            else:
+                sims = galton.simulate(program, budget, key=jax.random.key(21), augment="score", progress=False)
+            net, history = method.fit(sims, program.prior, key=jax.random.key(22), progress=False)
+        posterior = method.posterior(net, program.prior, [history])
+        loglik = galton.lrt.log_likelihood(posterior)
+        if board and method_name == "scandal":
+            raise ValueError("evaluate a dequantised SCANDAL at the cell midpoints")
+        theta_grid = galton.lrt.grid(program.prior, points)
+        results = galton.lrt.coverage(loglik, program, theta_true, n_events=n_events, theta_grid=theta_grid, key=jax.random.key(23), toys=toys)
+        seconds = time.perf_counter() - start
+        for r in results:
+            print(f"{name:13s} {method_name} ({budget} simulations), {n_events} events per toy: {r}, {r.pulls:+.1f} binomial σ from nominal "
+                  f"({seconds:.0f} s)", flush=True)
+            report("gold", f"coverage {name} {r.level:.2f}", covered=r.covered, stderr=r.stderr, pulls=float(r.pulls), toys=r.toys)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["galton_board", "state_space"])
+    parser.add_argument("--tasks", nargs="*", default=["galton_board", "state_space"])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 10_000, 30_000, 100_000])
     parser.add_argument("--methods", nargs="+", default=[*RATIO, "scandal", "nle", "npe", "score_npe"])
     parser.add_argument("--fisher-seeds", type=int, default=5)
     parser.add_argument("--skip-fisher", action="store_true")
     parser.add_argument("--skip-c2st", action="store_true")
+    parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
+    parser.add_argument("--coverage-budget", type=int, default=30_000)
     args = parser.parse_args()
+    if args.coverage_toys:
+        coverage(args.coverage_toys, args.coverage_budget)
     if not args.skip_fisher:
         fisher(args.fisher_seeds)
     for name in args.tasks:
