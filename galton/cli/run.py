@@ -71,9 +71,10 @@ def run_inference(args) -> int:
     }
     if notes:
         summary["warnings"] = notes
-    info = getattr(posterior, "info", None)
-    if info:  # ABC: ε, acceptance, simulations run (and SMC's schedule)
-        summary["abc"] = json.loads(json.dumps(info, default=float))
+    info = getattr(posterior, "info", None) or {}
+    nuts = info.get("method") == "nuts"
+    if info:  # ABC: ε, acceptance, simulations run (and SMC's schedule); NUTS: R-hat, ESS, divergences
+        summary["nuts" if nuts else "abc"] = json.loads(json.dumps(info, default=float))
     reference = None
     if task.reference is not None:
         reference = np.asarray(task.reference_posterior(x_obs, args.samples, key=key_ref))
@@ -87,9 +88,14 @@ def run_inference(args) -> int:
         plot.loss_curves(posterior.history[-1]).savefig(out / "loss.png", dpi=100)
         written.append("loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"{args.method} on {args.task}, observation {args.observation}, {args.budget} simulations in {args.rounds} round(s)")
-    print(f"  fit {fit_seconds:.1f} s, {args.samples} samples in {sample_seconds:.1f} s")
-    if info:
+    if nuts:
+        print(f"nuts on {args.task}, observation {args.observation}: {info['num_chains']} chains of {info['num_samples']} draws")
+        print(f"  sampled in {fit_seconds:.1f} s; R-hat {max(info['r_hat'].values()):.4f} (worst), bulk ESS "
+              f"{min(info['ess_bulk'].values()):.0f} (least), {info['divergences']} divergences")
+    else:
+        print(f"{args.method} on {args.task}, observation {args.observation}, {args.budget} simulations in {args.rounds} round(s)")
+        print(f"  fit {fit_seconds:.1f} s, {args.samples} samples in {sample_seconds:.1f} s")
+    if info and not nuts:
         print(f"  ABC: {info['simulations']} simulations, epsilon {info['epsilon']:.4g}" + (f", {len(info['generations']) - 1} generations" if "generations" in info else ""))
     for name in task.names:
         print(f"  {name:>10s} = {summary['posterior_mean'][name]: .3f} ± {summary['posterior_std'][name]:.3f}   (true {summary['true_parameters'][name]: .3f})")
