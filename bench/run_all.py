@@ -39,6 +39,7 @@ SCRIPTS = {
     "abc_vs_pyabc": (["--tasks", "two_moons", "--observations", "1", "--budget", "5000", "--population", "200"], []),
     "summaries": (["--observations", "1", "--train", "300", "--budget", "200", "--epochs", "2", "--patience", "2",
                    "--smc-budget", "3000", "--channels", "4", "4", "4"], []),
+    "population": (["--objects", "30", "--budget", "3000", "--seeds", "1"], []),
     "nuts": (["--dims", "10", "1000", "--samples", "500"], []),
     "gold": (["--tasks", "galton_board", "--budgets", "1000", "--methods", "carl", "alices", "npe", "score_npe", "--fisher-seeds", "1"], []),
 }

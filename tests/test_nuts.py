@@ -52,3 +52,42 @@ def test_nuts_bad_inputs_name_the_problem():
         galton.NUTS(reparam="centred")
     with pytest.raises(ValueError, match="2 parameters and the reference 1"):
         galton.diagnostics.compare(np.zeros((10, 2)), np.zeros((10, 1)), show=False)
+
+
+def test_population_recovers_the_hyperparameters_of_a_gaussian_hierarchy():
+    import numpyro
+    import numpyro.distributions as dist
+
+    from galton.train import Training
+
+    sigma, m = 0.5, 40
+    obj = galton.Simulator(dist.Uniform(-4.0, 4.0), lambda key, t: t + sigma * jax.random.normal(key, (2,)), name="object")
+
+    def hierarchy(n):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+        tau = numpyro.sample("tau", dist.HalfNormal(2.0))
+        with numpyro.plate("objects", n):
+            return numpyro.sample("theta", dist.Normal(mu, tau))
+
+    theta = 0.5 + 0.8 * np.asarray(jax.random.normal(jax.random.key(1), (m,)))
+    xs = theta[:, None] + sigma * np.asarray(jax.random.normal(jax.random.key(2), (m, 2)))
+    nle = galton.NLE(transforms=3, training=Training(learning_rate=1e-3, batch_size=256, patience=20))
+    sims = galton.simulate(obj, 5000, key=jax.random.key(3), progress=False)
+    net, history = nle.fit(sims, obj.prior, key=jax.random.key(4), progress=False)
+    result = galton.population(nle.posterior(net, obj.prior, [history]), xs, hierarchy, key=jax.random.key(5), num_samples=500,
+                               target_accept=0.9)
+    assert result.theta.shape == (2000, m, 1) and result.hyper.names == ["mu", "tau"]
+    # exact: the objects' means are N(μ, τ² + σ²/2); a grid over (μ, τ)
+    mu, tau = np.meshgrid(np.linspace(-1.5, 2.5, 301), np.linspace(0.01, 2.5, 300), indexing="ij")
+    v = tau**2 + sigma**2 / 2
+    lp = (-0.5 * (xs.mean(1)[None, None] - mu[..., None]) ** 2 / v[..., None] - 0.5 * np.log(v[..., None])).sum(-1)
+    lp = lp + np.asarray(dist.Normal(0.0, 2.0).log_prob(mu) + dist.HalfNormal(2.0).log_prob(tau))
+    w = np.exp(lp - lp.max())
+    w /= w.sum()
+    for i, g in enumerate((mu, tau)):
+        mean = (w * g).sum()
+        sd = np.sqrt((w * (g - mean) ** 2).sum())
+        draws = result.hyper.theta[:, i]
+        assert abs(draws.mean() - mean) < 0.3 * sd and abs(draws.std() / sd - 1) < 0.15, (i, draws.mean(), mean, draws.std(), sd)
+    with pytest.raises(galton.ProblemError, match="xs has shape"):
+        galton.population(nle.posterior(net, obj.prior, [history]), np.zeros((m, 3)), hierarchy, key=jax.random.key(0))
