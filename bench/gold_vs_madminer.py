@@ -23,7 +23,8 @@ madminer runs in .venv-peers through bench/peers/madminer_ratio.py with its Data
 --n-workers processes (0 by default: madminer's default of 8, forked anew each epoch, trained 11x
 slower on 2 cores) and --torch-threads intra-op threads (1 by default: 2 trained 15x slower on 2
 busy cores; galton's time did not change with XLA held to one thread). galton runs in a fresh
-process, cold (an empty compile cache) and warm (again, with the cache it filled). Times: the training call alone (madminer's train, galton's fit), imports and
+process, cold (an empty compile cache), warm (again, with the cache it filled) and hot (the
+same fit once more in the warm process, its programs already in memory: training alone). Times: the training call alone (madminer's train, galton's fit), imports and
 evaluation excluded. Error: bench/gold.py's Board, the exact log-ratio MSE over θ0 on 19 grid
 points in [−0.9, 0.9] and all 21 slots weighted by ½(p(x|θ0) + p(x|0)); means over seeds.
 """
@@ -45,8 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 
-def galton_worker(folder: str, out: str, method: str, epochs: int, batch: int, lr: float, alpha: float, seed: int) -> None:
-    """Fit galton's ``method`` on the pairs in ``folder``; write log r̂ at the evaluation points and the time."""
+def galton_worker(folder: str, out: str, method: str, epochs: int, batch: int, lr: float, alpha: float, seed: int, fits: int) -> None:
+    """Fit galton's ``method`` on the pairs in ``folder`` ``fits`` times; write log r̂ at the evaluation points and the times."""
     import jax
 
     import galton
@@ -60,12 +61,14 @@ def galton_worker(folder: str, out: str, method: str, epochs: int, batch: int, l
     sims = Simulations(pairs["theta0"], pairs["x"], {k: pairs[k] for k in gold.pairs.COLUMNS}, task.problem.names)
     training = Training(learning_rate=lr, batch_size=batch, validation_fraction=0.1, patience=epochs, max_epochs=epochs)
     estimator = galton.methods.get(method, theta_ref=(0.0,), alpha=alpha, training=training)
-    start = time.perf_counter()
-    net, history = estimator.fit(sims, task.problem.prior, key=jax.random.key(seed), progress=False)
-    seconds = time.perf_counter() - start
+    seconds = []
+    for _ in range(fits):
+        start = time.perf_counter()
+        net, history = estimator.fit(sims, task.problem.prior, key=jax.random.key(seed), progress=False)
+        seconds.append(time.perf_counter() - start)
     x, theta0 = np.load(d / "x_eval.npy"), np.load(d / "theta_eval.npy")
     log_r = gold.log_ratio(net, jax.numpy.asarray(x), jax.numpy.asarray(theta0), jax.numpy.zeros_like(theta0))
-    np.savez(out, log_r=np.asarray(log_r, np.float64), seconds=seconds, epochs=history["epochs"])
+    np.savez(out, log_r=np.asarray(log_r, np.float64), seconds=np.array(seconds), epochs=history["epochs"])
 
 
 def export(pairs, board, folder: Path) -> float:
@@ -97,11 +100,11 @@ def main():
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--n-workers", type=int, default=0)
     parser.add_argument("--torch-threads", type=int, default=1)
-    parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=9, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        folder, out, method, epochs, batch, lr, alpha, seed = args.worker
-        return galton_worker(folder, out, method, int(epochs), int(batch), float(lr), float(alpha), int(seed))
+        folder, out, method, epochs, batch, lr, alpha, seed, fits = args.worker
+        return galton_worker(folder, out, method, int(epochs), int(batch), float(lr), float(alpha), int(seed), int(fits))
     if not PEERS_PYTHON.exists():
         sys.exit(f"no peers environment at {PEERS_PYTHON}: python3 -m venv .venv-peers && .venv-peers/bin/pip install -r bench/requirements-peers.txt")
 
@@ -117,10 +120,11 @@ def main():
         folder, out = Path(workdir), Path(workdir) / "out.npz"
 
         def run(command, env=None):
+            """[(seconds, MSE, epochs)] for each fit the command made."""
             subprocess.run(command, check=True, env=env)
             r = np.load(out)
             est = r["log_r"].reshape(board.exact.shape)
-            return float(r["seconds"]), board.error(lambda *_: est), int(r["epochs"])
+            return [(float(s), board.error(lambda *_: est), int(r["epochs"])) for s in np.atleast_1d(r["seconds"])]
 
         for budget in args.budgets:
             pairs = gold.pair_simulations(board.task.problem, budget, key=jax.random.key(budget), theta_ref=board.theta_ref, progress=False)
@@ -132,18 +136,20 @@ def main():
                             "--alpha", str(args.alpha), "--score-variance", str(variance), "--epochs", str(args.epochs),
                             "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--n-workers", str(args.n_workers),
                             "--threads", str(args.torch_threads), "--seed", str(seed)]
-                    rows.setdefault("madminer", []).append(run(peer))
+                    rows.setdefault("madminer", []).extend(run(peer))
                     env = {**os.environ, "GALTON_CACHE_DIR": str(folder / f"cache-{budget}-{method}-{seed}")}
                     worker = [sys.executable, __file__, "--worker", str(folder), str(out), method, *settings, str(seed)]
-                    for label in ("galton cold", "galton warm"):
-                        rows.setdefault(label, []).append(run(worker, env))
+                    rows.setdefault("galton cold", []).extend(run([*worker, "1"], env))
+                    warm, hot = run([*worker, "2"], env)  # the same fit twice in one process: the second is in memory
+                    rows.setdefault("galton warm", []).append(warm)
+                    rows.setdefault("galton hot", []).append(hot)
                     for label, values in rows.items():
                         s, mse, epochs = values[-1]
                         print(f"{method} {budget:6d} seed {seed} {label:12s} {s:7.2f} s  MSE {mse:8.4f}  ({epochs} epochs)", flush=True)
                 means = {label: np.mean([v[:2] for v in values], axis=0) for label, values in rows.items()}
                 peer_s, peer_mse = means["madminer"]
                 report("gold_vs_madminer", f"madminer {method} {budget}", peer_s=peer_s, mse=peer_mse)
-                for label in ("galton cold", "galton warm"):
+                for label in ("galton cold", "galton warm", "galton hot"):
                     s, mse = means[label]
                     table.append((method, budget, label, s, peer_s, peer_s / s, mse, peer_mse))
                     report("gold_vs_madminer", f"{label} / madminer, {method} {budget}", galton_s=s, peer_s=peer_s, ratio=peer_s / s,

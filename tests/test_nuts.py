@@ -91,3 +91,12 @@ def test_population_recovers_the_hyperparameters_of_a_gaussian_hierarchy():
         assert abs(draws.mean() - mean) < 0.3 * sd and abs(draws.std() / sd - 1) < 0.15, (i, draws.mean(), mean, draws.std(), sd)
     with pytest.raises(galton.ProblemError, match="xs has shape"):
         galton.population(nle.posterior(net, obj.prior, [history]), np.zeros((m, 3)), hierarchy, key=jax.random.key(0))
+
+
+def test_muse_checks_itself_against_nuts():
+    task = galton.tasks.get("funnel", dim=20)
+    result = galton.muse(task.problem, task.observation(1), nsims=30, key=jax.random.key(0), check="nuts", progress=False)
+    assert result.check["c2st"] < 0.6 and abs(result.check["parameters"]["theta"]["mean_shift"]) < 0.2
+    assert 0.8 < result.check["parameters"]["theta"]["sigma_ratio"] < 1.25 and result.check["nuts_info"]["method"] == "nuts"
+    with pytest.raises(ValueError, match="check must be 'nuts'"):
+        galton.muse(task.problem, task.observation(1), nsims=10, key=jax.random.key(0), check="hmc", max_iterations=1, progress=False)

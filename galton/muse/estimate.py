@@ -73,6 +73,7 @@ def muse(
     cg_rtol: float = 1e-4,
     vectorize: bool = True,
     chunk_size: int | None = None,
+    check: str | None = None,
     progress: bool = True,
 ) -> MuseResult:
     """Estimate θ of a hierarchical model by MUSE, marginalising the latents z.
@@ -111,6 +112,11 @@ def muse(
         chunk_size: simulations solved together, vectorised, in each step of the compiled
             loop over them; by default as many as keep a chunk's arrays under 768 kB, in
             chunks as even as that allows.
+        check: ``"nuts"`` also runs a short NUTS over (θ, z) on the same Program and x
+            (`method="nuts"`, 4 chains of 500) and stores in ``result.check`` its C2ST against
+            MUSE's Gaussian and each parameter's mean shift (in NUTS's σ) and σ ratio, so a
+            user sees when the Gaussian answer is off; it warns past a 0.2 σ shift or a σ
+            ratio outside [0.8, 1.25].
         progress: show a progress bar.
 
     Returns:
@@ -124,6 +130,12 @@ def muse(
         raise ValueError(f"jacobian must be one of {JACOBIAN_METHODS}, got {jacobian!r}")
     if max_iterations < 1:
         raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
+    if check not in (None, "nuts"):
+        raise ValueError(f"check must be 'nuts' or None, got {check!r}")
+    from galton.problem import Program
+
+    if check and not isinstance(problem, Program):
+        raise ProblemError("check='nuts' needs a galton Program (a HierarchicalModel has no NumPyro model to run NUTS on)")
     start = _start(problem, x_obs, theta_start, nsims, key, result)
     model, nsims, history = start.model, start.nsims, start.history
     keys = _simulation_keys(start.key, nsims)
@@ -149,7 +161,7 @@ def muse(
     H_prior, cov = _covariance(fns, batch, model, theta_hat, J, H, last, nsims, len(history), map_gtol)
     elapsed = start.elapsed + (time.perf_counter() - began)
     _warn_about_the_run(history, nsims, last, max_iterations, theta_rtol)
-    return MuseResult(
+    out = MuseResult(
         theta_hat, cov, model.names, model.bijection, start.x_host,
         J=J, H=H, H_prior=H_prior, theta_evaluated=np.asarray(last.u), scores=s_sims,
         z_map=np.asarray(batch.Z)[: 1 + nsims], key_data=np.asarray(jax.random.key_data(start.key)), history=history, nsims=nsims,
@@ -157,6 +169,27 @@ def muse(
         n_hessian_vector_products=start.n_hvps + batch.n_hvps + n_hvps,
         jacobian=jacobian, problem_name=model.name, unflatten=model.unflatten_theta,
     )
+    if check is not None:
+        out.check = _check_with_nuts(problem, start.x_host, out, start.key, check)
+    return out
+
+
+def _check_with_nuts(problem, x, result: MuseResult, key, check: str) -> dict:
+    """MUSE's Gaussian against a short NUTS run on the same problem (``check="nuts"``)."""
+    from galton.diagnostics import compare
+    from galton.methods.nuts import NUTS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exact = NUTS(num_samples=500, num_warmup=500, num_chains=4).run(problem, x, key=jax.random.fold_in(key, 7), progress=False)
+    report = compare(result, exact, n=2000, key=jax.random.fold_in(key, 8), show=False)
+    report.update(nuts_info=exact.info, nuts_warnings=[str(w.message) for w in caught])
+    worst_shift = max(abs(p["mean_shift"]) for p in report["parameters"].values())
+    ratios = [p["sigma_ratio"] for p in report["parameters"].values()]
+    if worst_shift > 0.2 or min(ratios) < 0.8 or max(ratios) > 1.25:
+        warnings.warn(
+            f"muse: the Gaussian MUSE answer is off from NUTS on this problem (largest mean shift {worst_shift:.2f} σ, "
+            f"σ ratios {min(ratios):.2f}–{max(ratios):.2f}, C2ST {report['c2st']:.3f}); see result.check", stacklevel=3)
+    return report
 
 
 class _Start(NamedTuple):
