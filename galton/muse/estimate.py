@@ -43,7 +43,7 @@ from galton.muse.kernels import Rows, _compiled
 from galton.muse.models import FlatModel, as_flat_model
 from galton.muse.result import MuseError, MuseResult, _record, _record_breakdown
 from galton.muse.root import PRIOR_STEP, _RootFinder
-from galton.problem import ProblemError
+from galton.problem import ProblemError, Program
 
 JACOBIAN_METHODS = ("implicit", "finite_difference")
 PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
@@ -132,8 +132,6 @@ def muse(
         raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
     if check not in (None, "nuts"):
         raise ValueError(f"check must be 'nuts' or None, got {check!r}")
-    from galton.problem import Program
-
     if check and not isinstance(problem, Program):
         raise ProblemError("check='nuts' needs a galton Program (a HierarchicalModel has no NumPyro model to run NUTS on)")
     start = _start(problem, x_obs, theta_start, nsims, key, result)
