@@ -73,8 +73,6 @@ def galton_worker(folder: str, out: str, method: str, epochs: int, batch: int, l
 
 def export(pairs, board, folder: Path) -> float:
     """The pairs as madminer's training files and galton's npz, the evaluation points; returns Var(t)."""
-    import jax.numpy as jnp
-
     e = pairs.extras
     n = len(pairs)
     np.savez(folder / "pairs.npz", theta0=pairs.theta, x=pairs.x, **e)

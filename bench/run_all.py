@@ -8,8 +8,8 @@ Each script runs in its own process and reports its figures as ``BENCH-RESULT {j
 (bench/_report.py); the table has one row per (bench, case), the union of the figures as
 columns and the wall time of the script that made the row. A script that fails or times out
 gives a row with its exit status and the last line of its stderr, and this exits non-zero.
-The full output of each script is kept in runs/bench/<script>.log. npe_vs_sbi, tmnre_vs_swyft and
-abc_vs_pyabc need their peers (sbi, swyft, pyabc) in their own environment, .venv-peers, and are skipped without it. bench/make_task_data.py is a
+The full output of each script is kept in runs/bench/<script>.log. npe_vs_sbi, tmnre_vs_swyft,
+abc_vs_pyabc and gold_vs_madminer need their peers (sbi, swyft, pyabc, madminer) in their own environment, .venv-peers, and are skipped without it. bench/make_task_data.py is a
 data tool (it regenerates the tasks' shipped observations), not a benchmark, and is not run.
 """
 
@@ -41,6 +41,7 @@ SCRIPTS = {
                    "--smc-budget", "3000", "--channels", "4", "4", "4"], []),
     "population": (["--objects", "30", "--budget", "3000", "--seeds", "1"], []),
     "nuts": (["--dims", "10", "1000", "--samples", "500"], []),
+    "gold_vs_madminer": (["--budgets", "3000", "--seeds", "0", "--epochs", "20"], []),
     "gold": (["--tasks", "galton_board", "--budgets", "1000", "--methods", "carl", "alices", "npe", "score_npe", "--fisher-seeds", "1"], []),
 }
 PEERS = ROOT / ".venv-peers" / "bin" / "python"
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
 
     rows, failed, start = [], [], time.perf_counter()
     for script in args.scripts or SCRIPTS:
-        if script in ("npe_vs_sbi", "tmnre_vs_swyft", "abc_vs_pyabc") and not PEERS.exists():
+        if script in ("npe_vs_sbi", "tmnre_vs_swyft", "abc_vs_pyabc", "gold_vs_madminer") and not PEERS.exists():
             rows.append({"bench": script, "case": "skipped: peer environment .venv-peers missing (see bench/requirements-peers.txt)"})
             print(f"{script}: skipped (no .venv-peers)", file=sys.stderr)
             continue

@@ -179,13 +179,15 @@ def _board_ratio_mse(net) -> float:
     return float((((est - exact) ** 2) * weight).sum(1).mean())
 
 
-@pytest.mark.parametrize("method", ["alices", "rascal"])
-def test_gold_ratio_estimators_recover_the_galton_board_likelihood_ratio(board_pairs, method):
+def test_the_joint_score_makes_alices_beat_alice_and_carl_on_the_galton_board(board_pairs):
     training = Training(max_epochs=400, patience=30, learning_rate=1e-3, batch_size=128)
-    m = galton.methods.get(method, theta_ref=(0.0,), training=training)
-    net, _ = m.fit(board_pairs, galton.tasks.get("galton_board").prior, key=jax.random.key(1), progress=False)
-    mse = _board_ratio_mse(net)
-    assert mse < 1.0, mse  # the exact log ratios span −34 .. 9 on this grid; CARL with no gold sits near 0.45 at this size
+    errors = {}
+    for method in ("carl", "alice", "alices"):
+        m = galton.methods.get(method, theta_ref=(0.0,), training=training)
+        net, _ = m.fit(board_pairs, galton.tasks.get("galton_board").prior, key=jax.random.key(1), progress=False)
+        errors[method] = _board_ratio_mse(net)
+    # the exact log ratios span −34 .. 9 on this grid (variance 6.2 under the weighting)
+    assert errors["alices"] < 0.4 and errors["alices"] < 0.8 * min(errors["carl"], errors["alice"]), errors
 
 
 # ------------------------------------------------------------------------------------------- Fisher

@@ -11,5 +11,6 @@ from galton.methods.tmnre import TMNRE  # noqa: F401  (marginal heads and trunca
 from galton.methods.abc import MCMCABC, RejectionABC, SMCABC  # noqa: F401  (ABC: loops of their own)
 from galton.methods.gold import ALICE, ALICES, CARL, CASCAL, RASCAL, ROLR, SCANDAL, ScoreNPE  # noqa: F401  (mining gold)
 from galton.methods.nuts import NUTS  # noqa: F401  (the exact baseline for Programs)
+from galton.methods.ic import IC  # noqa: F401  (inference compilation: an amortized proposal for importance sampling)
 
 __all__ = ["REGISTRY", "get", "names", "register", *(cls.__name__ for cls in REGISTRY.values())]

@@ -13,8 +13,8 @@ from `pair_simulations` (y = 1 when x ~ p(x|θ1)):
     CASCAL, RASCAL, ALICES:        the above + α [(1 − y) |∇θ0 f(θ0, x) − t0|²_W + y |∇θ1 f(θ1, x) − t1|²_W]
 
 with |v|²_W = Σ_j v_j² / Var(t_j) over the training labels (madminer weights the raw squared
-error; scaled, the default α = 0.1 served both the Galton board, score variance 14, and the
-state-space model, score variances 40 to 160).
+error; scaled, the default α = 0.1 served both the Galton board, label variance 30 with θ_ref = 0,
+and the state-space model, score variances 40 to 160).
 
 r and t are the joint ratio and score. E[r(x, z|θ0, θ1) | x] is the true ratio when z ~ p(z|x, θ1)
 (so ROLR regresses r on rows drawn at θ1 and 1/r on rows drawn at θ0), E[t(x, z|θ) | x] the true
