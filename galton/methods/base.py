@@ -65,6 +65,17 @@ def get(method, **options):
     return method
 
 
+def require_program(problem, method: str, rounds: int, needs: str = "the joint density") -> None:
+    """Raise unless ``problem`` is a `Program` and ``rounds`` is 1: the methods that use a
+    program's joint density (gold mining, NUTS, inference compilation) are one-shot."""
+    from galton.problem import ProblemError, Program
+
+    if not isinstance(problem, Program):
+        raise ProblemError(f"method {method!r} uses {needs} of a Program; {problem.name} is a black-box Simulator")
+    if rounds != 1:
+        raise ValueError(f"method {method!r} runs in one round: rounds must be 1, got {rounds}")
+
+
 class NeuralMethod:
     """Mixin for method settings objects; a method defines `network`, `loss`, `posterior`, and
     maybe `arrays`.

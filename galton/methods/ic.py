@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.flows import conditional_flow
-from galton.methods.base import register
+from galton.methods.base import register, require_program
 from galton.methods.npe import maximum_likelihood_loss
 from galton.methods.nuts import _discrete_latents
 from galton.posteriors import SamplesPosterior
@@ -96,10 +96,7 @@ class IC:
 
     def run(self, problem, x_obs, *, key, budget, rounds=1, simulations=None, store=None, progress=True):
         """`galton.infer`'s path: ``budget`` joint simulations, one fit, then the sampler at ``x_obs``."""
-        if not isinstance(problem, Program):
-            raise ProblemError(f"method 'ic' needs the joint density of a Program; {problem.name} is a black-box Simulator")
-        if rounds != 1:
-            raise ValueError(f"method 'ic' is amortized: rounds must be 1, got {rounds}")
+        require_program(problem, "ic", rounds)
         discrete = _discrete_latents(problem)
         if discrete:
             raise ProblemError(

@@ -14,14 +14,13 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 from numpyro.infer import MCMC, NUTS as NumPyroNUTS
 from numpyro.infer.reparam import LocScaleReparam
 
-from galton.methods.base import register
+from galton.methods.base import register, require_program
 from galton.posteriors import SamplesPosterior
 from galton.problem import ProblemError, Program
 
@@ -88,10 +87,7 @@ class NUTS:
     def run(self, problem, x_obs, *, key, budget=None, rounds=1, simulations=None, store=None, progress=True):
         """Sample p(θ, z | x_obs); returns a `SamplesPosterior` over θ (``budget``, ``simulations``
         and ``store`` have no role: NUTS simulates nothing)."""
-        if not isinstance(problem, Program):
-            raise ProblemError(f"method 'nuts' samples the joint density of a Program; {problem.name} is a black-box Simulator")
-        if rounds != 1:
-            raise ValueError(f"method 'nuts' has no rounds, got rounds={rounds}")
+        require_program(problem, "nuts", rounds)
         discrete = _discrete_latents(problem)
         if discrete:
             raise ProblemError(

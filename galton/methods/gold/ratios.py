@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.methods.base import NeuralMethod, bind, register
+from galton.methods.base import NeuralMethod, bind, register, require_program
 from galton.methods.gold.pairs import COLUMNS, pair_simulations
 from galton.posteriors import DensityPosterior
-from galton.problem import ProblemError, Program, Prior
+from galton.problem import ProblemError, Prior
 from galton.ratio import RatioNetwork, ratio_network
 from galton.sampling import MCMC_DEFAULTS
 from galton.store import Simulations
@@ -148,10 +148,7 @@ class ParameterizedRatio(NeuralMethod):
 
     def run(self, problem, x_obs, *, key, budget, rounds, simulations=None, store=None, progress=True):
         """`galton.infer`'s path: simulate ``budget`` pairs, train, condition on ``x_obs``."""
-        if not isinstance(problem, Program):
-            raise ProblemError(f"method {self.name!r} mines the joint density of a Program; {problem.name} is a black-box Simulator")
-        if rounds != 1:
-            raise ValueError(f"method {self.name!r} is amortized: rounds must be 1, got {rounds}")
+        require_program(problem, self.name, rounds)
         key_sim, key_fit = jax.random.split(key)
         sims = simulations if simulations is not None else pair_simulations(
             problem, budget, key=key_sim, theta_ref=self.theta_ref, store=store, progress=progress)

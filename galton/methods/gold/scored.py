@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.methods.base import bind, register
+from galton.methods.base import bind, register, require_program
 from galton.methods.gold.ratios import score_weights
 from galton.methods.nle import NLE
 from galton.methods.npe import NPE
-from galton.problem import ProblemError, Program, Prior
+from galton.problem import ProblemError, Prior
 from galton.simulate import simulate
 from galton.store import Simulations
 from galton.train import train
@@ -71,10 +71,7 @@ class _Scored:
 
     def run(self, problem, x_obs, *, key, budget, rounds, simulations=None, store=None, progress=True):
         """`galton.infer`'s path: ``budget`` simulations with their joint score, one fit."""
-        if not isinstance(problem, Program):
-            raise ProblemError(f"method {self.name!r} uses the joint score of a Program; {problem.name} is a black-box Simulator")
-        if rounds != 1:
-            raise ValueError(f"method {self.name!r} is amortized: rounds must be 1, got {rounds}")
+        require_program(problem, self.name, rounds, needs="the joint score")
         key_sim, key_fit = jax.random.split(key)
         sims = simulations if simulations is not None else simulate(problem, budget, key=key_sim, augment="score", store=store, progress=progress)
         model, history = self.fit(sims, problem.prior, key=key_fit, progress=progress)
