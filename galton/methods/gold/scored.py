@@ -83,8 +83,9 @@ class _Scored:
 class SCANDAL(_Scored, NLE):
     """NLE with the joint score (NLE's settings, and ``alpha`` the score weight).
 
-    ``dequantize`` adds U(0, 1) noise to integer-valued x (counts, Galton-board slots) so a flow
-    can model it: p(x + u|θ) = p(x|θ) on each unit cell, so the score is unchanged.
+    ``dequantize`` adds U(−½, ½) noise to integer-valued x (counts, Galton-board slots) so a flow
+    can model it: p(x + u|θ) = p(x|θ) on each unit cell, so the score is unchanged, and the
+    posterior, evaluated at the integer x_o, reads each cell at its centre.
     """
 
     flow: str = "nsf"
@@ -94,7 +95,7 @@ class SCANDAL(_Scored, NLE):
     def arrays(self, sims: Simulations):
         theta, x = super().arrays(sims)
         if self.dequantize:
-            noise = np.random.default_rng(0).uniform(size=x.shape).astype(x.dtype)
+            noise = np.random.default_rng(0).uniform(-0.5, 0.5, size=x.shape).astype(x.dtype)
             x = x + noise
         return theta, x
 
