@@ -101,12 +101,12 @@ def _run_python(problem: Simulator, keys: jax.Array, theta: np.ndarray, executor
     return np.stack(results), {}
 
 
-def _check_finite(x: np.ndarray, theta: np.ndarray, names, policy: str, offset: int, what: str = "x") -> np.ndarray:
+def _check_finite(x: np.ndarray, theta: np.ndarray, names, policy: str, offset: int, what: str = "") -> np.ndarray:
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1) if np.issubdtype(x.dtype, np.inexact) else np.ones(len(x), bool)
     if policy == "raise" and not finite.all():
         bad = np.flatnonzero(~finite)
         raise SimulationError(
-            f"{bad.size} of {len(x)} simulations in this chunk returned NaN or inf {what}, first simulation "
+            f"{bad.size} of {len(x)} simulations in this chunk returned NaN or inf{' ' + what if what else ''}, first simulation "
             f"{offset + int(bad[0])} with {_format_theta(names, theta[bad[0]])}; "
             "pass on_invalid='drop' to discard such simulations or 'keep' to keep them"
         )
