@@ -181,13 +181,15 @@ def fisher(seeds: int):
         report("gold", f"fisher {label}", max_rel_error=float(mean.max()), diag_rel_error=float(np.diag(mean).max()), seeds=seeds)
 
 
-def coverage(toys: int, budget: int):
+def coverage(toys: int, budget: int, only=None):
     """Wilks sets from a trained estimator: how often they cover the true θ over ``toys`` experiments."""
     cases = [
         ("galton_board", "alices", galton.tasks.get("galton_board"), np.array([0.3], np.float32), 20, 201),
         ("state_space", "scandal", galton.tasks.get("state_space"), np.asarray(ss.TRUE_THETA, np.float32), 10, 15),
     ]
     for name, method_name, task, theta_true, n_events, points in cases:
+        if only and name not in only:
+            continue
         program = task.problem
         board = name == "galton_board"
         method = make_method(method_name, budget, program, board, np.zeros(program.prior.dim, np.float32) if board else StateSpace.centre())
@@ -220,9 +222,10 @@ def main():
     parser.add_argument("--skip-c2st", action="store_true")
     parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
     parser.add_argument("--coverage-budget", type=int, default=30_000)
+    parser.add_argument("--coverage-tasks", nargs="*", default=None, help="only these tasks' coverage check")
     args = parser.parse_args()
     if args.coverage_toys:
-        coverage(args.coverage_toys, args.coverage_budget)
+        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks)
     if not args.skip_fisher:
         fisher(args.fisher_seeds)
     for name in args.tasks:
