@@ -13,7 +13,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
 
@@ -77,8 +76,7 @@ def check_scorable(program: Program, key: jax.Array | None = None) -> None:
     params = program.prior.blocks
 
     def site_values(t):
-        tr = handlers.trace(handlers.seed(handlers.condition(program.model, data=params.unflatten(t)), key)).get_trace()
-        return tr
+        return handlers.trace(handlers.seed(handlers.condition(program.model, data=params.unflatten(t)), key)).get_trace()
 
     tr = site_values(theta)
     for name, site in tr.items():
@@ -108,19 +106,6 @@ def check_scorable(program: Program, key: jax.Array | None = None) -> None:
                     f"site {name!r} has a support that moves with θ ({type(support).__name__}): its density "
                     "jumps at the boundary, so the joint score is not a label for the true score"
                 )
-
-
-def augment(program: Program, x, z, theta, what, theta_ref=None) -> dict[str, np.ndarray]:
-    """The joint quantities ``what`` (``"score"``, ``"ratio"``) at the θ each row was simulated at.
-
-    Returns ``{"score": (n, d)}`` and/or ``{"log_ratio": (n,)}`` (log r(x, z|θ, θ_ref)), as NumPy.
-    """
-    out = {}
-    if "score" in what:
-        out["score"] = np.asarray(joint_score(program, x, z, theta))
-    if "ratio" in what:
-        out["log_ratio"] = np.asarray(joint_log_ratio(program, x, z, theta, theta_ref))
-    return out
 
 
 AUGMENTS = ("score", "ratio")

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, check_theta
+from galton.problem import ProblemError, Program, check_point
 from galton.simulate import simulate
 
 METHODS = ("truth", "sally", "histogram")
@@ -55,8 +55,7 @@ def fisher_information(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if not isinstance(program, Program):
         raise ProblemError(f"fisher_information needs a Program (its joint score), got {type(program).__name__}")
-    theta = np.asarray(program.prior.flatten(theta) if isinstance(theta, dict) else theta, np.float32).reshape(-1)
-    check_theta(program.prior, theta[None])
+    theta = check_point(program.prior, theta).astype(np.float32)
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
     key = as_key(key)

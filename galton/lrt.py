@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, Simulator, check_theta
+from galton.problem import ProblemError, Program, Simulator, check_point
 from galton.simulate import simulate
 
 
@@ -180,8 +180,7 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
     Returns one `Coverage` per level; a well-calibrated likelihood covers at the nominal rate
     within about 2 ``stderr``.
     """
-    theta_true = np.asarray(theta_true, np.float32).reshape(-1)
-    check_theta(problem.prior, theta_true[None], what="theta_true")
+    theta_true = check_point(problem.prior, theta_true, what="theta_true").astype(np.float32)
     if int(toys) != toys or toys < 2:
         raise ValueError(f"toys must be an integer of at least 2, got {toys!r}")
     qs = _toy_statistics(loglik, problem, theta_true, int(n_events), int(toys), as_key(key), theta_grid, keep)

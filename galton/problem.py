@@ -218,6 +218,14 @@ def check_theta(prior: Prior, theta, *, what: str = "theta") -> jax.Array:
     return theta
 
 
+def check_point(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:
+    """One θ, flat ``(d,)`` or in the prior's structure (a dict of blocks), validated as `check_theta`
+    does: returns the flat ``(d,)`` float64 array."""
+    flat = np.asarray(prior.flatten(theta) if isinstance(theta, Mapping) else theta, np.float64).reshape(-1)
+    check_theta(prior, flat[None], what=what)
+    return flat
+
+
 def _detect_backend(fn: Callable, key: jax.Array, theta: jax.Array) -> str:
     try:
         jax.eval_shape(fn, key, theta)
@@ -383,4 +391,4 @@ def _on_real_line(support) -> bool:
 Problem = Simulator | Program
 
 
-__all__ = ["Blocks", "Prior", "Simulator", "Program", "ProblemError", "Problem", "check_theta"]
+__all__ = ["Blocks", "Prior", "Simulator", "Program", "ProblemError", "Problem", "check_point", "check_theta"]

@@ -23,7 +23,7 @@ from galton import _worker
 from galton import augment as _augment
 from galton.keys import as_key
 from galton.progress import Progress
-from galton.problem import ProblemError, Program, Simulator, check_theta
+from galton.problem import ProblemError, Program, Simulator, check_point, check_theta
 from galton.store import SimulationStore, Simulations, fingerprint_of, simulations_from_store
 
 POLICIES = ("raise", "drop", "keep")
@@ -48,10 +48,12 @@ def _batched(problem, keep_latents: bool, augment: tuple = (), theta_ref: tuple 
         z_flat = problem.latents.flatten(z) if problem.latents.dim else jnp.zeros(0)
         extras = {"z": z_flat} if keep_latents else {}
         log_joint = lambda t: _augment._log_joint_flat(problem, x, z_flat, t)  # noqa: E731
-        if "score" in augment:
-            extras["score"] = jax.grad(log_joint)(theta)
+        if "score" in augment:  # the ratio's log p(x, z|θ) comes with the gradient
+            value, extras["score"] = jax.value_and_grad(log_joint)(theta)
+        elif "ratio" in augment:
+            value = log_joint(theta)
         if "ratio" in augment:
-            extras["log_ratio"] = log_joint(theta) - log_joint(jnp.asarray(theta_ref, theta.dtype))
+            extras["log_ratio"] = value - log_joint(jnp.asarray(theta_ref, theta.dtype))
         return x, extras
 
     return jax.jit(jax.vmap(one))
@@ -129,9 +131,7 @@ def _check_augment(problem, augment, theta_ref) -> tuple[tuple[str, ...], list |
     if "ratio" in augment:
         if theta_ref is None:
             raise ValueError("augment=('ratio',) needs theta_ref, the (d,) parameters the joint ratio is taken against")
-        ref = np.asarray(problem.prior.flatten(theta_ref) if isinstance(theta_ref, dict) else theta_ref, np.float64).reshape(-1)
-        check_theta(problem.prior, ref[None], what="theta_ref")
-        theta_ref = [float(v) for v in ref]
+        theta_ref = [float(v) for v in check_point(problem.prior, theta_ref, what="theta_ref")]
     elif theta_ref is not None:
         raise ValueError("theta_ref goes with augment=('ratio',); the score needs none")
     return tuple(sorted(augment)), theta_ref

@@ -18,7 +18,7 @@ import numpy as np
 
 from galton import augment
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, check_theta
+from galton.problem import ProblemError, Program, check_point
 from galton.simulate import SimulationError, simulate
 from galton.store import Simulations
 
@@ -53,8 +53,7 @@ def pair_simulations(program: Program, n: int, *, key: jax.Array, theta_ref=None
     key_num, key_den, key_ref, key_partner = jax.random.split(key, 4)
     n_num, n_den = n - n // 2, n // 2
     if theta_ref is not None:
-        ref = np.asarray(prior.flatten(theta_ref) if isinstance(theta_ref, dict) else theta_ref, np.float32).reshape(-1)
-        check_theta(prior, ref[None], what="theta_ref")
+        ref = check_point(prior, theta_ref, what="theta_ref").astype(np.float32)
         theta1_num = np.tile(ref, (n_num, 1))
         theta1_den = np.tile(ref, (n_den, 1))
     else:

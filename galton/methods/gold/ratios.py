@@ -137,7 +137,7 @@ class ParameterizedRatio(NeuralMethod):
         """Train f on pair simulations (see `pair_simulations`); returns the network and its history."""
         key_init, key_train = jax.random.split(key)
         arrays = self.arrays(sims)
-        model = init if init is not None else self.network(np.concatenate([arrays[0], arrays[1]]), np.concatenate([sims.x, sims.x]), key_init)
+        model = init if init is not None else self.network(np.concatenate([arrays[0], arrays[1]]), sims.x, key_init)
         names = ["theta0", "theta1", "x", "y", "log_ratio", "score0", "score1"]
         y = arrays[3][:, None]
         weights = score_weights(np.where(y == 0, arrays[5], arrays[6])) if self.uses_score else ()
