@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.distributions import constraints
 
-from galton.problem import ProblemError, Program
+from galton.problem import ProblemError, Program, check_density
 
 
 def _log_joint_flat(program: Program, x: jax.Array, z_flat: jax.Array, theta: jax.Array) -> jax.Array:
@@ -71,6 +71,7 @@ def check_scorable(program: Program, key: jax.Array | None = None) -> None:
     with θ), and a site whose support moves with θ (``Uniform(0, θ)``: the density jumps).
     Discrete sites with θ-dependent probabilities are fine: their log-probability is smooth in θ.
     """
+    check_density(program, "the joint score and ratio")
     key = jax.random.key(0) if key is None else key
     theta = program.prior.sample(key)
     params = program.prior.blocks

@@ -101,3 +101,44 @@ def test_program_rejects_unknown_or_preobserved_sites():
     with pytest.raises(ProblemError, match="obs= set"):
         Program(preobserved, params=["t"], observed=["x"])
     assert Program(functools.partial(hierarchical, dim=3), ["theta"], ["x"]).data.dim == 3
+
+
+def _hidden_in_a_deterministic_site():
+    theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
+    z = numpyro.deterministic("z", theta + jax.random.normal(numpyro.prng_key(), (3,)))
+    numpyro.sample("x", dist.Normal(z, 1.0))
+
+
+def _hidden_in_a_distribution():
+    theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
+    numpyro.sample("x", dist.Normal(theta + jax.random.normal(numpyro.prng_key(), (3,)), 1.0))
+
+
+def _every_draw_a_sample_site():
+    theta = numpyro.sample("theta", dist.Normal(0.0, 1.0))
+    eps = numpyro.sample("eps", dist.Normal(jnp.zeros(3), 1.0))
+    numpyro.sample("x", dist.Normal(numpyro.deterministic("z", theta + eps), 1.0))
+
+
+def test_randomness_hidden_from_numpyro_is_named_by_every_density_method():
+    import galton
+    from galton.problem import hidden_randomness
+
+    hidden = Program(_hidden_in_a_deterministic_site, params=["theta"], observed=["x"], name="hidden")
+    assert hidden_randomness(hidden) == ["z", "x"]
+    assert hidden_randomness(Program(_hidden_in_a_distribution, params=["theta"], observed=["x"])) == ["x"]
+    assert hidden_randomness(Program(_every_draw_a_sample_site, params=["theta"], observed=["x"])) == []
+    x_o = np.zeros(3, np.float32)
+    calls = {
+        "method 'nuts'": lambda: galton.infer(hidden, x_o, method="nuts", key=jax.random.key(0), progress=False),
+        "method 'ic'": lambda: galton.infer(hidden, x_o, method="ic", budget=100, key=jax.random.key(0), progress=False),
+        "method 'alices'": lambda: galton.infer(hidden, x_o, method="alices", theta_ref=(0.0,), budget=100,
+                                                key=jax.random.key(0), progress=False),
+        "MUSE": lambda: galton.muse(hidden, x_o, nsims=10, key=jax.random.key(0), progress=False),
+        "the joint score": lambda: galton.simulate(hidden, 10, key=jax.random.key(0), augment="score", progress=False),
+    }
+    for what, call in calls.items():
+        with pytest.raises(ProblemError, match=rf"\['z', 'x'\] of hidden change with the random seed.*{what}"):
+            call()
+    # simulation-based methods still run the model as the simulator it is
+    assert galton.simulate(hidden, 10, key=jax.random.key(0), progress=False).x.shape == (10, 3)

@@ -68,12 +68,13 @@ def get(method, **options):
 def require_program(problem, method: str, rounds: int, needs: str = "the joint density") -> None:
     """Raise unless ``problem`` is a `Program` and ``rounds`` is 1: the methods that use a
     program's joint density (gold mining, NUTS, inference compilation) are one-shot."""
-    from galton.problem import ProblemError, Program
+    from galton.problem import ProblemError, Program, check_density
 
     if not isinstance(problem, Program):
         raise ProblemError(f"method {method!r} uses {needs} of a Program; {problem.name} is a black-box Simulator")
     if rounds != 1:
         raise ValueError(f"method {method!r} runs in one round: rounds must be 1, got {rounds}")
+    check_density(problem, f"method {method!r}")
 
 
 class NeuralMethod:

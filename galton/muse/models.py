@@ -18,7 +18,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from galton.transforms import ElementwiseBijection
-from galton.problem import ProblemError, Program, Simulator
+from galton.problem import ProblemError, Program, Simulator, check_density
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,6 +109,7 @@ class _ProgramModel(FlatModel):
         self.prior = program.prior
         self.names = list(program.names)
         self.theta_dim = program.prior.dim
+        check_density(program, "MUSE")
         if not program.latents.shapes:
             raise ProblemError(f"MUSE needs latent sites to marginalise, but {program.name!r} has none besides its params and observed sites")
         for k, support in program._supports.items():
