@@ -9,6 +9,7 @@ enable_compile_cache()
 from galton import augment, fisher, lrt, methods, nets, posteriors, summaries, tasks  # noqa: E402
 from galton.fisher import fisher_information  # noqa: E402
 from galton.population import population  # noqa: E402
+from galton.predictive import PredictiveCheck, predictive_check  # noqa: E402
 from galton.infer import infer  # noqa: E402
 from galton.keys import as_key  # noqa: E402
 from galton.methods import *  # noqa: E402,F403  (every registered method class: NPE, NLE, NRE, ...)
@@ -51,6 +52,8 @@ __all__ = [
     "check_theta",
     "fisher_information",
     "population",
+    "PredictiveCheck",
+    "predictive_check",
     "infer",
     "load_simulations",
     "methods",

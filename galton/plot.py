@@ -182,6 +182,29 @@ def coverage(levels, coverage, *, band=None, fig: Figure | None = None) -> Figur
     return fig
 
 
+def predictive(check, *, fig: Figure | None = None) -> Figure:
+    """A posterior predictive check: each statistic's replicated values (histogram) against
+    its observed value (line), with the p-value in the title.
+
+    Args:
+        check: a `galton.predictive.PredictiveCheck`.
+        fig: a figure to draw into; a new one when omitted.
+    """
+    k = len(check.names)
+    columns = min(k, 5)
+    rows = -(-k // columns)
+    fig = Figure(figsize=(2.6 * columns, 2.2 * rows), layout="constrained") if fig is None else fig
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax, name, observed, replicated, p in zip(axes, check.names, check.observed, check.replicated.T, check.p_values):
+        ax.hist(replicated, bins=30, color=COLOURS[0], alpha=0.6)
+        ax.axvline(observed, color="k", linewidth=1.5)
+        ax.set_title(f"{name}   p = {p:.2f}", fontsize="small")
+        ax.set_yticks([])
+    for ax in axes[k:]:
+        ax.set_visible(False)
+    return fig
+
+
 def sbc_ranks(
     ranks,
     *,

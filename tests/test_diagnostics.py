@@ -45,3 +45,25 @@ def test_c2st_rejects_bad_input():
         c2st(np.ones((2, 2, 2)), a)
     with pytest.raises(ValueError, match="constant in dimensions"):
         c2st(np.ones((10, 2)), a)
+
+
+def test_predictive_check_of_a_simulator_reads_each_value_of_a_short_x():
+    import jax
+    import jax.numpy as jnp
+
+    from analytic import PROBLEM, X_OBS
+    from galton import GaussianPosterior, predictive_check
+    from galton.plot import predictive
+
+    exact = GaussianPosterior(np.asarray(X_OBS) / 2, 0.05 * np.eye(3), PROBLEM.prior.names, x_obs=X_OBS)
+    check = predictive_check(exact, PROBLEM, X_OBS, key=jax.random.key(0), n=400)
+    assert check.names == ["x[0]", "x[1]", "x[2]"] and check.extreme() == []
+    assert np.all((check.p_values > 0.05) & (check.p_values < 0.95))
+    predictive(check)
+    wrong = GaussianPosterior(np.asarray(X_OBS) / 2 + 2.0, 0.05 * np.eye(3), PROBLEM.prior.names, x_obs=X_OBS)
+    with pytest.warns(UserWarning, match=r"x\[0\].*x\[1\].*x\[2\]"):
+        assert len(predictive_check(wrong, PROBLEM, X_OBS, key=jax.random.key(0), n=400).extreme()) == 3
+    with pytest.raises(ValueError, match="one scalar per x"):
+        predictive_check(exact, PROBLEM, X_OBS, key=jax.random.key(0), n=10, statistics={"both": lambda x: x[:2]})
+    with pytest.raises(ValueError, match="NaN"):
+        predictive_check(exact, PROBLEM, jnp.array([np.nan, 0.0, 0.0]), key=jax.random.key(0), n=10)

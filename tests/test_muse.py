@@ -164,6 +164,42 @@ def test_funnel_matches_quadrature_at_10000_latents():
     assert result.std[0] == pytest.approx(sd, rel=0.15)
 
 
+def test_twenty_coupled_hyperparameters_get_the_exact_sigmas_and_correlations():
+    # 20 log-variances, each group's variance mixing two of them: correlations from −0.57 to 0.29;
+    # the reference is NUTS over θ on the exact marginal likelihood
+    task = get("coupled_funnels", groups=20, per_group=200)
+    x = task.observation(1)
+    reference = np.asarray(task.reference_posterior(x, 4000, key=jax.random.key(1)))
+    result = muse(task.problem, x, nsims=300, key=jax.random.key(2), progress=False)
+    assert result.converged and result.theta_flat.shape == (20,)
+    mean, sd = reference.mean(0), reference.std(0)
+    assert np.all(np.abs(result.theta_flat - mean) < 0.3 * sd)
+    np.testing.assert_allclose(result.std, sd, rtol=0.15)  # measured: within 10 %
+    exact = np.corrcoef(reference.T)
+    assert exact.min() < -0.5  # (the coupling shows)
+    muse_corr = result.cov / np.outer(np.sqrt(np.diag(result.cov)), np.sqrt(np.diag(result.cov)))
+    assert np.abs(muse_corr - exact).max() < 0.25  # measured 0.20: J and H from 300 simulations
+
+
+def test_predictive_check_passes_the_model_and_flags_heavy_tailed_data():
+    from galton import predictive_check
+
+    problem = get("funnel", dim=1000).problem
+    good = funnel_data(1000)
+    check = predictive_check(funnel_result(), problem, good, key=jax.random.key(3), n=200)
+    assert check.names == ["mean", "std", "min", "max", "kurtosis"] and check.replicated.shape == (200, 5)
+    assert check.extreme() == []
+    # the same variance, Laplace tails: MUSE fits a scale, and only the shape gives the model away
+    kz, kx = jax.random.split(jax.random.PRNGKey(0))
+    heavy = jax.random.laplace(kz, (1000,)) + jax.random.normal(kx, (1000,))
+    fit = muse(problem, heavy, theta_start=0.0, nsims=200, key=jax.random.key(1), progress=False)
+    with pytest.warns(UserWarning, match="kurtosis"):
+        flagged = predictive_check(fit, problem, heavy, key=jax.random.key(3), n=200)
+    assert "kurtosis" in flagged.extreme() and flagged.p_values[4] < 0.005
+    again = predictive_check(funnel_result(), problem, good, key=jax.random.PRNGKey(3), n=200)
+    np.testing.assert_array_equal(again.replicated, check.replicated)
+
+
 def test_stopping_on_the_predicted_error_keeps_the_estimate():
     # MUSE stops once the error left after the last secant step is predicted below theta_rtol
     # (superlinear convergence), one iteration before the step itself is that short

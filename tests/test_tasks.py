@@ -31,7 +31,7 @@ SBIBM_TASKS = [
 X_DIM = {
     "two_moons": 2, "gaussian_linear": 10, "gaussian_linear_uniform": 10, "gaussian_mixture": 2, "slcp": 8,
     "slcp_distractors": 100, "bernoulli_glm": 10, "bernoulli_glm_raw": 100, "sir": 10, "lotka_volterra": 20,
-    "galton_board": 1, "funnel": 512,
+    "galton_board": 1, "funnel": 512, "coupled_funnels": 10_000,
 }  # fmt: skip
 
 

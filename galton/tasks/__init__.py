@@ -13,6 +13,7 @@ from galton.tasks.base import Task
 # name -> module under galton.tasks that defines `task(**options) -> Task`
 _REGISTRY = {
     "funnel": "funnel",
+    "coupled_funnels": "coupled_funnels",
     "two_moons": "two_moons",
     "gaussian_linear": "gaussian_linear",
     "gaussian_linear_uniform": "gaussian_linear_uniform",
@@ -26,6 +27,7 @@ _REGISTRY = {
     "galton_board": "galton_board",
     "lognormal_field": "lognormal_field",
     "state_space": "state_space",
+    "mixture_assignments": "mixture_assignments",
 }
 
 
