@@ -519,3 +519,4 @@ def test_cli_prints_the_result_and_the_reference(capsys):
     out = capsys.readouterr().out
     assert "MuseResult(funnel_1000: 200 simulations, converged" in out
     assert "reference posterior: theta = " in out
+    assert "PredictiveCheck (200 replications)" in out and "kurtosis: observed" in out

@@ -20,6 +20,8 @@ def add_command(subparsers) -> argparse.ArgumentParser:
     muse.add_argument("--max-iterations", type=int, default=50)
     muse.add_argument("--theta-rtol", type=float, default=1e-2)
     muse.add_argument("--jacobian", choices=["implicit", "finite_difference"], default="implicit")
+    muse.add_argument("--predictive", type=int, default=200, metavar="N",
+                      help="posterior predictive check with N replications (0: none)")
     muse.add_argument("--save", help="directory to save the result in (galton.posteriors.load reads it)")
     muse.add_argument("--no-progress", action="store_true")
     muse.set_defaults(handler=run)
@@ -45,6 +47,10 @@ def run(args) -> int:
     if task.reference is not None:
         draws = np.asarray(task.reference_posterior(x_obs, 20_000, key=jax.random.key(args.seed + 1)))
         print("reference posterior: " + ", ".join(f"{n} = {m:.4g} ± {s:.2g}" for n, m, s in zip(task.names, draws.mean(0), draws.std(0))))
+    if args.predictive:
+        from galton.predictive import predictive_check
+
+        print(predictive_check(result, task.problem, x_obs, key=jax.random.key(args.seed + 2), n=args.predictive))
     if args.save:
         print(f"saved to {result.save(args.save)}")
     return 0
