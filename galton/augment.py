@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.distributions import constraints
 
-from galton.problem import ProblemError, Program, check_density
+from galton.problem import ProblemError, Program
+from galton.randomness import check_density
 
 
 def _log_joint_flat(program: Program, x: jax.Array, z_flat: jax.Array, theta: jax.Array) -> jax.Array:

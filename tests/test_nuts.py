@@ -101,24 +101,3 @@ def test_muse_checks_itself_against_nuts():
     with pytest.raises(ValueError, match="check must be 'nuts'"):
         galton.muse(task.problem, task.observation(1), nsims=10, key=jax.random.key(0), check="hmc", max_iterations=1, progress=False)
 
-
-def test_inference_compilation_importance_samples_the_funnel():
-    import dataclasses
-
-    from galton.methods import IC
-    from galton.train import Training
-
-    task = galton.tasks.get("funnel", dim=10)
-    x = task.observation(1)
-    method = IC(draws=4000, transforms=3, hidden=32, training=Training(learning_rate=1e-3, batch_size=256, max_epochs=40, patience=10))
-    post = galton.infer(task.problem, x, method=method, budget=5000, key=jax.random.key(0), progress=False)
-    assert post.info["ess_fraction"] > 0.05 and post.info["pareto_k"] < 0.7, post.info
-    report = galton.diagnostics.compare(post, task.reference_posterior(x, 2000, key=jax.random.key(1)), show=False)
-    assert report["c2st"] < 0.58 and abs(report["parameters"]["theta"]["mean_shift"]) < 0.2, report
-    sims = galton.simulate(task.problem, 2000, key=jax.random.key(2), keep_latents=True, progress=False)
-    flow, _ = method.fit(task.problem, sims, key=jax.random.key(3), progress=False)
-    mh = dataclasses.replace(method, sampler="mh", draws=2000).sample(task.problem, flow, x, key=jax.random.key(4))
-    assert 0 < mh.info["acceptance_rate"] <= 1 and mh.theta.shape == (2000, 1)
-    board = galton.tasks.get("galton_board")
-    with pytest.raises(galton.ProblemError, match=r"\['z'\] .* are discrete"):
-        galton.infer(board.problem, board.observation(1), method="ic", budget=100, key=jax.random.key(0), progress=False)

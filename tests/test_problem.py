@@ -122,7 +122,7 @@ def _every_draw_a_sample_site():
 
 def test_randomness_hidden_from_numpyro_is_named_by_every_density_method():
     import galton
-    from galton.problem import hidden_randomness
+    from galton.randomness import hidden_randomness
 
     hidden = Program(_hidden_in_a_deterministic_site, params=["theta"], observed=["x"], name="hidden")
     assert hidden_randomness(hidden) == ["z", "x"]

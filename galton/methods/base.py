@@ -68,7 +68,8 @@ def get(method, **options):
 def require_program(problem, method: str, rounds: int, needs: str = "the joint density") -> None:
     """Raise unless ``problem`` is a `Program` and ``rounds`` is 1: the methods that use a
     program's joint density (gold mining, NUTS, inference compilation) are one-shot."""
-    from galton.problem import ProblemError, Program, check_density
+    from galton.problem import ProblemError, Program
+    from galton.randomness import check_density
 
     if not isinstance(problem, Program):
         raise ProblemError(f"method {method!r} uses {needs} of a Program; {problem.name} is a black-box Simulator")

@@ -92,7 +92,8 @@ class NUTS:
         if discrete:
             raise ProblemError(
                 f"latent site(s) {discrete} of {problem.name} are discrete: NUTS needs continuous latents; "
-                "marginalise them in the model (NumPyro's enumeration), or use a simulation-based method (npe, alices, ...)"
+                "marginalise them in the model (NumPyro's enumeration), use method='ic' (inference compilation proposes them "
+                "with a categorical head and importance-samples the exact posterior), or a simulation-based method (npe, alices, ...)"
             )
         mcmc = MCMC(
             NumPyroNUTS(self._model(problem, x_obs), target_accept_prob=self.target_accept, max_tree_depth=self.max_tree_depth,

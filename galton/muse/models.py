@@ -18,7 +18,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from galton.transforms import ElementwiseBijection
-from galton.problem import ProblemError, Program, Simulator, check_density
+from galton.problem import ProblemError, Program, Simulator
+from galton.randomness import check_density
 
 
 @dataclass(frozen=True, eq=False)
