@@ -3,10 +3,12 @@
 - `pairs.py`: `pair_simulations`, the (θ0, θ1, x, y, log r, t0, t1) rows the ratio estimators train on.
 - `ratios.py`: CARL, ROLR, ALICE and their score-augmented forms CASCAL, RASCAL, ALICES.
 - `scored.py`: SCANDAL (likelihood flow + score) and score-augmented NPE.
+- `sally.py`: SALLY, the score at θ_ref regressed as summaries, then NRE on them.
 """
 
 from galton.methods.gold.pairs import pair_simulations
 from galton.methods.gold.ratios import ALICE, ALICES, CARL, CASCAL, RASCAL, ROLR, ParameterizedRatio, log_ratio
+from galton.methods.gold.sally import SALLY
 from galton.methods.gold.scored import SCANDAL, ScoreNPE
 
-__all__ = ["pair_simulations", "ParameterizedRatio", "CARL", "ROLR", "ALICE", "CASCAL", "RASCAL", "ALICES", "SCANDAL", "ScoreNPE", "log_ratio"]
+__all__ = ["pair_simulations", "ParameterizedRatio", "CARL", "ROLR", "ALICE", "CASCAL", "RASCAL", "ALICES", "SCANDAL", "ScoreNPE", "SALLY", "log_ratio"]
