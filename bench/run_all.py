@@ -30,7 +30,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # script: (its arguments at the quick scale, at full scale)
 SCRIPTS = {
     "simulate": (["--n", "5000", "--n-loop", "200"], []),
-    "muse": (["--dim", "500", "--nsims", "20", "--repeats", "2"], []),
+    # (full: the comparison at 10,000 latents, then MUSE and NUTS cold up to 10^6 latents, NUTS there for most of an hour)
+    "muse": (["--dim", "500", "--nsims", "20", "--repeats", "2"], ["--dim", "10000", "--dims", "10000", "100000", "1000000"]),
+    "muse_parameters": (["--per-group", "100", "--nsims", "300"], []),
     "muse_starts": (["--only", "lognormal", "--starts", "3"], []),
     "sbibm": (["--tasks", "two_moons", "--methods", "npe", "--budgets", "500", "--observations", "1"], []),
     "npe_vs_sbi": (["--observations", "1", "--budget", "1000", "--galton-flows", "maf"], []),
@@ -39,8 +41,9 @@ SCRIPTS = {
     "abc_vs_pyabc": (["--tasks", "two_moons", "--observations", "1", "--budget", "5000", "--population", "200"], []),
     "summaries": (["--observations", "1", "--train", "300", "--budget", "200", "--epochs", "2", "--patience", "2",
                    "--smc-budget", "3000", "--channels", "4", "4", "4"], []),
-    "population": (["--objects", "30", "--budget", "3000", "--seeds", "1"], []),
+    "population": (["--objects", "30", "--budget", "3000", "--seeds", "1", "--ensemble", "2"], []),
     "nuts": (["--dims", "10", "1000", "--samples", "500"], []),
+    "ic": (["--dims", "10", "100", "--budget", "5000", "--epochs", "10", "--mixture-budget", "5000"], []),
     "gold_vs_madminer": (["--budgets", "3000", "--seeds", "0", "--epochs", "20"], []),
     "gold": (["--tasks", "galton_board", "--budgets", "1000", "--methods", "carl", "alices", "npe", "score_npe", "--fisher-seeds", "1"], []),
 }
