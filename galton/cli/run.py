@@ -4,6 +4,7 @@ reference, write samples (NetCDF), plots and a summary; ``galton demo`` is one s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 import warnings
 
@@ -30,8 +31,21 @@ def add_commands(subparsers) -> None:
     demo.set_defaults(handler=run_demo)
 
 
+def _cap_epochs(settings, max_epochs: int):
+    """``settings`` with every `Training` in it (SALLY's two, a nested method's) capped at ``max_epochs``."""
+    import equinox as eqx
+
+    from galton.train import Training
+
+    if isinstance(settings, Training):
+        return dataclasses.replace(settings, max_epochs=max_epochs)
+    if not dataclasses.is_dataclass(settings) or isinstance(settings, eqx.Module):  # (networks are dataclasses too)
+        return settings
+    changes = {f.name: _cap_epochs(getattr(settings, f.name), max_epochs) for f in dataclasses.fields(settings) if f.init}
+    return dataclasses.replace(settings, **changes)
+
+
 def run_inference(args) -> int:
-    import dataclasses
     import json
     from pathlib import Path
 
@@ -46,8 +60,8 @@ def run_inference(args) -> int:
     x_obs, truth = task.observation(args.observation), task.true_parameters(args.observation)
     key_fit, key_sample, key_ref = jax.random.split(jax.random.key(args.seed), 3)
     method = methods.get(args.method)
-    if args.max_epochs is not None and hasattr(method, "training"):
-        method = dataclasses.replace(method, training=dataclasses.replace(method.training, max_epochs=args.max_epochs))
+    if args.max_epochs is not None:
+        method = _cap_epochs(method, args.max_epochs)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:  # printed as notes below, and kept in summary.json
         warnings.simplefilter("always")
