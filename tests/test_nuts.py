@@ -101,3 +101,35 @@ def test_muse_checks_itself_against_nuts():
     with pytest.raises(ValueError, match="check must be 'nuts'"):
         galton.muse(task.problem, task.observation(1), nsims=10, key=jax.random.key(0), check="hmc", max_iterations=1, progress=False)
 
+
+
+def test_population_averages_an_ensemble_and_refuses_a_mixed_one():
+    import equinox as eqx
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    from galton.population import _per_object
+
+    class Gaussian(eqx.Module):
+        shift: float
+
+        def log_prob(self, x, theta):
+            return dist.Normal(theta + self.shift, 0.5).log_prob(x).sum(-1)
+
+    class Member:
+        term, x_shape = "likelihood", (2,)
+
+        def __init__(self, shift, prior):
+            self.network, self.prior = Gaussian(shift), prior
+
+    prior = galton.Prior({"theta": dist.Uniform(-4.0, 4.0)})
+    theta, xs = jnp.zeros((3, 1)), jnp.ones((3, 1, 2))
+    # members off by ±0.1 in their means average to the exact log-likelihood's (shift 0) up to a constant
+    averaged = _per_object([Member(0.1, prior), Member(-0.1, prior)])(theta, xs)
+    exact = _per_object([Member(0.0, prior)])(theta, xs)
+    np.testing.assert_allclose(averaged - exact, np.full(3, -0.04), rtol=1e-5)  # −0.1² / (2 · 0.5²) per value
+    other = galton.Prior({"theta": dist.Uniform(-2.0, 2.0)})
+    with pytest.raises(galton.ProblemError, match="share one prior"):
+        galton.population([Member(0.0, prior), Member(0.0, other)], np.zeros((3, 2)), lambda m: None, key=jax.random.key(0))
+    with pytest.raises(galton.ProblemError, match="empty list"):
+        galton.population([], np.zeros((3, 2)), lambda m: None, key=jax.random.key(0))
