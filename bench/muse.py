@@ -193,13 +193,9 @@ def paired_worker(args) -> None:
 
 def exact(dim):
     """The exact posterior's mean and σ of θ (quadrature in float64 on a grid across its mass)."""
-    import numpy as np
+    from galton.tasks.funnel import posterior_moments
 
-    from galton.tasks.funnel import grid_posterior
-
-    grid, density = grid_posterior(funnel_data(dim))
-    mean = float(np.trapezoid(grid * density, grid))
-    return mean, float(np.sqrt(np.trapezoid((grid - mean) ** 2 * density, grid)))
+    return posterior_moments(funnel_data(dim))
 
 
 def scaling(args) -> bool:

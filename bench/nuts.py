@@ -15,7 +15,6 @@ import argparse
 import time
 
 import jax
-import numpy as np
 from _report import report
 
 import galton
@@ -35,10 +34,7 @@ def main():
         post = galton.infer(task.problem, x, method="nuts", num_samples=args.samples, num_chains=args.chains,
                             reparam="noncentered" if dim < 100 else None, key=jax.random.key(0), progress=False)
         seconds = time.perf_counter() - start
-        grid, density = (np.asarray(a) for a in funnel.grid_posterior(x))
-        w = density / density.sum()
-        mean = float(w @ grid)
-        sd = float(np.sqrt(w @ (grid - mean) ** 2))
+        mean, sd = funnel.posterior_moments(x)
         draws = post.theta[:, 0]
         shift, ratio = (draws.mean() - mean) / sd, draws.std() / sd
         info = post.info

@@ -71,6 +71,13 @@ def grid_posterior(x: jax.Array, n_grid: int = 20001, width: float = 12.0):
     return grid, w / np.trapezoid(w, grid)
 
 
+def posterior_moments(x) -> tuple[float, float]:
+    """The exact posterior's mean and standard deviation of θ (trapezoid quadrature on `grid_posterior`)."""
+    grid, density = grid_posterior(x)
+    mean = float(np.trapezoid(grid * density, grid))
+    return mean, float(np.sqrt(np.trapezoid((grid - mean) ** 2 * density, grid)))
+
+
 def _reference(x, n, key):
     grid, density = grid_posterior(x)
     cdf = jnp.cumsum(density) * (grid[1] - grid[0])
