@@ -3,7 +3,7 @@
     python bench/muse_parameters.py [--groups 20] [--per-group 500] [--nsims 500 2000] [--nuts]
 
 `coupled_funnels`: θ ``(G,)`` log-variances, group g's variance e^{θ_g + 0.5 θ_{g+1}} over m
-latents, x = z + N(0, 1); its posterior has correlations from about −0.57 to 0.29. The
+latents, x = z + N(0, 1); its posterior has correlations from about −0.6 to 0.3. The
 reference is NUTS over θ alone on the exact marginal likelihood (4 chains, 16,000 draws).
 For each nsims it prints MUSE's wall time (first call, compilation included), each
 parameter's σ ratio to the exact σ (the worst), the largest mean shift (in exact σ), and the

@@ -161,7 +161,7 @@ def test_funnel_matches_quadrature_at_10000_latents():
 
 
 def test_twenty_coupled_hyperparameters_get_the_exact_sigmas_and_correlations():
-    # 20 log-variances, each group's variance mixing two of them: correlations from −0.57 to 0.29;
+    # 20 log-variances, each group's variance mixing two of them: correlations from about −0.6 to 0.3;
     # the reference is NUTS over θ on the exact marginal likelihood
     task = get("coupled_funnels", groups=20, per_group=200)
     x = task.observation(1)
@@ -170,7 +170,7 @@ def test_twenty_coupled_hyperparameters_get_the_exact_sigmas_and_correlations():
     assert result.converged and result.theta_flat.shape == (20,)
     mean, sd = reference.mean(0), reference.std(0)
     assert np.all(np.abs(result.theta_flat - mean) < 0.3 * sd)
-    np.testing.assert_allclose(result.std, sd, rtol=0.15)  # measured: within 10 %
+    np.testing.assert_allclose(result.std, sd, rtol=0.15)  # measured: within 12 % (300 simulations)
     exact = np.corrcoef(reference.T)
     assert exact.min() < -0.5  # (the coupling shows)
     muse_corr = result.cov / np.outer(np.sqrt(np.diag(result.cov)), np.sqrt(np.diag(result.cov)))

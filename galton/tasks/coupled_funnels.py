@@ -21,6 +21,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from galton.problem import Program
+from galton.tasks._common import nuts
 from galton.tasks.base import Task
 
 PRIOR_SCALE = 3.0
@@ -49,20 +50,15 @@ def log_marginal_likelihood(x: jax.Array, theta: jax.Array, coupling: float = 0.
 
 
 def nuts_posterior(x: jax.Array, n: int, key: jax.Array, *, groups: int, coupling: float, chains: int = 4) -> jax.Array:
-    """``n`` draws ``(n, G)`` of p(θ | x) by NUTS over θ on the exact marginal likelihood."""
-    from numpyro.infer import MCMC, NUTS
-
+    """``n`` draws ``(n, G)`` of p(θ | x) by NUTS over θ alone on the exact marginal likelihood."""
     x = jnp.asarray(x)
+    prior = dist.Normal(0.0, PRIOR_SCALE)
 
-    def marginal_model():
-        theta = numpyro.sample("theta", dist.Normal(jnp.zeros(groups), PRIOR_SCALE).to_event(1))
-        numpyro.factor("x", log_marginal_likelihood(x, theta, coupling))
+    def potential(theta):
+        return -(log_marginal_likelihood(x, theta, coupling) + prior.log_prob(theta).sum())
 
-    per_chain = -(-int(n) // chains)
-    mcmc = MCMC(NUTS(marginal_model, dense_mass=True), num_warmup=1000, num_samples=per_chain, num_chains=chains,
-                chain_method="vectorized", progress_bar=False)
-    mcmc.run(key)
-    return mcmc.get_samples()["theta"][:n]
+    key_init, key_run = jax.random.split(key)
+    return nuts(potential, 0.1 * jax.random.normal(key_init, (chains, groups)), n, key_run)
 
 
 def true_theta(groups: int) -> jax.Array:
