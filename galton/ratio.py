@@ -63,8 +63,14 @@ def _network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> R
     return RatioNetwork(embedding, head, *frozen, json.dumps(spec))
 
 
-def skeleton(spec: dict) -> RatioNetwork:
-    """A `RatioNetwork` with the structure ``spec`` describes (weights to be deserialised into)."""
+SKELETONS: dict = {}  # other ratio networks' skeletons by spec["kind"], registered by their modules (SALLINO's)
+
+
+def skeleton(spec: dict) -> eqx.Module:
+    """A `RatioNetwork` (or a network registered in ``SKELETONS``) with the structure ``spec``
+    describes (weights to be deserialised into)."""
+    if spec.get("kind") in SKELETONS:
+        return SKELETONS[spec["kind"]](spec)
     key = jax.random.key(0)
     return _network(spec, nets.build(spec["embedding"], key=key), key)
 
@@ -185,4 +191,4 @@ def marginal_ratio_network(
     return _marginal_network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
-__all__ = ["MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]
+__all__ = ["SKELETONS", "MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]

@@ -50,7 +50,7 @@ def test_every_registered_method_is_in_the_harness():
     neural = {n for n, cls in methods.REGISTRY.items() if issubclass(cls, methods.base.NeuralMethod)} - gold
     assert {type(m).name for m in CASES.values()} == neural
     assert {type(CASES[c]).name for c in SEQUENTIAL} == neural
-    assert {type(m).name for m in ABC_CASES.values()} | neural | gold | {"nuts", "ic", "sally"} == set(methods.names())  # nuts: test_nuts.py, ic: test_ic.py, sally: test_sally.py
+    assert {type(m).name for m in ABC_CASES.values()} | neural | gold | {"nuts", "ic", "sally", "sallino"} == set(methods.names())  # nuts: test_nuts.py, ic: test_ic.py, sally and sallino: test_sally.py
     assert {"npe", "nle", "nre"} <= set(methods.names())
     for name in methods.names():
         assert getattr(galton, methods.REGISTRY[name].__name__) is methods.REGISTRY[name]

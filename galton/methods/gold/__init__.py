@@ -4,11 +4,13 @@
 - `ratios.py`: CARL, ROLR, ALICE and their score-augmented forms CASCAL, RASCAL, ALICES.
 - `scored.py`: SCANDAL (likelihood flow + score) and score-augmented NPE.
 - `sally.py`: SALLY, the score at θ_ref regressed as summaries, then NRE on them.
+- `sallino.py`: SALLINO, those summaries projected on θ − θ_ref, then a 1-D density.
 """
 
 from galton.methods.gold.pairs import pair_simulations
 from galton.methods.gold.ratios import ALICE, ALICES, CARL, CASCAL, RASCAL, ROLR, ParameterizedRatio, log_ratio
+from galton.methods.gold.sallino import SALLINO
 from galton.methods.gold.sally import SALLY
 from galton.methods.gold.scored import SCANDAL, ScoreNPE
 
-__all__ = ["pair_simulations", "ParameterizedRatio", "CARL", "ROLR", "ALICE", "CASCAL", "RASCAL", "ALICES", "SCANDAL", "ScoreNPE", "SALLY", "log_ratio"]
+__all__ = ["pair_simulations", "ParameterizedRatio", "CARL", "ROLR", "ALICE", "CASCAL", "RASCAL", "ALICES", "SCANDAL", "ScoreNPE", "SALLY", "SALLINO", "log_ratio"]

@@ -28,7 +28,7 @@ from galton.methods.base import register, require_program
 from galton.methods.nre import NRE
 from galton.problem import check_point
 from galton.simulate import simulate
-from galton.store import round_store
+from galton.store import Simulations, round_store
 from galton.train import Training
 
 
@@ -67,16 +67,16 @@ class SALLY:
             return np.asarray(prior.sample(jax.random.key(0), (4096,)), np.float64).mean(0)
         return check_point(prior, np.asarray(self.theta_ref), what="theta_ref")
 
-    def fit_summaries(self, program, n: int, *, key, store=None, progress: bool = True) -> summaries.Compressor:
-        """The score regressor t̂(x) from ``n`` simulations at θ_ref with their joint score."""
+    def fit_summaries(self, program, n: int, *, key, store=None, progress: bool = True) -> tuple[Simulations, summaries.Compressor]:
+        """``n`` simulations at θ_ref with their joint score, and the score regressor t̂(x) fitted on them."""
         theta_ref = self.reference_point(program.prior)
         key_sim, key_net, key_fit = jax.random.split(key, 3)
         local = simulate(program, key=key_sim, theta=np.tile(theta_ref, (int(n), 1)).astype(np.float32), augment="score",
                          store=store, progress=progress)
         x_shape = tuple(local.x.shape[1:])
         body = self.embedding if self.embedding is not None else nets.MLP(x_shape, 64, width=64, depth=2, activation="tanh", key=key_net)
-        return summaries.fit(local, key=key_fit, loss="sally", embedding=body, training=self.summary_training,
-                             problem=program.name, progress=progress)
+        return local, summaries.fit(local, key=key_fit, loss="sally", embedding=body, training=self.summary_training,
+                                    problem=program.name, progress=progress)
 
     def run(self, problem, x_obs, *, key, budget, rounds=1, simulations=None, store=None, progress=True):
         """`galton.infer`'s path: ``local_fraction × budget`` simulations at θ_ref for t̂, the rest
@@ -87,7 +87,7 @@ class SALLY:
         if simulations is None and budget - n_local < 2:
             raise ValueError(f"budget={budget} leaves no simulations from the prior after {n_local} at theta_ref")
         key_local, key_sim, key_fit = jax.random.split(key, 3)
-        compressor = self.fit_summaries(problem, n_local, key=key_local, store=round_store(store, 0), progress=progress)
+        _, compressor = self.fit_summaries(problem, n_local, key=key_local, store=round_store(store, 0), progress=progress)
         sims = simulations if simulations is not None else simulate(problem, budget - n_local, key=key_sim,
                                                                      store=round_store(store, 1), progress=progress)
         nre = dataclasses.replace(self.ratio, embedding=compressor.frozen())
