@@ -3,6 +3,7 @@ bad input. The problem is tests/analytic.py's: θ ~ N(0, 0.1·I₃), x ~ N(θ, 0
 marginal of p(θ | x) is N(x_i/2, 0.05), and the quantile-space truncation of a Gaussian prior is
 exercised too (its support is unbounded)."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +17,7 @@ from galton.calibration import marginal_coverage
 from galton.methods import TMNRE
 from galton.posteriors import load
 from galton.train import Training
-from galton.truncation import TruncatedPrior, TruncationError, shrink
+from galton.truncation import Region, TruncatedPrior, TruncationError, shrink
 
 FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)
 METHOD = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",), ("theta[0]", "theta[1]")], hidden=32, training=FAST)
@@ -167,3 +168,62 @@ def test_corner_and_truncation_plots_draw_from_the_estimators(amortized, truncat
     assert len(fig.axes) == DIM + 1  # three 1-D panels and the one estimated pair
     fig = plot.truncation(truncated[2])
     assert len(fig.axes) == DIM and len(fig.axes[0].patches) == 3
+
+
+class _Disk(eqx.Module):
+    radius: float
+
+    def __call__(self, theta):
+        return self.radius**2 - (theta**2).sum(-1)
+
+
+def test_region_samples_the_prior_inside_its_constraints_exactly():
+    prior = galton.Prior({"a": dist.Uniform(-1.0, 1.0), "b": dist.Uniform(-1.0, 1.0)})
+    region = Region(TruncatedPrior.full(prior), [_Disk(0.5)], key=jax.random.key(0))
+    assert abs(region.volume - np.pi * 0.25 / 4) < 0.005  # the disk's share of the square
+    draws = np.asarray(region.sample(jax.random.key(1), (20_000,)))
+    assert bool(region.contains(draws).all())
+    radius2 = (draws**2).sum(-1) / 0.25  # uniform on a disk: r² is uniform on [0, 1]
+    assert stats.kstest(radius2, "uniform").pvalue > 1e-3
+    assert np.isinf(np.asarray(region.log_prob(jnp.array([[0.0, 0.0], [0.5, 0.5]])))).tolist() == [False, True]
+
+
+# x measures θ0 + θ1 sharply and θ0 − θ1 loosely: the posterior is a narrow diagonal ridge that
+# fills a small part of any axis-aligned box
+RIDGE = galton.Simulator(
+    dist.Normal(jnp.zeros(2), 1.0),
+    lambda key, t: jnp.stack([t[0] + t[1], t[0] - t[1]]) + jnp.array([0.05, 0.5]) * jax.random.normal(key, (2,)),
+    name="ridge",
+)
+
+
+def ridge_posterior(x_obs):
+    a = np.array([[1.0, 1.0], [1.0, -1.0]])
+    precision = np.eye(2) + a.T @ np.diag([1 / 0.05**2, 1 / 0.5**2]) @ a
+    cov = np.linalg.inv(precision)
+    return cov @ a.T @ np.diag([1 / 0.05**2, 1 / 0.5**2]) @ np.asarray(x_obs), cov
+
+
+def test_correlated_truncation_cuts_the_box_along_the_posterior(tmp_path):
+    x_obs = jnp.array([0.6, -0.4])
+    method = TMNRE(hidden=32, training=FAST, truncation="correlated")
+    post = galton.infer(RIDGE, x_obs, key=jax.random.key(3), method=method, budget=3000, rounds=3, progress=False)
+    shares = [r.get("region_share_of_box", 1.0) for r in post.rounds]
+    assert shares[0] == 1.0 and max(shares[1:]) < 0.8 and shares[-1] < 0.5, shares  # measured 1, 0.60, 0.27: the 2-D head cuts the box
+    assert post.rounds[-1]["volume"] < 0.5 * np.prod(np.diff(post.rounds[-1]["quantile_box"], axis=-1))
+    mean, cov = ridge_posterior(x_obs)
+    draws = np.asarray(post.marginal(("theta[0]", "theta[1]")).sample(4000, key=jax.random.key(4)))
+    std = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(draws.mean(0) - mean) < 0.25 * std), (draws.mean(0), mean)
+    np.testing.assert_allclose(draws.std(0) / std, 1, atol=0.2)
+    assert abs(np.corrcoef(draws.T)[0, 1] - cov[0, 1] / std.prod()) < 0.05
+    # the region travels with the saved posterior: its marginals and its proposal come back the same
+    loaded = load(post.save(tmp_path / "ridge"))
+    key = jax.random.key(5)
+    np.testing.assert_array_equal(loaded.marginal("theta[0]").sample(50, key=key), post.marginal("theta[0]").sample(50, key=key))
+    assert bool(post.proposal.sample(key, (5,)).shape == (5, 2))
+
+
+def test_unknown_truncation_is_refused():
+    with pytest.raises(ValueError, match="truncation must be one of"):
+        TMNRE(truncation="ellipse")

@@ -5,6 +5,10 @@ round's box. In the prior's quantile space u = F(θ) the box is a rectangle and 
 prior is uniform, so the marginal posterior's density there is exp(d_m) / Z with Z a sum over
 an even grid of cells; in θ it is that times the prior's marginal densities. Draws pick a cell
 by its weight and a uniform point inside it, then map back by F⁻¹.
+
+After correlated truncation the last proposal is a region inside the box, no longer uniform
+in the marginal's quantile coordinates: its marginal density p_R(u_m) comes from a histogram of
+draws of the region (``region_draws``), a factor on every cell's weight and on ``log_prob``.
 """
 
 from __future__ import annotations
@@ -21,9 +25,29 @@ from galton.posteriors.base import samples_to_arviz
 from galton.posteriors.network import NetworkPosterior, check_x
 from galton.problem import Prior, ProblemError
 from galton.ratio import MarginalRatioNetwork, marginal_skeleton
-from galton.truncation import Quantiles, TruncatedPrior
+from galton.truncation import DrawnRegion, Quantiles, TruncatedPrior
 
 GRID = {1: 4096, 2: 160}  # cells per axis: 4096 for a 1-D marginal, 160 x 160 for a 2-D one
+REGION_BINS = {1: 128, 2: 48}  # histogram of the region's draws: about 30 per bin for 65,536 draws in 2-D
+
+
+def region_table(region_draws, u_low, u_high) -> np.ndarray:
+    """log p_R on an even grid of bins over the box (a marginal's columns): draws ``(m, k)`` -> ``(B,)*k``
+    (−inf where no draw fell); zeros ``(1,)*k`` (uniform) without draws."""
+    k = len(u_low)
+    if region_draws is None:
+        return np.zeros((1,) * k, np.float32)
+    bins = REGION_BINS[k]
+    counts, _ = np.histogramdd(np.asarray(region_draws, np.float64), bins=bins, range=list(zip(u_low, u_high)))
+    with np.errstate(divide="ignore"):
+        return np.log(counts / counts.sum() * bins**k).astype(np.float32)
+
+
+def _region_term(table: jax.Array, u_low: jax.Array, u_high: jax.Array, u_cols: jax.Array) -> jax.Array:
+    """log p_R at quantiles ``(..., k)`` of the marginal's columns -> ``(...)``."""
+    bins = table.shape[0]
+    index = jnp.clip(jnp.floor((u_cols - u_low) / (u_high - u_low) * bins).astype(jnp.int32), 0, bins - 1)
+    return table[tuple(index[..., i] for i in range(u_cols.shape[-1]))]
 
 
 def _cells(u_low: np.ndarray, u_high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -42,30 +66,31 @@ def _full_theta(quantiles: Quantiles, cols: jax.Array, u_cols: jax.Array, u_fill
 
 
 # head and cols are traced, so one compiled program serves every marginal of a size
-def _grid_logits(network: MarginalRatioNetwork, quantiles, head, cols, centres, u_fill, features) -> jax.Array:
-    """log-ratios ``(m, G)`` of one head over the grid, for the features ``(m, e)`` of m observations."""
+def _grid_logits(network: MarginalRatioNetwork, quantiles, head, cols, centres, u_fill, features, region) -> jax.Array:
+    """log-ratios + log p_R ``(m, G)`` of one head over the grid, for the features ``(m, e)`` of m observations."""
     theta = _full_theta(quantiles, cols, centres, u_fill)  # (G, d)
-    return network.head_log_ratios(theta[None], features[:, None], heads=head[None])[..., 0]
+    table, lo, hi = region
+    return network.head_log_ratios(theta[None], features[:, None], heads=head[None])[..., 0] + _region_term(table, lo, hi, centres)
 
 
 @eqx.filter_jit
-def _log_prob(network, quantiles, head, cols, box, theta, xs) -> jax.Array:
+def _log_prob(network, quantiles, head, cols, box, region, theta, xs) -> jax.Array:
     u_low, u_high, centres, width, u_fill = box
     fill = quantiles.icdf(u_fill)
     full = jnp.broadcast_to(fill, (*theta.shape[:-1], fill.shape[-1])).at[..., cols].set(theta)
     u_cols = quantiles.cdf(full)[..., cols]
     features = network.embed(xs)
-    lr = network.head_log_ratios(full, features[:, None], heads=head[None])[..., 0]
+    lr = network.head_log_ratios(full, features[:, None], heads=head[None])[..., 0] + _region_term(*region, u_cols)
     log_f = quantiles.log_density(full)[..., cols].sum(-1)
     inside = jnp.all((u_cols >= u_low[cols]) & (u_cols <= u_high[cols]), axis=-1)
-    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, features)
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, features, region)
     log_norm = jax.nn.logsumexp(logits, axis=-1) + jnp.log(width).sum()
     return jnp.where(inside, lr - log_norm[:, None] + log_f, -jnp.inf)
 
 
 @eqx.filter_jit
-def _sample(network, quantiles, head, cols, centres, width, u_fill, xs, key, n: int) -> jax.Array:
-    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, network.embed(xs))
+def _sample(network, quantiles, head, cols, centres, width, u_fill, region, xs, key, n: int) -> jax.Array:
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, network.embed(xs), region)
     k_cell, k_jitter = jax.random.split(key)
     # inverse-CDF draws of the cells: Gumbel-max over the grid would cost n x G noise per observation
     cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
@@ -77,7 +102,23 @@ def _sample(network, quantiles, head, cols, centres, width, u_fill, xs, key, n: 
 
 
 class _OnMarginalHeads(NetworkPosterior):
-    """What the two kinds share: a `MarginalRatioNetwork` and one observation at a time."""
+    """What the two kinds share: a `MarginalRatioNetwork`, one observation at a time, and the
+    draws ``(m, d)`` in quantile space of a correlated truncation's region (None after a box)."""
+
+    region_draws: np.ndarray | None = None
+
+    def _replace(self, **changes):
+        return super()._replace(**{"region_draws": self.region_draws, **changes})
+
+    def _state(self):
+        meta, arrays = super()._state()
+        return meta, arrays if self.region_draws is None else {**arrays, "region_draws": self.region_draws}
+
+    @classmethod
+    def _from_state(cls, meta, arrays):
+        region_draws = arrays.pop("region_draws", None)
+        posterior = super()._from_state(meta, arrays)
+        return posterior._replace(region_draws=region_draws) if region_draws is not None else posterior
 
     @classmethod
     def _skeleton(cls, meta):
@@ -100,16 +141,20 @@ class MarginalPosterior(_OnMarginalHeads):
     kind = "tmnre_marginal"
     settings = ("u_low", "u_high", "head", "rounds")
 
-    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, head: int, rounds=()):
+    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, head: int, rounds=(), region_draws=None):
         self.u_low, self.u_high = [float(v) for v in u_low], [float(v) for v in u_high]
         self.head, self.rounds = int(head), list(rounds)
+        self.region_draws = None if region_draws is None else np.asarray(region_draws, np.float32)
         self.quantiles = Quantiles.of(prior)
         super().__init__(network, prior, x_obs, history)
         self.columns = network.marginals[self.head]
         self.names = [prior.names[c] for c in self.columns]
         lo, hi = np.asarray(self.u_low), np.asarray(self.u_high)
         self._u_fill = jnp.asarray(0.5 * (lo + hi), jnp.float32)
-        self._centres, self._width = _cells(lo[list(self.columns)], hi[list(self.columns)])
+        cols = list(self.columns)
+        self._centres, self._width = _cells(lo[cols], hi[cols])
+        table = region_table(None if self.region_draws is None else self.region_draws[:, cols], lo[cols], hi[cols])
+        self._region = (jnp.asarray(table), jnp.asarray(lo[cols], jnp.float32), jnp.asarray(hi[cols], jnp.float32))
 
     def _head(self) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(self.head, jnp.int32), jnp.asarray(self.columns, jnp.int32)
@@ -120,7 +165,7 @@ class MarginalPosterior(_OnMarginalHeads):
         if theta.shape[-1] != len(self.columns):
             raise ProblemError(f"theta has shape {theta.shape}; the marginal {tuple(self.names)} has {len(self.columns)} columns")
         box = (jnp.asarray(self.u_low), jnp.asarray(self.u_high), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill)
-        return _log_prob(self.network, self.quantiles, *self._head(), box, theta, xs)
+        return _log_prob(self.network, self.quantiles, *self._head(), box, self._region, theta, xs)
 
     def log_prob(self, theta, x=None) -> jax.Array:
         theta = jnp.asarray(theta)
@@ -131,7 +176,7 @@ class MarginalPosterior(_OnMarginalHeads):
     def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
         """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, k)``."""
         xs = jnp.asarray(xs, jnp.float32)
-        return _sample(self.network, self.quantiles, *self._head(), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill, xs, as_key(key), int(n))
+        return _sample(self.network, self.quantiles, *self._head(), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill, self._region, xs, as_key(key), int(n))
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
@@ -160,16 +205,21 @@ class TMNREPosterior(_OnMarginalHeads):
     kind = "tmnre"
     settings = ("u_low", "u_high", "rounds")
 
-    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, rounds=()):
+    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, rounds=(), region_draws=None):
         self.u_low, self.u_high = [float(v) for v in u_low], [float(v) for v in u_high]
         self.rounds = list(rounds)
+        self.region_draws = None if region_draws is None else np.asarray(region_draws, np.float32)
         super().__init__(network, prior, x_obs, history)
         self.marginals = [tuple(prior.names[c] for c in m) for m in network.marginals]
 
     @property
-    def proposal(self) -> TruncatedPrior:
-        """The last round's truncated prior."""
-        return TruncatedPrior(Quantiles.of(self.prior), self.u_low, self.u_high)
+    def proposal(self) -> TruncatedPrior | DrawnRegion:
+        """The last round's proposal: the truncated prior, or after correlated truncation its
+        region as draws (resampled)."""
+        box = TruncatedPrior(Quantiles.of(self.prior), self.u_low, self.u_high)
+        if self.region_draws is None:
+            return box
+        return DrawnRegion(box.quantiles, jnp.asarray(self.region_draws), box.u_low, box.u_high)
 
     def marginal(self, names: str | Sequence[str]) -> MarginalPosterior:
         """The posterior of one estimated marginal, e.g. ``marginal(("a", "b"))`` or ``marginal("a")``."""
@@ -179,7 +229,7 @@ class TMNREPosterior(_OnMarginalHeads):
             raise ValueError(f"{wanted} is not among the estimated marginals {self.marginals}{hint}")
         return MarginalPosterior(
             self.network, self.prior, self.x_obs, self.history,
-            u_low=self.u_low, u_high=self.u_high, head=self.marginals.index(wanted), rounds=self.rounds,
+            u_low=self.u_low, u_high=self.u_high, head=self.marginals.index(wanted), rounds=self.rounds, region_draws=self.region_draws,
         )
 
     def _joint(self) -> MarginalPosterior:
