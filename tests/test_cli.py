@@ -46,7 +46,8 @@ def test_run_tmnre_writes_marginals_corner_and_truncation(tmp_path, capsys):
     import json
 
     out = tmp_path / "tmnre"
-    args = ["run", "two_moons", "--method", "tmnre", "--rounds", "2", "--budget", "600", "--samples", "300", "--max-epochs", "10", "--out", str(out)]
+    args = ["run", "two_moons", "--method", "tmnre", "--rounds", "2", "--budget", "600", "--samples", "300", "--max-epochs", "10",
+            "--set", "truncation=correlated", "--set", "epsilon=1e-4", "--out", str(out)]
     assert main(args) == 0
     assert "mean C2ST of the 2 1-D marginals" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -55,6 +56,9 @@ def test_run_tmnre_writes_marginals_corner_and_truncation(tmp_path, capsys):
         assert marginals["theta_1,theta_2"].shape == (300, 2)
     for png in ("corner.png", "truncation.png"):
         assert (out / png).stat().st_size > 10_000
+    assert "region_share_of_box" in summary["truncation"][1]  # the second round's proposal: the box cut by the pair's head
+    assert main(args[:-4] + ["--set", "trunc=box", "--out", str(out)]) == 2
+    assert "tmnre has no setting trunc; its settings are" in capsys.readouterr().err
 
 
 def test_run_smc_abc_reports_its_schedule(tmp_path, capsys):

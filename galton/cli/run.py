@@ -22,6 +22,9 @@ def add_commands(subparsers) -> None:
     run.add_argument("--observation", type=int, default=1, help="which of the task's observations (1..10)")
     run.add_argument("--samples", type=int, default=10_000, help="posterior samples to draw")
     run.add_argument("--max-epochs", type=int, help="cap on training epochs (default: the method's own)")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="settings",
+                     help="a setting of the method, e.g. --set truncation=correlated --set epsilon=1e-4 (repeatable; "
+                          "VALUE is read as a Python literal, else kept as text)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="runs/latest", help="directory for samples, plots and summary")
     run.set_defaults(handler=run_inference)
@@ -45,6 +48,22 @@ def _cap_epochs(settings, max_epochs: int):
     return dataclasses.replace(settings, **changes)
 
 
+def _settings(pairs: list[str]) -> dict:
+    """``["epsilon=1e-4", "truncation=correlated"]`` -> ``{"epsilon": 1e-4, "truncation": "correlated"}``."""
+    import ast
+
+    settings = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name.strip():
+            raise SystemExit(f"--set takes NAME=VALUE, got {pair!r}")
+        try:
+            settings[name.strip()] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[name.strip()] = text
+    return settings
+
+
 def run_inference(args) -> int:
     import json
     from pathlib import Path
@@ -59,7 +78,12 @@ def run_inference(args) -> int:
     task = tasks.get(args.task)
     x_obs, truth = task.observation(args.observation), task.true_parameters(args.observation)
     key_fit, key_sample, key_ref = jax.random.split(jax.random.key(args.seed), 3)
-    method = methods.get(args.method)
+    settings = _settings(args.settings)
+    known = {f.name for f in dataclasses.fields(type(methods.get(args.method))) if f.init}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{args.method} has no setting {', '.join(unknown)}; its settings are {', '.join(sorted(known))}")
+    method = methods.get(args.method, **settings)
     if args.max_epochs is not None:
         method = _cap_epochs(method, args.max_epochs)
     start = time.perf_counter()
@@ -147,7 +171,7 @@ def _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref) ->
         "posterior_mean": {n: float(v.mean()) for n, v in one_d.items()},
         "posterior_std": {n: float(v.std()) for n, v in one_d.items()},
         "true_parameters": dict(zip(task.names, truth.tolist())),
-        "truncation": [{k: r[k] for k in ("round", "new", "reused", "pooled", "volume", "box")} for r in posterior.rounds],
+        "truncation": [{k: r[k] for k in ("round", "new", "reused", "pooled", "volume", "box", "region_share_of_box") if k in r} for r in posterior.rounds],
         "marginal_c2st": scores,
     }
     out = Path(args.out)
