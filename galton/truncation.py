@@ -196,6 +196,7 @@ def shrink(
     epsilon: float,
     names,
     grid: int = 2048,
+    tail_mass: float | None = None,
 ) -> TruncatedPrior:
     """The next round's box from the 1-D marginal log-ratios.
 
@@ -207,6 +208,10 @@ def shrink(
         log_ratio_1d: ``(u_grid (grid, d)) -> (grid, d)``: column i is the i-th parameter's
             1-D log-ratio at θ_i = F_i⁻¹(u_grid[:, i]).
         epsilon: the threshold ε in (0, 1).
+        tail_mass: also drop from each end of the range the cells that hold at most half this share
+            of the 1-D marginal posterior (∝ exp(log-ratio) on the even quantile grid). Contrastive heads
+            flatten out 8–12 nats below their maximum, where their loss saturates, so on some
+            problems no cell falls ε = 1e-6 below it; a mass rule cuts those flat tails.
 
     Raises:
         TruncationError: a parameter's box collapses below float32 resolution.
@@ -216,6 +221,8 @@ def shrink(
     u = lo + steps[:, None] * (hi - lo)
     values = np.asarray(log_ratio_1d(jnp.asarray(u, jnp.float32)), np.float64)
     keep = values >= values.max(axis=0) + math.log(epsilon)
+    if tail_mass is not None:
+        keep &= _above_tails(values, tail_mass)
     cell = (hi - lo) / grid
     first = np.argmax(keep, axis=0)
     last = grid - 1 - np.argmax(keep[::-1], axis=0)
@@ -231,6 +238,25 @@ def shrink(
             "raise epsilon"
         )
     return TruncatedPrior(current.quantiles, new_lo, new_hi)
+
+
+def _above_tails(values: np.ndarray, tail_mass: float) -> np.ndarray:
+    """Per column of log-densities ``(grid, d)`` on even cells: the cells between the two ends
+    that each hold at most ``tail_mass / 2`` of the column's mass (cut from the outside in, so a
+    flat tail is cut as a piece, and everything between two modes is kept)."""
+    p = np.exp(values - values.max(axis=0))
+    p /= p.sum(axis=0)
+    after = np.cumsum(p, axis=0)
+    return (after > tail_mass / 2) & (after - p < 1 - tail_mass / 2)
+
+
+def tail_level(values: np.ndarray, tail_mass: float) -> np.ndarray:
+    """Per column of log-densities ``(n, k)`` at draws of a uniform proposal: the level below which
+    the draws hold at most ``tail_mass`` of the column's mass -> ``(k,)``."""
+    values = np.sort(np.asarray(values, np.float64), axis=0)
+    w = np.exp(values - values.max(axis=0))
+    below = (np.cumsum(w, axis=0) / w.sum(axis=0) <= tail_mass).sum(axis=0)
+    return values[np.minimum(below, len(values) - 1), np.arange(values.shape[1])]
 
 
 @eqx.filter_jit
@@ -316,4 +342,4 @@ class DrawnRegion(eqx.Module):
         return self.quantiles.icdf(self.draws[rows])
 
 
-__all__ = ["DrawnRegion", "Quantiles", "Region", "TruncatedPrior", "TruncationError", "shrink"]
+__all__ = ["DrawnRegion", "Quantiles", "Region", "tail_level", "TruncatedPrior", "TruncationError", "shrink"]

@@ -17,7 +17,7 @@ from galton.calibration import marginal_coverage
 from galton.methods import TMNRE
 from galton.posteriors import load
 from galton.train import Training
-from galton.truncation import Region, TruncatedPrior, TruncationError, shrink
+from galton.truncation import Region, TruncatedPrior, TruncationError, shrink, tail_level
 
 FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)
 METHOD = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",), ("theta[0]", "theta[1]")], hidden=32, training=FAST)
@@ -227,3 +227,23 @@ def test_correlated_truncation_cuts_the_box_along_the_posterior(tmp_path):
 def test_unknown_truncation_is_refused():
     with pytest.raises(ValueError, match="truncation must be one of"):
         TMNRE(truncation="ellipse")
+
+
+def test_tail_mass_cuts_the_flat_tails_of_a_saturated_head():
+    full = TruncatedPrior.full(PROBLEM.prior)
+
+    def saturated(u):  # a peak of width 0.01 in quantile space, flat 10 nats below it: ε = 1e-6 never cuts
+        return jnp.maximum(-0.5 * ((u - 0.4) / 0.01) ** 2, -10.0 - 0.5 * jnp.abs(u - 0.4))
+
+    kept = shrink(full, saturated, epsilon=1e-6, names=PROBLEM.prior.names)
+    assert np.allclose(kept.u_low, 0.0) and np.allclose(kept.u_high, 1.0)
+    cut = shrink(full, saturated, epsilon=1e-6, names=PROBLEM.prior.names, tail_mass=1e-3)
+    # the flat tails hold 4.5e-5 × 0.95 / 0.025 ≈ 1.7e-3 of the mass; 5e-4 is cut from each end, the peak ±4σ stays
+    assert np.all(np.asarray(cut.u_low) < 0.36) and np.all(np.asarray(cut.u_high) > 0.44), (cut.u_low, cut.u_high)
+    assert np.all(np.asarray(cut.u_high - cut.u_low) < 0.7), (cut.u_low, cut.u_high)
+    values = np.asarray(saturated(jnp.linspace(0, 1, 4096)[:, None]))[:, 0]
+    level = float(tail_level(values[:, None], 1e-3)[0])  # the 2-D heads' rule: a level set
+    weights = np.exp(values - values.max())
+    assert 5e-4 < weights[values < level].sum() / weights.sum() <= 1e-3
+    with pytest.raises(ValueError, match="tail_mass must lie in"):
+        TMNRE(tail_mass=0.5)

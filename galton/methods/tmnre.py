@@ -40,7 +40,7 @@ from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
 from galton.train import Training
-from galton.truncation import Region, TruncatedPrior, TruncationError, shrink
+from galton.truncation import Region, TruncatedPrior, TruncationError, shrink, tail_level
 
 TRUNCATIONS = ("box", "correlated")
 REGION_DRAWS = 65_536
@@ -100,6 +100,9 @@ class TMNRE(NeuralMethod):
             every 1-D marginal and, for at most 6 parameters, every 2-D one.
         epsilon: truncation threshold ε in (0, 1): a box keeps where a 1-D ratio exceeds its
             maximum × ε.
+        tail_mass: when set (e.g. 1e-4), a box also drops the tails that hold at most this share of
+            a parameter's 1-D marginal (`galton.truncation.shrink`): for heads whose log-ratio
+            never falls ε below its maximum.
         truncation: ``"box"`` (swyft's) or ``"correlated"`` (the box cut further by the 2-D heads;
             see the module).
         min_shrink: when a round shrinks the box by less than this fraction per parameter (its
@@ -112,6 +115,7 @@ class TMNRE(NeuralMethod):
     iid: ClassVar[bool] = False
     marginals: tuple | list | None = None
     epsilon: float = 1e-6
+    tail_mass: float | None = None
     truncation: str = "box"
     min_shrink: float = 0.1
     hidden: int = 64
@@ -123,6 +127,8 @@ class TMNRE(NeuralMethod):
     def __post_init__(self):
         if not (isinstance(self.epsilon, (int, float)) and 0.0 < self.epsilon < 1.0):
             raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon!r}")
+        if self.tail_mass is not None and not 0.0 < self.tail_mass < 0.5:
+            raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         if not 0.0 <= self.min_shrink < 1.0:
@@ -188,9 +194,11 @@ class TMNRE(NeuralMethod):
             if r == len(per_round) - 1:
                 break
             try:
-                narrower = shrink(proposal, _one_d_log_ratios(network, proposal, posterior.x_obs, one_d), epsilon=self.epsilon, names=prior.names)
+                narrower = shrink(proposal, _one_d_log_ratios(network, proposal, posterior.x_obs, one_d), epsilon=self.epsilon,
+                                   names=prior.names, tail_mass=self.tail_mass)
                 if self.truncation == "correlated":
-                    narrower = _correlated(network, proposal, narrower, posterior.x_obs, columns, self.epsilon, key=jax.random.fold_in(key_fit, 2))
+                    narrower = _correlated(network, proposal, narrower, posterior.x_obs, columns, self.epsilon, self.tail_mass,
+                                           key=jax.random.fold_in(key_fit, 2))
             except TruncationError as err:
                 raise TruncationError(f"{err} (round {r + 1}; the {len(pool)} simulations so far are in err.simulations)", pool) from None
             per_parameter = 1.0 - (narrower.volume / proposal.volume) ** (1.0 / prior.dim)
@@ -214,7 +222,7 @@ class HeadConstraint(eqx.Module):
         return jnp.min(self.network.head_log_ratios(theta, self.features, heads=self.heads) - self.thresholds, -1)
 
 
-def _correlated(network, proposal, box: TruncatedPrior, x_obs, columns, epsilon: float, *, key) -> TruncatedPrior | Region:
+def _correlated(network, proposal, box: TruncatedPrior, x_obs, columns, epsilon: float, tail_mass, *, key) -> TruncatedPrior | Region:
     """``box`` cut by the earlier rounds' constraints and by this round's 2-D heads (see the module)."""
     previous = proposal.constraints if isinstance(proposal, Region) else ()
     pairs = jnp.asarray([h for h, m in enumerate(columns) if len(m) == 2], jnp.int32)
@@ -223,7 +231,10 @@ def _correlated(network, proposal, box: TruncatedPrior, x_obs, columns, epsilon:
         features = network.embed(jnp.asarray(x_obs, jnp.float32))
         draws = proposal.sample(jax.random.fold_in(key_draws, 2), (16_384,))  # where this round's heads were trained
         values = _head_values(network, proposal.quantiles, pairs, features, proposal.quantiles.cdf(draws))
-        previous = (*previous, HeadConstraint(network, features, pairs, values.max(0) + math.log(epsilon)))
+        thresholds = values.max(0) + math.log(epsilon)
+        if tail_mass is not None:  # the draws are uniform in quantile space: weights ∝ exp(log-ratio)
+            thresholds = jnp.maximum(thresholds, jnp.asarray(tail_level(np.asarray(values), tail_mass), jnp.float32))
+        previous = (*previous, HeadConstraint(network, features, pairs, thresholds))
     return Region(box, previous, key=key_region) if previous else box
 
 
