@@ -4,7 +4,7 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
     python bench/gold.py [--tasks galton_board state_space] [--budgets 1000 3000 10000 30000 100000]
                          [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
                          [--fisher-seeds 5] [--skip-fisher] [--skip-c2st]
-                         [--coverage-toys 500] [--coverage-budget 30000]
+                         [--coverage-toys 500] [--coverage-budget 30000] [--coverage-methods wilks neyman]
 
 1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
    the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
@@ -181,8 +181,9 @@ def fisher(seeds: int):
         report("gold", f"fisher {label}", max_rel_error=float(mean.max()), diag_rel_error=float(np.diag(mean).max()), seeds=seeds)
 
 
-def coverage(toys: int, budget: int, only=None):
-    """Wilks sets from a trained estimator: how often they cover the true θ over ``toys`` experiments."""
+def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman")):
+    """Wilks and Neyman sets from a trained estimator: how often they cover the true θ over ``toys``
+    experiments (Neyman: critical values from as many other toys at θ)."""
     cases = [
         ("galton_board", "alices", galton.tasks.get("galton_board"), np.array([0.3], np.float32), 20, 201),
         ("state_space", "scandal", galton.tasks.get("state_space"), np.asarray(ss.TRUE_THETA, np.float32), 10, 15),
@@ -204,12 +205,14 @@ def coverage(toys: int, budget: int, only=None):
         posterior = method.posterior(net, program.prior, [history])
         loglik = galton.lrt.log_likelihood(posterior)
         theta_grid = galton.lrt.grid(program.prior, points)
-        results = galton.lrt.coverage(loglik, program, theta_true, n_events=n_events, theta_grid=theta_grid, key=jax.random.key(23), toys=toys)
-        seconds = time.perf_counter() - start
-        for r in results:
-            print(f"{name:13s} {method_name} ({budget} simulations), {n_events} events per toy: {r}, {r.pulls:+.1f} binomial σ from nominal "
-                  f"({seconds:.0f} s)", flush=True)
-            report("gold", f"coverage {name} {r.level:.2f}", covered=r.covered, stderr=r.stderr, pulls=float(r.pulls), toys=r.toys)
+        for construction in methods:
+            results = galton.lrt.coverage(loglik, program, theta_true, n_events=n_events, theta_grid=theta_grid, key=jax.random.key(23),
+                                          toys=toys, method=construction)
+            seconds = time.perf_counter() - start
+            for r in results:
+                print(f"{name:13s} {method_name} ({budget} simulations), {n_events} events per toy, {construction}: {r}, "
+                      f"{r.pulls:+.1f} binomial σ from nominal ({seconds:.0f} s)", flush=True)
+                report("gold", f"coverage {name} {construction} {r.level:.2f}", covered=r.covered, stderr=r.stderr, pulls=float(r.pulls), toys=r.toys)
 
 
 def main():
@@ -222,10 +225,11 @@ def main():
     parser.add_argument("--skip-c2st", action="store_true")
     parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
     parser.add_argument("--coverage-budget", type=int, default=30_000)
+    parser.add_argument("--coverage-methods", nargs="+", default=["wilks", "neyman"], choices=["wilks", "neyman"])
     parser.add_argument("--coverage-tasks", nargs="*", default=None, help="only these tasks' coverage check")
     args = parser.parse_args()
     if args.coverage_toys:
-        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks)
+        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks, args.coverage_methods)
     if not args.skip_fisher:
         fisher(args.fisher_seeds)
     for name in args.tasks:

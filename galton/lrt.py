@@ -174,21 +174,34 @@ class Coverage:
 
 
 def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid: Grid, key: jax.Array, toys: int = 500,
-             levels: Sequence[float] = (0.68, 0.95), keep: Sequence[int] | None = None) -> list[Coverage]:
-    """Run ``toys`` experiments of ``n_events`` at ``theta_true`` and count how often the Wilks set covers it.
+             levels: Sequence[float] = (0.68, 0.95), keep: Sequence[int] | None = None, method: str = "wilks",
+             calibration_toys: int | None = None) -> list[Coverage]:
+    """Run ``toys`` experiments of ``n_events`` at ``theta_true`` and count how often the set covers it.
 
-    Returns one `Coverage` per level; a well-calibrated likelihood covers at the nominal rate
-    within about 2 ``stderr``.
+    Args:
+        method: ``"wilks"`` (χ² thresholds) or ``"neyman"``: the critical value at θ_true is the
+            ``level`` quantile of q over ``calibration_toys`` (``toys`` when None) other
+            experiments there, as `confidence_set`'s Neyman construction makes it at every grid
+            point. Where a learned likelihood makes Wilks sets miss, Neyman sets from the same
+            statistic still cover: the toys calibrate whatever q the estimator gives.
+
+    Returns one `Coverage` per level; a set at its nominal rate covers within about 2 ``stderr``.
     """
     theta_true = check_point(problem.prior, theta_true, what="theta_true").astype(np.float32)
     if int(toys) != toys or toys < 2:
         raise ValueError(f"toys must be an integer of at least 2, got {toys!r}")
-    qs = _toy_statistics(loglik, problem, theta_true, int(n_events), int(toys), as_key(key), theta_grid, keep)
+    if method not in ("wilks", "neyman"):
+        raise ValueError(f"method must be 'wilks' or 'neyman', got {method!r}")
+    key = as_key(key)
+    qs = _toy_statistics(loglik, problem, theta_true, int(n_events), int(toys), key, theta_grid, keep)
+    if method == "neyman":
+        calibration = _toy_statistics(loglik, problem, theta_true, int(n_events), int(calibration_toys or toys),
+                                      jax.random.fold_in(key, 1), theta_grid, keep)
     dof = len(theta_true) if keep is None else len(keep)
     out = []
     for level in levels:
-        hit = qs <= wilks_threshold(level, dof)
-        p = hit.mean()
+        critical = wilks_threshold(level, dof) if method == "wilks" else np.quantile(calibration, level)
+        p = (qs <= critical).mean()
         out.append(Coverage(float(level), float(p), float(np.sqrt(max(p * (1 - p), 1e-12) / toys)), int(toys)))
     return out
 

@@ -298,6 +298,21 @@ def test_wilks_sets_cover_at_the_nominal_rate_on_a_gaussian_mean():
         assert abs(r.pulls) < 3, r  # within 3 binomial standard errors of 68 % and 95 %
 
 
+def test_neyman_sets_cover_where_a_miscalibrated_likelihood_breaks_wilks():
+    def overconfident(theta, x):  # twice the exact log-likelihood: q doubles, Wilks sets shrink by √2
+        return 2.0 * _exact_gaussian_loglik(theta, x)
+
+    theta_grid = galton.lrt.grid(GAUSSIAN_MEAN.prior, 601)
+    settings = dict(n_events=10, theta_grid=theta_grid, key=jax.random.key(4), toys=400)
+    wilks = galton.lrt.coverage(overconfident, GAUSSIAN_MEAN, [0.4], **settings)
+    neyman = galton.lrt.coverage(overconfident, GAUSSIAN_MEAN, [0.4], method="neyman", **settings)
+    assert wilks[0].pulls < -5 and wilks[1].pulls < -5, wilks  # 68 % -> 47 %, 95 % -> 83 %
+    for r in neyman:
+        assert abs(r.pulls) < 3, r
+    with pytest.raises(ValueError, match="method must be"):
+        galton.lrt.coverage(overconfident, GAUSSIAN_MEAN, [0.4], method="asymptotic", **settings)
+
+
 def test_neyman_and_wilks_sets_agree_where_wilks_is_exact():
     theta_grid = galton.lrt.grid(GAUSSIAN_MEAN.prior, 61)
     x = galton.simulate(GAUSSIAN_MEAN, key=jax.random.key(1), theta=np.full((10, 1), 0.4), progress=False).x
