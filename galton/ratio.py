@@ -16,7 +16,19 @@ from galton import nets
 from galton.flows import input_standardisation, standardisation
 
 
-class RatioNetwork(eqx.Module):
+class Specified:
+    """What a network rebuilt for loading from its JSON ``spec_json`` reads from it."""
+
+    @property
+    def spec(self) -> dict:
+        return json.loads(self.spec_json)
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec["x_shape"])
+
+
+class RatioNetwork(eqx.Module, Specified):
     """The classifier d(θ, x): an MLP on [z-scored θ, embedding of z-scored x]."""
 
     embedding: eqx.Module
@@ -26,14 +38,6 @@ class RatioNetwork(eqx.Module):
     x_shift: paramax.NonTrainable
     x_scale: paramax.NonTrainable
     spec_json: str = eqx.field(static=True)
-
-    @property
-    def spec(self) -> dict:
-        return json.loads(self.spec_json)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["x_shape"])
 
     def log_ratio(self, theta: jax.Array, x: jax.Array) -> jax.Array:
         """d(θ, x) ≈ log p(x|θ)/p(x) for θ ``(*batch, d)``, x ``(*batch, *x_shape)`` (broadcast) -> ``(*batch,)``."""
@@ -93,7 +97,7 @@ def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embeddin
 
 
 
-class MarginalRatioNetwork(eqx.Module):
+class MarginalRatioNetwork(eqx.Module, Specified):
     """One ratio head d_m(θ_m, x) ≈ log p(θ_m|x)/p(θ_m) per marginal m, on one shared embedding of x.
 
     The heads are one stacked MLP (vmapped over heads), so adding marginals adds no compile
@@ -107,14 +111,6 @@ class MarginalRatioNetwork(eqx.Module):
     x_shift: paramax.NonTrainable
     x_scale: paramax.NonTrainable
     spec_json: str = eqx.field(static=True)
-
-    @property
-    def spec(self) -> dict:
-        return json.loads(self.spec_json)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["x_shape"])
 
     @property
     def marginals(self) -> list[tuple[int, ...]]:
@@ -191,4 +187,4 @@ def marginal_ratio_network(
     return _marginal_network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
-__all__ = ["SKELETONS", "MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]
+__all__ = ["SKELETONS", "Specified", "MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]

@@ -36,8 +36,7 @@ from galton.methods.gold.sally import SALLY
 from galton.methods.nle import NLE
 from galton.posteriors import DensityPosterior
 from galton.sampling import MCMC_DEFAULTS
-from galton.simulate import simulate
-from galton.store import Simulations, round_store
+from galton.store import Simulations
 from galton.train import Training
 
 def project(theta, scores, theta_ref, theta_scale) -> tuple[jax.Array, jax.Array]:
@@ -47,7 +46,7 @@ def project(theta, scores, theta_ref, theta_scale) -> tuple[jax.Array, jax.Array
     return jnp.sum(scores * u, -1), u
 
 
-class ProjectedScoreRatio(eqx.Module):
+class ProjectedScoreRatio(eqx.Module, ratio.Specified):
     """log r̂(x|θ) = log q(h_θ(x) | θ, u(θ)) − log q(h_θ(x) | θ_ref, u(θ)) (see the module)."""
 
     compressor: eqx.Module
@@ -55,14 +54,6 @@ class ProjectedScoreRatio(eqx.Module):
     theta_ref: paramax.NonTrainable
     theta_scale: paramax.NonTrainable
     spec_json: str = eqx.field(static=True)
-
-    @property
-    def spec(self) -> dict:
-        return json.loads(self.spec_json)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return tuple(self.spec["x_shape"])
 
     def log_ratio(self, theta: jax.Array, x: jax.Array) -> jax.Array:
         """log r̂(x|θ, θ_ref) for θ ``(*batch, d)``, x ``(*batch, *x_shape)`` (broadcast) -> ``(*batch,)``."""
@@ -143,14 +134,8 @@ class SALLINO:
         reference density, the rest from the prior (or ``simulations``) for q(h | θ); stores go
         to ``store/round_0`` (at θ_ref) and ``store/round_1``."""
         require_program(problem, "sallino", rounds, needs="the joint score")
-        summaries = self._summaries()
-        n_local = max(2, int(round(self.local_fraction * budget)))
-        if simulations is None and budget - n_local < 2:
-            raise ValueError(f"budget={budget} leaves no simulations from the prior after {n_local} at theta_ref")
-        key_local, key_sim, key_fit = jax.random.split(key, 3)
-        local, compressor = summaries.fit_summaries(problem, n_local, key=key_local, store=round_store(store, 0), progress=progress)
-        sims = simulations if simulations is not None else simulate(problem, budget - n_local, key=key_sim,
-                                                                     store=round_store(store, 1), progress=progress)
+        local, compressor, sims, key_fit = self._summaries().local_and_prior(problem, budget, key=key, simulations=simulations,
+                                                                             store=store, progress=progress)
         network, history = self.fit(local, compressor, sims, problem.prior, key=key_fit, progress=progress)
         posterior = DensityPosterior(network, problem.prior, history=[compressor.history, history], term="ratio",
                                      sampler=self.density.sampler)

@@ -78,18 +78,25 @@ class SALLY:
         return local, summaries.fit(local, key=key_fit, loss="sally", embedding=body, training=self.summary_training,
                                     problem=program.name, progress=progress)
 
+    def local_and_prior(self, problem, budget: int, *, key, simulations=None, store=None, progress: bool = True):
+        """What SALLY and SALLINO share: ``local_fraction × budget`` simulations at θ_ref (to
+        ``store/round_0``) with the regressor t̂ fitted on them, the rest of the budget from the
+        prior (to ``store/round_1``; or ``simulations``), and the key left for the estimator."""
+        n_local = max(2, int(round(self.local_fraction * budget)))
+        if simulations is None and budget - n_local < 2:
+            raise ValueError(f"budget={budget} leaves no simulations from the prior after {n_local} at theta_ref")
+        key_local, key_sim, key_fit = jax.random.split(key, 3)
+        local, compressor = self.fit_summaries(problem, n_local, key=key_local, store=round_store(store, 0), progress=progress)
+        sims = simulations if simulations is not None else simulate(problem, budget - n_local, key=key_sim,
+                                                                     store=round_store(store, 1), progress=progress)
+        return local, compressor, sims, key_fit
+
     def run(self, problem, x_obs, *, key, budget, rounds=1, simulations=None, store=None, progress=True):
         """`galton.infer`'s path: ``local_fraction × budget`` simulations at θ_ref for t̂, the rest
         from the prior (or ``simulations``) for NRE on (θ, t̂(x)); stores go to ``store/round_0``
         (at θ_ref) and ``store/round_1``."""
         require_program(problem, "sally", rounds, needs="the joint score")
-        n_local = max(2, int(round(self.local_fraction * budget)))
-        if simulations is None and budget - n_local < 2:
-            raise ValueError(f"budget={budget} leaves no simulations from the prior after {n_local} at theta_ref")
-        key_local, key_sim, key_fit = jax.random.split(key, 3)
-        _, compressor = self.fit_summaries(problem, n_local, key=key_local, store=round_store(store, 0), progress=progress)
-        sims = simulations if simulations is not None else simulate(problem, budget - n_local, key=key_sim,
-                                                                     store=round_store(store, 1), progress=progress)
+        _, compressor, sims, key_fit = self.local_and_prior(problem, budget, key=key, simulations=simulations, store=store, progress=progress)
         nre = dataclasses.replace(self.ratio, embedding=compressor.frozen())
         network, history = nre.fit(sims, problem.prior, key=key_fit, progress=progress)
         posterior = nre.posterior(network, problem.prior, [compressor.history, history])
