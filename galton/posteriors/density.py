@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -65,6 +66,7 @@ class DensityPosterior(NetworkPosterior):
         return mcmc(log_density, self.prior, n, key=key, args=(self.network, self._x(x)), **settings)
 
 
+@eqx.filter_jit  # eager, flows rebuilt closures per call and compiled anew: lrt's toys ran out of code memory
 def _log_term(term: str, network, theta, x) -> jax.Array:
     if term == "likelihood":
         per_obs = jax.vmap(lambda xi: network.log_prob(xi, theta))(x)
