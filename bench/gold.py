@@ -183,7 +183,7 @@ def fisher(seeds: int, n_sims: int = 20_000):
         report("gold", f"fisher {label}", max_rel_error=float(mean.max()), diag_rel_error=float(np.diag(mean).max()), seeds=seeds)
 
 
-def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman")):
+def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman"), calibration_toys=None):
     """Wilks and Neyman sets from a trained estimator: how often they cover the true θ over ``toys``
     experiments (Neyman: critical values from as many other toys at θ)."""
     cases = [
@@ -209,7 +209,7 @@ def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman")):
         theta_grid = galton.lrt.grid(program.prior, points)
         for construction in methods:
             results = galton.lrt.coverage(loglik, program, theta_true, n_events=n_events, theta_grid=theta_grid, key=jax.random.key(23),
-                                          toys=toys, method=construction)
+                                          toys=toys, method=construction, calibration_toys=calibration_toys)
             seconds = time.perf_counter() - start
             for r in results:
                 print(f"{name:13s} {method_name} ({budget} simulations), {n_events} events per toy, {construction}: {r}, "
@@ -228,11 +228,12 @@ def main():
     parser.add_argument("--skip-c2st", action="store_true")
     parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
     parser.add_argument("--coverage-budget", type=int, default=30_000)
+    parser.add_argument("--coverage-calibration-toys", type=int, default=None, help="Neyman's calibration toys (default: --coverage-toys)")
     parser.add_argument("--coverage-methods", nargs="+", default=["wilks", "neyman"], choices=["wilks", "neyman"])
     parser.add_argument("--coverage-tasks", nargs="*", default=None, help="only these tasks' coverage check")
     args = parser.parse_args()
     if args.coverage_toys:
-        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks, args.coverage_methods)
+        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks, args.coverage_methods, args.coverage_calibration_toys)
     if not args.skip_fisher:
         fisher(args.fisher_seeds, args.fisher_sims)
     for name in args.tasks:

@@ -157,12 +157,13 @@ def _toy_statistics(loglik, problem, theta, n_events, toys, key, theta_grid: Gri
 
 @dataclass(frozen=True)
 class Coverage:
-    """Fraction of toys whose confidence set at ``level`` covers the true θ, with its binomial error."""
+    """Fraction of toys whose confidence set at ``level`` covers the true θ, with its binomial error
+    (``toys``: the effective count behind it; for Neyman sets the calibration toys' count too)."""
 
     level: float
     covered: float
     stderr: float
-    toys: int
+    toys: float
 
     @property
     def pulls(self) -> float:
@@ -170,7 +171,7 @@ class Coverage:
         return (self.covered - self.level) / np.sqrt(self.level * (1 - self.level) / self.toys)
 
     def __repr__(self) -> str:
-        return f"Coverage({self.level:.0%} sets cover {self.covered:.3f} ± {self.stderr:.3f} of {self.toys} toys)"
+        return f"Coverage({self.level:.0%} sets cover {self.covered:.3f} ± {self.stderr:.3f}, {self.toys:.0f} effective toys)"
 
 
 def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid: Grid, key: jax.Array, toys: int = 500,
@@ -198,11 +199,13 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
         calibration = _toy_statistics(loglik, problem, theta_true, int(n_events), int(calibration_toys or toys),
                                       jax.random.fold_in(key, 1), theta_grid, keep)
     dof = len(theta_true) if keep is None else len(keep)
+    # a Neyman critical value is itself a quantile of toys: its error adds to the test toys' own
+    effective = int(toys) if method == "wilks" else 1.0 / (1.0 / toys + 1.0 / len(calibration))
     out = []
     for level in levels:
         critical = wilks_threshold(level, dof) if method == "wilks" else np.quantile(calibration, level)
         p = (qs <= critical).mean()
-        out.append(Coverage(float(level), float(p), float(np.sqrt(max(p * (1 - p), 1e-12) / toys)), int(toys)))
+        out.append(Coverage(float(level), float(p), float(np.sqrt(max(p * (1 - p), 1e-12) / effective)), effective))
     return out
 
 
