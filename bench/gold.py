@@ -183,7 +183,7 @@ def fisher(seeds: int, n_sims: int = 20_000):
         report("gold", f"fisher {label}", max_rel_error=float(mean.max()), diag_rel_error=float(np.diag(mean).max()), seeds=seeds)
 
 
-def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman"), calibration_toys=None):
+def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman"), calibration_toys=None, seed: int = 23):
     """Wilks and Neyman sets from a trained estimator: how often they cover the true θ over ``toys``
     experiments (Neyman: critical values from as many other toys at θ)."""
     cases = [
@@ -208,7 +208,7 @@ def coverage(toys: int, budget: int, only=None, methods=("wilks", "neyman"), cal
         loglik = galton.lrt.log_likelihood(posterior)
         theta_grid = galton.lrt.grid(program.prior, points)
         for construction in methods:
-            results = galton.lrt.coverage(loglik, program, theta_true, n_events=n_events, theta_grid=theta_grid, key=jax.random.key(23),
+            results = galton.lrt.coverage(loglik, program, theta_true, n_events=n_events, theta_grid=theta_grid, key=jax.random.key(seed),
                                           toys=toys, method=construction, calibration_toys=calibration_toys)
             seconds = time.perf_counter() - start
             for r in results:
@@ -229,11 +229,13 @@ def main():
     parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
     parser.add_argument("--coverage-budget", type=int, default=30_000)
     parser.add_argument("--coverage-calibration-toys", type=int, default=None, help="Neyman's calibration toys (default: --coverage-toys)")
+    parser.add_argument("--coverage-seed", type=int, default=23, help="key of the toys (the estimator's training is fixed)")
     parser.add_argument("--coverage-methods", nargs="+", default=["wilks", "neyman"], choices=["wilks", "neyman"])
     parser.add_argument("--coverage-tasks", nargs="*", default=None, help="only these tasks' coverage check")
     args = parser.parse_args()
     if args.coverage_toys:
-        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks, args.coverage_methods, args.coverage_calibration_toys)
+        coverage(args.coverage_toys, args.coverage_budget, args.coverage_tasks, args.coverage_methods, args.coverage_calibration_toys,
+                 args.coverage_seed)
     if not args.skip_fisher:
         fisher(args.fisher_seeds, args.fisher_sims)
     for name in args.tasks:
