@@ -170,13 +170,16 @@ class TruncatedPrior(eqx.Module):
         corners = self.quantiles.icdf(jnp.stack([self.u_low, self.u_high]))
         return np.asarray(corners).T
 
-    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
-        """Exact draws ``(*sample_shape, d)`` from the prior restricted to the box."""
+    def sample_quantiles(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        """`sample`'s draws in quantile space, F(θ): uniform in the box, ``(*sample_shape, d)``."""
         # keep clear of the box's ends by a float32 ulp, where F⁻¹ of an unbounded prior is infinite
         tiny = 1e-6
         low, high = jnp.maximum(self.u_low, tiny), jnp.minimum(self.u_high, 1.0 - tiny)
-        u = jax.random.uniform(as_key(key), (*sample_shape, self.dim), minval=low, maxval=high)
-        return self.quantiles.icdf(u)
+        return jax.random.uniform(as_key(key), (*sample_shape, self.dim), minval=low, maxval=high)
+
+    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        """Exact draws ``(*sample_shape, d)`` from the prior restricted to the box."""
+        return self.quantiles.icdf(self.sample_quantiles(key, sample_shape))
 
     def contains(self, theta) -> jax.Array:
         """Whether θ ``(*batch, d)`` lies in the box: boolean ``(*batch,)``."""
@@ -310,13 +313,23 @@ class Region(eqx.Module):
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Exact draws ``(*sample_shape, d)`` from the prior restricted to the region."""
+        return self._draws(key, sample_shape)[1]
+
+    def sample_quantiles(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
+        """`sample`'s draws in quantile space, F(θ), ``(*sample_shape, d)``."""
+        return self._draws(key, sample_shape)[0]
+
+    def _draws(self, key, sample_shape) -> tuple[jax.Array, jax.Array]:
+        """Rejection from the box: the kept draws in quantile space and in θ space."""
         n, kept, key = math.prod(sample_shape), [], as_key(key)
         for attempt in range(10_000):
-            batch = int(min(max(1.2 * (n - sum(map(len, kept))) / self.acceptance, 1024), 1_000_000))
-            theta = np.asarray(self.box.sample(jax.random.fold_in(key, attempt), (batch,)))
-            kept.append(theta[np.asarray(_inside(self.constraints, jnp.asarray(theta)))])
-            if sum(map(len, kept)) >= n:
-                return jnp.asarray(np.concatenate(kept)[:n].reshape(*sample_shape, self.dim))
+            batch = int(min(max(1.2 * (n - sum(len(u) for u, _ in kept)) / self.acceptance, 1024), 1_000_000))
+            u = self.box.sample_quantiles(jax.random.fold_in(key, attempt), (batch,))
+            theta = self.quantiles.icdf(u)
+            inside = np.asarray(_inside(self.constraints, theta))
+            kept.append((np.asarray(u)[inside], np.asarray(theta)[inside]))
+            if sum(len(u) for u, _ in kept) >= n:
+                return tuple(jnp.asarray(np.concatenate(part)[:n].reshape(*sample_shape, self.dim)) for part in zip(*kept))
         raise TruncationError(f"rejection from the box found too few draws in the region (acceptance {self.acceptance:.2g})")
 
     def log_prob(self, theta) -> jax.Array:

@@ -157,7 +157,7 @@ class TMNRE(NeuralMethod):
         proposal = TruncatedPrior.full(prior) if proposal is None else proposal
         drawn = None
         if isinstance(proposal, Region):
-            drawn = np.asarray(proposal.quantiles.cdf(proposal.sample(jax.random.fold_in(key, 1), (REGION_DRAWS,))))
+            drawn = np.asarray(proposal.sample_quantiles(jax.random.fold_in(key, 1), (REGION_DRAWS,)))
         return TMNREPosterior(network, prior, history=history, u_low=np.asarray(proposal.u_low), u_high=np.asarray(proposal.u_high),
                               rounds=rounds, region_draws=drawn)
 
@@ -168,7 +168,7 @@ class TMNRE(NeuralMethod):
         one_d = {m[0]: h for h, m in enumerate(columns) if len(m) == 1}
         proposal = TruncatedPrior.full(prior)  # also for one round: the marginal densities need the prior's columns
         per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
-        pool, history, records, posterior = None, [], [], None
+        pool, history, records = None, [], []
         r = 0
         while True:  # per_round can end early: a converged box gets the rest of the budget at once
             n = per_round[r]
@@ -190,14 +190,13 @@ class TMNRE(NeuralMethod):
             if r == 0 and rounds > 1 and not proposal.quantiles.bounded.all():
                 unbounded = [n for n, b in zip(prior.names, proposal.quantiles.bounded) if not b]
                 records[0]["note"] = f"{', '.join(unbounded)} have unbounded prior support: their boxes are cut in the prior's quantile space"
-            posterior = self.posterior(network, prior, history, proposal, records, key=key_fit).condition(x_obs)
-            if r == len(per_round) - 1:
-                break
+            if r == len(per_round) - 1:  # only the last round's posterior is kept: its region draws are dear
+                return self.posterior(network, prior, history, proposal, records, key=key_fit).condition(x_obs)
             try:
-                narrower = shrink(proposal, _one_d_log_ratios(network, proposal, posterior.x_obs, one_d), epsilon=self.epsilon,
+                narrower = shrink(proposal, _one_d_log_ratios(network, proposal, x_obs, one_d), epsilon=self.epsilon,
                                    names=prior.names, tail_mass=self.tail_mass)
                 if self.truncation == "correlated":
-                    narrower = _correlated(network, proposal, narrower, posterior.x_obs, columns, self.epsilon, self.tail_mass,
+                    narrower = _correlated(network, proposal, narrower, x_obs, columns, self.epsilon, self.tail_mass,
                                            key=jax.random.fold_in(key_fit, 2))
             except TruncationError as err:
                 raise TruncationError(f"{err} (round {r + 1}; the {len(pool)} simulations so far are in err.simulations)", pool) from None
@@ -206,7 +205,6 @@ class TMNRE(NeuralMethod):
                 records[-1]["converged"] = f"the box shrank by {per_parameter:.1%} per parameter; the rest of the budget goes to one last round"
                 per_round = per_round[: r + 1] + [sum(per_round[r + 1 :])]
             proposal, r = narrower, r + 1
-        return posterior
 
 
 class HeadConstraint(eqx.Module):
@@ -230,7 +228,7 @@ def _correlated(network, proposal, box: TruncatedPrior, x_obs, columns, epsilon:
     if len(pairs):
         features = network.embed(jnp.asarray(x_obs, jnp.float32))
         draws = proposal.sample(jax.random.fold_in(key_draws, 2), (16_384,))  # where this round's heads were trained
-        values = _head_values(network, proposal.quantiles, pairs, features, proposal.quantiles.cdf(draws))
+        values = _head_values(network, pairs, features, draws)
         thresholds = values.max(0) + math.log(epsilon)
         if tail_mass is not None:  # the draws are uniform in quantile space: weights ∝ exp(log-ratio)
             thresholds = jnp.maximum(thresholds, jnp.asarray(tail_level(np.asarray(values), tail_mass), jnp.float32))
@@ -243,12 +241,12 @@ def _one_d_log_ratios(network: MarginalRatioNetwork, proposal: TruncatedPrior, x
     heads = jnp.asarray([one_d[i] for i in range(proposal.dim)])
     features = network.embed(jnp.asarray(x_obs, jnp.float32))
 
-    return lambda u: _head_values(network, proposal.quantiles, heads, features, u)
+    return lambda u: _head_values(network, heads, features, proposal.quantiles.icdf(u))
 
 
 @eqx.filter_jit
-def _head_values(network, quantiles, heads, features, u):
-    return network.head_log_ratios(quantiles.icdf(u), features, heads=heads)
+def _head_values(network, heads, features, theta):
+    return network.head_log_ratios(theta, features, heads=heads)
 
 
 __all__ = ["HeadConstraint", "TMNRE", "loss", "resolve_marginals"]
