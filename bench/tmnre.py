@@ -5,17 +5,17 @@ than their priors.
     python bench/tmnre.py [--tasks two_moons slcp gaussian_linear slcp_distractors]
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
-                          [--skip-tasks] [--narrow-dims 10 15]
+                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
 well for at most 6 parameters, else the 1-D ones and the pairs of the first 5), at ``budget``
 simulations in 1 round and in ``rounds`` rounds, for each ``--truncation`` (box: swyft's;
 correlated: the box cut further by the 2-D heads), with ``--tail-mass`` (none by default) as
-TMNRE's ``tail_mass``.
+TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
-(1-D marginals only): amortized at 10x the budget against truncated at the budget, scored by the
-mean 1-D C2ST against the exact Gaussian posterior.
+(1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
+at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def part_one(args) -> None:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
-            method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass)
+            method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance)
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
                 x_obs = task.observation(k)
@@ -94,8 +94,9 @@ def narrow_problem(dim: int, widen: float):
 def part_two(args) -> None:
     for dim in args.narrow_dims:
         problem, exact = narrow_problem(dim, 20.0)
-        method = TMNRE(marginals=[(n,) for n in problem.names], tail_mass=args.tail_mass)
-        for budget, rounds in ((10 * args.budget, 1), (args.budget, args.rounds)):
+        runs = [(10 * args.budget, 1, balance) for balance in sorted({0.0, args.balance})] + [(args.budget, args.rounds, args.balance)]
+        for budget, rounds, balance in runs:  # amortized with and without --balance: the better is the target
+            method = TMNRE(marginals=[(n,) for n in problem.names], tail_mass=args.tail_mass, balance=balance)
             scores, seconds = [], []
             for k in args.observations[:2]:
                 theta_true = problem.prior.sample(jax.random.key(500 + k))
@@ -106,9 +107,10 @@ def part_two(args) -> None:
                 ref = exact(np.asarray(x_obs), C2ST_SAMPLES, jax.random.key(700 + k))
                 s = marginal_scores(post, ref, jax.random.key(800 + k))
                 scores.append(np.mean(list(s.values())))
-                print(f"narrow {dim}-D (prior 20x wider) obs {k}: {budget} sims in {rounds} round(s): mean 1-D C2ST {scores[-1]:.3f}  "
-                      f"prior mass kept {post.rounds[-1]['volume']:.3g}  {seconds[-1]:.0f} s", flush=True)
-            report("tmnre", f"narrow{dim}-{budget}-r{rounds}", c2st_1d=round(float(np.mean(scores)), 3), galton_s=round(float(np.mean(seconds)), 1), budget=budget)
+                print(f"narrow {dim}-D (prior 20x wider) obs {k}: {budget} sims in {rounds} round(s), balance {balance:g}: mean 1-D C2ST "
+                      f"{scores[-1]:.3f}  prior mass kept {post.rounds[-1]['volume']:.3g}  {seconds[-1]:.0f} s", flush=True)
+            report("tmnre", f"narrow{dim}-{budget}-r{rounds}-balance{balance:g}", c2st_1d=round(float(np.mean(scores)), 3),
+                   galton_s=round(float(np.mean(seconds)), 1), budget=budget)
 
 
 def main():
@@ -123,6 +125,7 @@ def main():
     parser.add_argument("--skip-tasks", action="store_true", help="only part 2")
     parser.add_argument("--tail-mass", type=float, default=None, help="TMNRE's tail_mass (a mass rule beside ε)")
     parser.add_argument("--skip-amortized", action="store_true", help="part 1 without the one-round runs")
+    parser.add_argument("--balance", type=float, default=0.0, help="TMNRE's balance (BNRE's λ), 0 for swyft's loss")
     args = parser.parse_args()
     if not args.skip_tasks:
         part_one(args)

@@ -44,6 +44,21 @@ def test_heads_recover_the_gaussian_marginals(amortized):
     np.testing.assert_allclose(pair.std(0) / STD, 1, atol=0.2)
 
 
+def test_balanced_heads_recover_the_gaussian_marginals(sims):  # noqa: F811
+    method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=32, training=FAST, balance=10.0)
+    post = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+    for i, name in enumerate(post.names):
+        draws = np.asarray(post.marginal(name).sample(4000, key=jax.random.key(i)))[:, 0]
+        assert abs(draws.mean() - float(X_OBS[i]) / 2) < 0.25 * STD, (name, draws.mean())
+        assert abs(draws.std() / STD - 1) < 0.2, (name, draws.std())
+
+
+@pytest.mark.parametrize("balance", [-1.0, "100"])
+def test_a_negative_balance_is_refused(balance):
+    with pytest.raises(ValueError, match="balance must be a non-negative number"):
+        TMNRE(balance=balance)
+
+
 def test_marginal_posterior_normalises_and_saves(amortized, tmp_path):
     theta, density = amortized.marginal("theta[1]").grid()
     assert abs(np.trapezoid(density, theta[:, 0]) - 1) < 0.01

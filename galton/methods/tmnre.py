@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.methods.base import NeuralMethod, register
+from galton.methods.base import NeuralMethod, bind, register
 from galton.posteriors.marginal import TMNREPosterior
 from galton.problem import Prior
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
@@ -52,12 +52,16 @@ def _derangement(key, b: int) -> jax.Array:
     return jnp.zeros(b, jnp.int32).at[perm].set(jnp.roll(perm, 1))
 
 
-def loss(model: MarginalRatioNetwork, batch, key):
+def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0):
     theta, x = batch
     features = model.embed(x)
-    joint = model.head_log_ratios(theta, features)
+    joint = model.head_log_ratios(theta, features)  # (b, heads)
     marginal = model.head_log_ratios(theta[_derangement(key, theta.shape[0])], features)
-    return -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean()
+    bce = -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean()
+    # BNRE's term per head (Delaunoy et al. 2022): zero for the exact ratio, and it pulls a
+    # classifier that is too sure of itself towards a wider, conservative posterior
+    gap = jax.nn.sigmoid(joint).mean(0) + jax.nn.sigmoid(marginal).mean(0) - 1.0
+    return bce + balance * jnp.mean(gap**2)
 
 
 def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> list[tuple[int, ...]]:
@@ -108,6 +112,9 @@ class TMNRE(NeuralMethod):
         min_shrink: when a round shrinks the box by less than this fraction per parameter (its
             prior mass to the power 1/d), the box has converged: the rest of the budget is spent
             in one last round inside it.
+        balance: BNRE's balancing weight λ (Delaunoy et al. 2022; 100 there), 0 for swyft's loss:
+            each head's classifier is held to E_joint[σ(d)] + E_marginal[σ(d)] = 1, which the exact
+            ratio meets, so that an over-fitted head errs towards too wide a marginal.
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
@@ -118,6 +125,7 @@ class TMNRE(NeuralMethod):
     tail_mass: float | None = None
     truncation: str = "box"
     min_shrink: float = 0.1
+    balance: float = 0.0
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -131,12 +139,14 @@ class TMNRE(NeuralMethod):
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
+        if not (isinstance(self.balance, (int, float)) and self.balance >= 0.0):
+            raise ValueError(f"balance must be a non-negative number, got {self.balance!r}")
         if not 0.0 <= self.min_shrink < 1.0:
             raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
 
     def loss(self, prior: Prior, sequential: bool):
         """The loss, the same in every round (each round's θ are draws from its own proposal)."""
-        return loss
+        return bind(loss, balance=self.balance) if self.balance else loss
 
     def network(self, theta, x, key, columns) -> MarginalRatioNetwork:
         """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""
