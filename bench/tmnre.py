@@ -5,14 +5,15 @@ than their priors.
     python bench/tmnre.py [--tasks two_moons slcp gaussian_linear slcp_distractors]
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
-                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10]
+                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
 well for at most 6 parameters, else the 1-D ones and the pairs of the first 5), at ``budget``
 simulations in 1 round and in ``rounds`` rounds, for each ``--truncation`` (box: swyft's;
 correlated: the box cut further by the 2-D heads), with ``--tail-mass`` (none by default) as
-TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``.
+TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``; ``--embedding deepset``
+gives slcp's heads a DeepSet over its four iid draws (other tasks keep raw x).
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -32,6 +33,7 @@ from _report import report
 from sbibm import reference_samples
 
 import galton
+from galton import nets
 from galton.diagnostics import c2st
 from galton.methods import TMNRE
 from galton.tasks import get
@@ -52,12 +54,20 @@ def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
     return [(n,) for n in names] + list(pairs)
 
 
+def embedding_for(task_name: str, kind: str):
+    """None, or for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,))."""
+    if kind == "none" or task_name != "slcp":
+        return None
+    return nets.Reshaped((8,), nets.DeepSet((4, 2), 64, width=64, key=jax.random.key(11)))
+
+
 def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
-            method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance)
+            method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
+                           embedding=embedding_for(task_name, args.embedding))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
                 x_obs = task.observation(k)
@@ -70,7 +80,8 @@ def part_one(args) -> None:
                 scores_1d.append(s1), scores_2d.append(s2)
                 volume = post.rounds[-1]["volume"]
                 print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
-            report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
+            report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
+                   + ("-deepset" if embedding_for(task_name, args.embedding) is not None else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
                    galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
 
 
@@ -126,6 +137,8 @@ def main():
     parser.add_argument("--tail-mass", type=float, default=None, help="TMNRE's tail_mass (a mass rule beside ε)")
     parser.add_argument("--skip-amortized", action="store_true", help="part 1 without the one-round runs")
     parser.add_argument("--balance", type=float, default=0.0, help="TMNRE's balance (BNRE's λ), 0 for swyft's loss")
+    parser.add_argument("--embedding", choices=["none", "deepset"], default="none",
+                        help="deepset: slcp's x seen as its 4 iid 2-D draws, a DeepSet (width 64) shared by the heads")
     args = parser.parse_args()
     if not args.skip_tasks:
         part_one(args)
