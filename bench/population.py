@@ -45,9 +45,7 @@ OBJECT = galton.Simulator(dist.Uniform(-4.0, 4.0), measure, name="object")
 
 
 def designed(xs: np.ndarray, widen: float) -> galton.Simulator:
-    """The per-object simulator with θ drawn where the objects' data put it: a normal over the
-    objects' means, ``widen`` times their spread. The NLE learns p(x|θ), which does not depend on
-    where θ was drawn, so this spends the budget on the θ the population fit will visit."""
+    """The per-object simulator with θ from a normal over the objects' means, ``widen`` times their spread."""
     xbar = xs.mean(1)
     return galton.Simulator(dist.Normal(float(xbar.mean()), widen * float(xbar.std())), measure, name="object")
 

@@ -65,9 +65,10 @@ def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
+        embedding = embedding_for(task_name, args.embedding)
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
-                           embedding=embedding_for(task_name, args.embedding))
+                           embedding=embedding)
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
                 x_obs = task.observation(k)
@@ -81,7 +82,7 @@ def part_one(args) -> None:
                 volume = post.rounds[-1]["volume"]
                 print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
-                   + ("-deepset" if embedding_for(task_name, args.embedding) is not None else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
+                   + ("-deepset" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
                    galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
 
 

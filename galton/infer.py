@@ -15,19 +15,9 @@ import numpy as np
 
 from galton import methods
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, Simulator
+from galton.problem import ProblemError, Program, Simulator, check_observation
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
-
-
-def _check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
-    x_obs = jnp.asarray(x_obs)
-    if x_obs.shape == x_shape or (iid and x_obs.shape[1:] == x_shape and x_obs.ndim == len(x_shape) + 1):
-        if not bool(jnp.isfinite(x_obs).all()):
-            raise ProblemError("x_obs has NaN or inf values")
-        return x_obs
-    expected = f"{x_shape}" + (f" or (n_obs, *{x_shape}) for iid observations" if iid else "")
-    raise ProblemError(f"x_obs has shape {x_obs.shape}, but {problem.name} simulates x of shape {expected}")
 
 
 def infer(
@@ -74,7 +64,7 @@ def infer(
         raise ValueError(f"rounds must be an integer between 1 and the budget, got {rounds!r}")
     if problem.backend == "jax":
         x_shape = jax.eval_shape(problem.simulate_flat, jax.random.key(0), jnp.zeros(problem.prior.dim)).shape
-        x_obs = _check_observation(problem, x_obs, x_shape, iid=method.iid)
+        x_obs = check_observation(problem, x_obs, x_shape, iid=method.iid)
     if hasattr(method, "run"):  # a method with rounds of its own (TMNRE's truncation)
         return method.run(problem, x_obs, key=key, budget=budget, rounds=rounds, simulations=simulations, store=store, progress=progress)
     per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
@@ -90,7 +80,7 @@ def infer(
             new = simulate(problem, key=key_sim, theta=np.asarray(theta), store=round_store(store, r), progress=progress)
         sims = new if sims is None or (r == 0 and simulations is not None) else Simulations.concatenate([sims, new])
         if r == 0 and problem.backend != "jax":
-            x_obs = _check_observation(problem, x_obs, sims.x.shape[1:], iid=method.iid)
+            x_obs = check_observation(problem, x_obs, sims.x.shape[1:], iid=method.iid)
         model, round_history = method.fit(sims, problem.prior, key=key_fit, sequential=r > 0, init=model, progress=progress)
         history.append(round_history)
         posterior = method.posterior(model, problem.prior, history).condition(x_obs)

@@ -11,8 +11,9 @@ with no new simulations per object:
 The learned terms are trusted only inside the support of the prior they were trained under, so
 each θ_i is confined there. That prior need not be the population's: an NLE learns p(x|θ)
 whatever θ it was trained on, so drawing its simulations' θ where the objects' data put them
-(e.g. a normal over the objects' rough estimates, 1.5 times their spread) spends the budget
-where NUTS will look; on the bench's hierarchy that kept μ within 0.1 σ on 15 of 15 seeds.
+spends the budget where NUTS will look (README, population). A bounded design (a uniform over
+the objects' rough estimates with a margin) keeps the confinement; an unbounded one (a normal
+over them, as bench/population.py draws) leaves each θ_i held only by its own data.
 """
 
 from __future__ import annotations

@@ -218,6 +218,17 @@ def check_theta(prior: Prior, theta, *, what: str = "theta") -> jax.Array:
     return theta
 
 
+def check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
+    """x_obs as an array of ``x_shape`` (or ``(n_obs, *x_shape)`` when ``iid``), finite; else a `ProblemError`."""
+    x_obs = jnp.asarray(x_obs)
+    if x_obs.shape == x_shape or (iid and x_obs.shape[1:] == x_shape and x_obs.ndim == len(x_shape) + 1):
+        if not bool(jnp.isfinite(x_obs).all()):
+            raise ProblemError("x_obs has NaN or inf values")
+        return x_obs
+    expected = f"{x_shape}" + (f" or (n_obs, *{x_shape}) for iid observations" if iid else "")
+    raise ProblemError(f"x_obs has shape {x_obs.shape}, but {problem.name} simulates x of shape {expected}")
+
+
 def check_point(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:
     """One θ, flat ``(d,)`` or in the prior's structure (a dict of blocks), validated as `check_theta`
     does: returns the flat ``(d,)`` float64 array."""
@@ -391,4 +402,4 @@ def _on_real_line(support) -> bool:
 Problem = Simulator | Program
 
 
-__all__ = ["Blocks", "Prior", "Simulator", "Program", "ProblemError", "Problem", "check_point", "check_theta"]
+__all__ = ["Blocks", "Prior", "Simulator", "Program", "ProblemError", "Problem", "check_observation", "check_point", "check_theta"]

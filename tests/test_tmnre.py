@@ -15,7 +15,9 @@ from scipy import stats
 import galton
 from galton.calibration import marginal_coverage
 from galton.methods import TMNRE
+from galton.methods.tmnre import loss as tmnre_loss
 from galton.posteriors import load
+from galton.problem import ProblemError
 from galton.train import Training
 from galton.truncation import Region, TruncatedPrior, TruncationError, shrink, tail_level
 
@@ -44,17 +46,37 @@ def test_heads_recover_the_gaussian_marginals(amortized):
     np.testing.assert_allclose(pair.std(0) / STD, 1, atol=0.2)
 
 
-def test_balanced_heads_recover_the_gaussian_marginals(sims):  # noqa: F811
-    method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=32, training=FAST, balance=10.0)
+class _FixedHeads(eqx.Module):
+    """Head h's logit is θ's column h, whatever x: a classifier with a known balance gap per head."""
+
+    def embed(self, x):
+        return x
+
+    def head_log_ratios(self, theta, features):
+        return theta
+
+
+def test_the_balance_term_is_bnre_s_squared_gap_per_head():
+    a, lam = 1.5, 7.0
+    theta = jnp.tile(jnp.array([[a, -a]]), (16, 1))  # head 0 errs by +g, head 1 by −g: they must not cancel
+    batch, key = (theta, jnp.zeros((16, 1))), jax.random.key(0)
+    gap = 2 * jax.nn.sigmoid(a) - 1
+    added = tmnre_loss(_FixedHeads(), batch, key, balance=lam) - tmnre_loss(_FixedHeads(), batch, key)
+    np.testing.assert_allclose(float(added), lam * float(gap) ** 2, rtol=1e-5)
+    assert TMNRE(balance=lam).loss(None, False) is TMNRE(balance=lam).loss(None, False)  # one compiled epoch
+
+
+def test_balanced_heads_err_wide_not_narrow(sims):  # noqa: F811
+    method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=32, training=FAST, balance=100.0)
     post = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
     for i, name in enumerate(post.names):
         draws = np.asarray(post.marginal(name).sample(4000, key=jax.random.key(i)))[:, 0]
         assert abs(draws.mean() - float(X_OBS[i]) / 2) < 0.25 * STD, (name, draws.mean())
-        assert abs(draws.std() / STD - 1) < 0.2, (name, draws.std())
+        assert 1.0 < draws.std() / STD < 1.5, (name, draws.std())  # 1.25–1.30 measured at 2,000 simulations
 
 
-@pytest.mark.parametrize("balance", [-1.0, "100"])
-def test_a_negative_balance_is_refused(balance):
+@pytest.mark.parametrize("balance", [-1.0, "100", True, float("inf")])
+def test_a_bad_balance_is_refused(balance):
     with pytest.raises(ValueError, match="balance must be a non-negative number"):
         TMNRE(balance=balance)
 
@@ -156,6 +178,15 @@ def test_epsilon_outside_the_unit_interval_is_refused(epsilon):
         TMNRE(epsilon=epsilon)
 
 
+def test_a_nan_observation_is_refused_before_any_round_cuts_a_box():
+    rng = lambda key: np.random.default_rng(np.asarray(jax.random.key_data(key)))  # noqa: E731
+    numpy_sim = galton.Simulator(dist.Normal(jnp.zeros(DIM), 1.0), lambda key, t: np.asarray(t) + 0.1 * rng(key).normal(size=DIM), name="numpy")
+    assert numpy_sim.backend == "python"  # galton.infer checks x_obs up front only for JAX simulators
+    method = TMNRE(marginals=[("theta[0]",)], hidden=8, training=Training(max_epochs=2, patience=1, batch_size=50))
+    with pytest.raises(ProblemError, match="NaN or inf"):
+        galton.infer(numpy_sim, np.full(DIM, np.nan), key=jax.random.key(0), method=method, budget=200, rounds=2, progress=False)
+
+
 def test_a_collapsing_box_names_the_parameter():
     full = TruncatedPrior.full(PROBLEM.prior)
     box = TruncatedPrior(full.quantiles, np.full(DIM, 0.5), np.full(DIM, 0.5 + 1e-5))
@@ -198,6 +229,8 @@ def test_region_samples_the_prior_inside_its_constraints_exactly():
     assert abs(region.volume - np.pi * 0.25 / 4) < 0.005  # the disk's share of the square
     draws = np.asarray(region.sample(jax.random.key(1), (20_000,)))
     assert bool(region.contains(draws).all())
+    u = np.asarray(region.sample_quantiles(jax.random.key(1), (20_000,)))  # the same draws, in quantile space
+    np.testing.assert_allclose(np.asarray(region.quantiles.icdf(u)), draws, atol=1e-6)
     radius2 = (draws**2).sum(-1) / 0.25  # uniform on a disk: r² is uniform on [0, 1]
     assert stats.kstest(radius2, "uniform").pvalue > 1e-3
     assert np.isinf(np.asarray(region.log_prob(jnp.array([[0.0, 0.0], [0.5, 0.5]])))).tolist() == [False, True]

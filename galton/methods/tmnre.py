@@ -3,7 +3,9 @@
 Loss: one binary classifier per marginal m on a shared embedding of x, all trained at once,
 with θ' a derangement of the batch's θ (so (θ'_m, x) is a marginal pair):
     L = mean_m [ −log σ(d_m(θ_m, x)) − log σ(−d_m(θ'_m, x)) ]
-so d_m(θ_m, x) ≈ log p(θ_m | x) / p(θ_m) under the round's proposal.
+        + λ · mean_m ( mean_batch σ(d_m(θ_m, x)) + mean_batch σ(d_m(θ'_m, x)) − 1 )²
+so d_m(θ_m, x) ≈ log p(θ_m | x) / p(θ_m) under the round's proposal. The second line is BNRE's
+balancing term (``balance=λ``, 0 by default as in swyft).
 
 Rounds: after each round a box per parameter from its 1-D head (where the log-ratio at x_obs
 exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
@@ -35,7 +37,7 @@ import numpy as np
 
 from galton.methods.base import NeuralMethod, bind, register
 from galton.posteriors.marginal import TMNREPosterior
-from galton.problem import Prior
+from galton.problem import Prior, check_observation
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
@@ -58,8 +60,10 @@ def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0):
     joint = model.head_log_ratios(theta, features)  # (b, heads)
     marginal = model.head_log_ratios(theta[_derangement(key, theta.shape[0])], features)
     bce = -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean()
-    # BNRE's term per head (Delaunoy et al. 2022): zero for the exact ratio, and it pulls a
-    # classifier that is too sure of itself towards a wider, conservative posterior
+    if not balance:
+        return bce
+    # BNRE's term per head (Delaunoy et al. 2022): its gap vanishes in expectation for the exact
+    # ratio, and it pulls a classifier that is too sure of itself towards a wider posterior
     gap = jax.nn.sigmoid(joint).mean(0) + jax.nn.sigmoid(marginal).mean(0) - 1.0
     return bce + balance * jnp.mean(gap**2)
 
@@ -114,7 +118,8 @@ class TMNRE(NeuralMethod):
             in one last round inside it.
         balance: BNRE's balancing weight λ (Delaunoy et al. 2022; 100 there), 0 for swyft's loss:
             each head's classifier is held to E_joint[σ(d)] + E_marginal[σ(d)] = 1, which the exact
-            ratio meets, so that an over-fitted head errs towards too wide a marginal.
+            ratio meets (the batch estimate's noise adds a small pull towards flatter heads), so
+            that an over-fitted head errs towards too wide a marginal.
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
@@ -139,7 +144,7 @@ class TMNRE(NeuralMethod):
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
-        if not (isinstance(self.balance, (int, float)) and self.balance >= 0.0):
+        if isinstance(self.balance, bool) or not (isinstance(self.balance, (int, float)) and 0.0 <= self.balance < math.inf):
             raise ValueError(f"balance must be a non-negative number, got {self.balance!r}")
         if not 0.0 <= self.min_shrink < 1.0:
             raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
@@ -187,6 +192,8 @@ class TMNRE(NeuralMethod):
                 new = simulations
             else:
                 new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=round_store(store, r), progress=progress)
+            if r == 0:  # before any round cuts a box with it (galton.infer checks only JAX simulators up front)
+                x_obs = check_observation(problem, x_obs, new.x.shape[1:], iid=False)
             inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
             network, round_history = self.fit(pool, prior, key=key_fit, progress=progress, columns=columns)
