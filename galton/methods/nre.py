@@ -40,15 +40,25 @@ def _binary_logits(model, theta, x, key):
     return model.log_ratio(theta, x), model.log_ratio(marginal, x)
 
 
-def loss_a(model, batch, key):
-    joint, marginal = _binary_logits(model, *batch, key)
+def binary_cross_entropy(joint: jax.Array, marginal: jax.Array) -> jax.Array:
+    """The classifier's loss on logits of joint pairs and of marginal pairs (same shapes)."""
     return -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean()
+
+
+def balance_penalty(joint: jax.Array, marginal: jax.Array) -> jax.Array:
+    """BNRE's term (Delaunoy et al. 2022), (E_joint σ(d) + E_marginal σ(d) − 1)², on logits
+    ``(b, *classifiers)``: one gap per classifier over the batch, squared, then averaged."""
+    gap = jax.nn.sigmoid(joint).mean(0) + jax.nn.sigmoid(marginal).mean(0) - 1.0
+    return jnp.mean(gap**2)
+
+
+def loss_a(model, batch, key):
+    return binary_cross_entropy(*_binary_logits(model, *batch, key))
 
 
 def loss_balanced(model, batch, key, *, strength: float):
     joint, marginal = _binary_logits(model, *batch, key)
-    balance = jax.nn.sigmoid(joint).mean() + jax.nn.sigmoid(marginal).mean() - 1.0
-    return -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean() + strength * balance**2
+    return binary_cross_entropy(joint, marginal) + strength * balance_penalty(joint, marginal)
 
 
 def loss_b(model, batch, key, *, num_atoms: int):

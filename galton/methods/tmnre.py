@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.methods.base import NeuralMethod, bind, register
+from galton.methods.nre import balance_penalty, binary_cross_entropy
 from galton.posteriors.marginal import TMNREPosterior
 from galton.problem import Prior, check_observation
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
@@ -59,13 +60,10 @@ def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0):
     features = model.embed(x)
     joint = model.head_log_ratios(theta, features)  # (b, heads)
     marginal = model.head_log_ratios(theta[_derangement(key, theta.shape[0])], features)
-    bce = -(jax.nn.log_sigmoid(joint) + jax.nn.log_sigmoid(-marginal)).mean()
-    if not balance:
-        return bce
-    # BNRE's term per head (Delaunoy et al. 2022): its gap vanishes in expectation for the exact
-    # ratio, and it pulls a classifier that is too sure of itself towards a wider posterior
-    gap = jax.nn.sigmoid(joint).mean(0) + jax.nn.sigmoid(marginal).mean(0) - 1.0
-    return bce + balance * jnp.mean(gap**2)
+    bce = binary_cross_entropy(joint, marginal)
+    # BNRE's term per head: its gap vanishes in expectation for the exact ratio, and it pulls a
+    # head that is too sure of itself towards a wider marginal
+    return bce + balance * balance_penalty(joint, marginal) if balance else bce
 
 
 def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> list[tuple[int, ...]]:
