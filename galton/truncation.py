@@ -321,14 +321,15 @@ class Region(eqx.Module):
 
     def _draws(self, key, sample_shape) -> tuple[jax.Array, jax.Array]:
         """Rejection from the box: the kept draws in quantile space and in θ space."""
-        n, kept, key = math.prod(sample_shape), [], as_key(key)
+        n, kept, got, key = math.prod(sample_shape), [], 0, as_key(key)
         for attempt in range(10_000):
-            batch = int(min(max(1.2 * (n - sum(len(u) for u, _ in kept)) / self.acceptance, 1024), 1_000_000))
+            batch = int(min(max(1.2 * (n - got) / self.acceptance, 1024), 1_000_000))
             u = self.box.sample_quantiles(jax.random.fold_in(key, attempt), (batch,))
             theta = self.quantiles.icdf(u)
             inside = np.asarray(_inside(self.constraints, theta))
             kept.append((np.asarray(u)[inside], np.asarray(theta)[inside]))
-            if sum(len(u) for u, _ in kept) >= n:
+            got += int(inside.sum())
+            if got >= n:
                 return tuple(jnp.asarray(np.concatenate(part)[:n].reshape(*sample_shape, self.dim)) for part in zip(*kept))
         raise TruncationError(f"rejection from the box found too few draws in the region (acceptance {self.acceptance:.2g})")
 
