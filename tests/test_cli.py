@@ -81,3 +81,13 @@ def test_run_a_gold_mining_method_on_a_program_task(tmp_path, capsys):
     assert "C2ST against the reference posterior" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["c2st"] < 0.75 and len(summary["epochs"]) == 1
+
+
+def test_demo_is_a_run_of_two_moons_with_every_run_option(tmp_path, monkeypatch):
+    from galton.cli import build_parser, run
+
+    seen = []
+    monkeypatch.setattr(run, "run_inference", lambda args: seen.append(args) or 0)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    expected = build_parser().parse_args(["run", "two_moons", "--budget", "5000", "--out", str(tmp_path)])
+    assert vars(seen[0]) == vars(expected) and seen[0].settings == []

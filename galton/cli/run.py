@@ -3,7 +3,6 @@ reference, write samples (NetCDF), plots and a summary; ``galton demo`` is one s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
 import warnings
@@ -200,7 +199,6 @@ def _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref) ->
 
 def run_demo(args) -> int:
     print("galton demo: neural posterior estimation on two_moons (sbibm), observation 1, 5,000 simulations")
-    demo = argparse.Namespace(
-        task="two_moons", method="npe", budget=5000, rounds=1, observation=1, samples=10_000, seed=0, out=args.out, max_epochs=None
-    )
-    return run_inference(demo)
+    from galton.cli import build_parser  # the demo is `galton run` with its own defaults, parsed the same way
+
+    return run_inference(build_parser().parse_args(["run", "two_moons", "--budget", "5000", "--out", args.out]))
