@@ -5,6 +5,7 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
                          [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
                          [--fisher-seeds 5] [--fisher-sims 100000] [--skip-fisher] [--skip-c2st]
                          [--coverage-toys 500] [--coverage-budget 30000] [--coverage-methods wilks neyman]
+                         [--coverage-seeds 23 24 25]
 
 1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
    the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
@@ -236,7 +237,7 @@ def main():
     parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
     parser.add_argument("--coverage-budget", type=int, default=30_000)
     parser.add_argument("--coverage-calibration-toys", type=int, default=None, help="Neyman's calibration toys (default: --coverage-toys)")
-    parser.add_argument("--coverage-seeds", type=int, nargs="+", default=[23, 24],
+    parser.add_argument("--coverage-seeds", type=int, nargs="+", default=[23, 24, 25],
                         help="keys of the toy sets, one check per key (the estimator's training is fixed)")
     parser.add_argument("--coverage-methods", nargs="+", default=["wilks", "neyman"], choices=["wilks", "neyman"])
     parser.add_argument("--coverage-tasks", nargs="*", default=None, help="only these tasks' coverage check")

@@ -69,8 +69,8 @@ def test_a_generation_the_budget_cuts_short_sets_its_epsilon_from_its_nearest_ha
     post = galton.infer(GAUSS, X_O, key=jax.random.key(21), method=SMCABC(population=500, distance=ABS), budget=7000, progress=False)
     gens = post.info["generations"]
     last = gens[-1]
-    # fewer than 250 fell within the planned ε: the 250 nearest of all it simulated set an ε between it and the last generation's
-    assert "cut" in last and last["particles"] == 250 and last["epsilon"] < gens[-2]["epsilon"], last
+    # fewer than 250 fell within the planned ε: the 250 nearest of all it simulated set its ε
+    assert "cut" in last and last["particles"] == 250 and last["simulations"] == 7000 - sum(g["simulations"] for g in gens[:-1]), last
     assert post.info["simulations"] == 7000 and post.theta.shape == (250, 1) and post.info["stopped"] == "the budget is spent"
     _, _, mean, sd = exact_abc(last["epsilon"])
     draws = np.asarray(post.sample(20_000, key=jax.random.key(3)))[:, 0]
@@ -79,6 +79,10 @@ def test_a_generation_the_budget_cuts_short_sets_its_epsilon_from_its_nearest_ha
     # with half the population inside the planned ε, the generation keeps exactly those
     kept = galton.infer(GAUSS, X_O, key=jax.random.key(20), method=SMCABC(population=500, distance=ABS), budget=8000, progress=False)
     assert "cut" in kept.info["generations"][-1] and kept.theta.shape == (314, 1), kept.info["generations"][-1]
+    # too little budget left for the nearest 250 to beat the last generation's ε: that generation is returned, with a warning
+    with pytest.warns(UserWarning, match="nearest reach no lower than generation 3; returning generation 3"):
+        short = galton.infer(GAUSS, X_O, key=jax.random.key(20), method=SMCABC(population=500, distance=ABS), budget=6000, progress=False)
+    assert len(short.info["generations"]) == 4 and short.info["stopped"].startswith("the budget ran out in generation 4")
 
 
 def test_linear_regression_adjustment_shrinks_the_error_on_a_linear_model():

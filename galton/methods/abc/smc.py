@@ -17,8 +17,9 @@ A generation keeps every candidate it accepted, so a batch that overshoots N was
 It stops at the target ``epsilon``, when a generation's acceptance rate falls below
 ``min_acceptance``, after ``generations``, or when the budget is spent. A generation the budget
 cuts short keeps its particles within ε_t when at least N/2 are; with fewer, it sets ε after the
-fact to the (N/2)-th smallest distance among all it simulated, whose nearest particles are an
-exact weighted sample at that ε (every candidate came from one proposal). When that ε is no
+fact to the (N/2)-th smallest distance among all it simulated, and keeps the particles within it:
+a weighted sample at that ε as in rejection ABC with a quantile threshold (the candidates'
+count is fixed by the budget, and every one came from the same proposal). When that ε is no
 lower than the last generation's, the last generation is returned instead, with a warning. On
 two_moons at pyabc's simulation count, dropping a cut generation of fewer than N/2 particles had
 wasted up to a third of the budget; keeping the N nearest instead of the N/2 nearest raised ε by
@@ -84,11 +85,23 @@ def _log_mixture(theta, parents, log_w, chol_inv, log_det):
     return jax.nn.logsumexp(log_w + log_k, axis=1)
 
 
+def _pad_rows(a: np.ndarray, chunk: int, fill=None) -> np.ndarray:
+    """``a`` padded along axis 0 to a whole number of ``chunk`` rows (with its last row, or ``fill``)."""
+    extra = -len(a) % chunk
+    if not extra:
+        return a
+    tail = np.repeat(a[-1:], extra, axis=0) if fill is None else np.full((extra, *a.shape[1:]), fill, a.dtype)
+    return np.concatenate([a, tail])
+
+
 def _log_mixture_chunks(theta, parents, weights, chol_inv, log_det, chunk: int) -> np.ndarray:
-    """`_log_mixture` over θ ``(m, d)`` in padded chunks of ``chunk`` rows (one compiled shape)."""
+    """`_log_mixture` over θ ``(m, d)`` in padded chunks of ``chunk`` rows. Populations vary in
+    size from generation to generation; zero-weight parents pad them to whole chunks too, so a
+    run compiles a few shapes, not one per generation."""
     m = len(theta)
-    padded = np.concatenate([theta, np.repeat(theta[-1:], -m % chunk, axis=0)]) if m % chunk else theta
-    args = jnp.asarray(parents), jnp.log(jnp.asarray(weights) + 1e-300), jnp.asarray(chol_inv), jnp.asarray(log_det)
+    padded = _pad_rows(theta, chunk)
+    args = (jnp.asarray(_pad_rows(parents, chunk)), jnp.asarray(_pad_rows(np.log(weights + 1e-300), chunk, -np.inf)),
+            jnp.asarray(_pad_rows(chol_inv, chunk)), jnp.asarray(_pad_rows(log_det, chunk)))
     return np.concatenate([np.asarray(_log_mixture(jnp.asarray(padded[i : i + chunk]), *args)) for i in range(0, len(padded), chunk)])[:m].astype(np.float64)
 
 
@@ -99,7 +112,7 @@ class SMCABC(ABCMethod):
 
     Attributes:
         population: particles each generation accepts at least (it keeps every candidate within ε,
-            so a batch's overshoot is not wasted); None picks budget // 50 within [50, 1000] (on two_moons at
+            so a batch's overshoot is not wasted; a generation the budget cuts short may keep N/2); None picks budget // 50 within [50, 1000] (on two_moons at
             10k simulations a population of 1,000 left too few generations: C2ST 0.95, against 0.64 with 200).
         alpha: ε_t is this quantile of the last generation's distances.
         kernel: ``"silverman"`` (weighted covariance × Silverman's bandwidth²), ``"olcm"`` (local
@@ -139,13 +152,13 @@ class SMCABC(ABCMethod):
         if not 0 <= self.min_ess <= 1:
             raise ABCError(f"min_ess must be a fraction in [0, 1], got {self.min_ess!r}")
 
-    def _propose(self, key, m, theta, weights, chol, prior) -> np.ndarray:
+    def _propose(self, key, m, theta, weights, chol, prior, chunk: int) -> np.ndarray:
         """``m`` candidates from the kernel mixture, inside the prior's support."""
         out, filled, rng = np.zeros((m, theta.shape[1])), 0, numpy_rng(key)
         for attempt in range(1000):
             parent = rng.choice(len(theta), m, p=weights)
             cand = theta[parent] + np.einsum("mab,mb->ma", chol[parent], rng.standard_normal((m, theta.shape[1])))
-            cand = cand[in_support(prior, cand, len(theta))][: m - filled]
+            cand = cand[in_support(prior, cand, chunk)][: m - filled]
             out[filled : filled + len(cand)] = cand
             filled += len(cand)
             if filled == m:
@@ -156,7 +169,7 @@ class SMCABC(ABCMethod):
         """SMC-ABC at ``x_obs``; `galton.infer` calls this for ``method="smc_abc"``.
 
         Returns:
-            A `SamplesPosterior` of the last complete generation with its weights; ``info`` holds
+            A `SamplesPosterior` of the last generation with its weights; ``info`` holds
             the schedule: per generation ε, acceptance rate, ESS, simulations, resampling.
         """
         self._check_run(rounds)
@@ -193,7 +206,7 @@ class SMCABC(ABCMethod):
                 # populations: every accepted candidate is kept, the rest of a batch is budget spent
                 m = int(min(budget - used, max(math.ceil(1.1 * (n - got) / max(rate, 1e-3)), min(n, 64))))
                 k_prop, k_sim = jax.random.split(jax.random.fold_in(k_gen, b))
-                cand = self._propose(k_prop, m, theta, weights, chol, prior)
+                cand = self._propose(k_prop, m, theta, weights, chol, prior, n)
                 new = simulate_batch(problem, cand, key=k_sim, store=store, name=f"generation_{t}_batch_{b}", chunk=n,
                                      on_invalid="keep" if self.on_invalid == "drop" else self.on_invalid)
                 d_new = disc(new.x)
@@ -232,10 +245,12 @@ class SMCABC(ABCMethod):
             schedule.append(record)
             if self.epsilon is not None and eps <= self.epsilon:
                 stop = f"reached epsilon={self.epsilon:.4g}"
+            elif cut:  # its acceptance rate is that of an ε chosen after the fact: not a reason to stop
+                stop = "the budget is spent"
             elif record["acceptance_rate"] < self.min_acceptance:
                 stop = f"the acceptance rate {record['acceptance_rate']:.4f} fell below min_acceptance={self.min_acceptance}"
                 warnings.warn(f"smc_abc stopped at generation {t}: {stop}", stacklevel=3)
-            elif used >= budget or cut:
+            elif used >= budget:
                 stop = "the budget is spent"
         bar.close(f"{len(schedule) - 1} generations, epsilon {schedule[-1]['epsilon']:.4g}")
         if self.epsilon is not None and schedule[-1]["epsilon"] > self.epsilon:
