@@ -12,7 +12,10 @@ bandwidth² on its ESS; ``"olcm"``, Filippi et al.'s (2013) optimal local covari
 weighted covariance. On two_moons at 100k simulations the Silverman kernel reached ε 0.115 and
 C2ST 0.505 / 0.525 (observations 1, 2) where OLCM reached ε 0.24 / 0.21 and C2ST 0.66 / 0.75:
 its narrower moves are accepted more often, so more generations fit the budget.
-When the ESS falls below ``min_ess`` × N the population is resampled to equal weights.
+When the ESS falls below ``min_ess`` × N the parents of the next generation are resampled to
+equal weights; Silverman's bandwidth still uses the ESS before resampling (equal weights on
+duplicates would overstate it), and the run returns its last generation's weighted particles,
+never their resample (a second multinomial draw only adds noise).
 A generation keeps every candidate it accepted, so a batch that overshoots N wastes nothing.
 It stops at the target ``epsilon``, when a generation's acceptance rate falls below
 ``min_acceptance``, after ``generations``, or when the budget is spent. A generation the budget
@@ -58,8 +61,10 @@ def systematic_resample(key: jax.Array, weights: np.ndarray) -> np.ndarray:
     return np.minimum(np.searchsorted(np.cumsum(weights), positions), n - 1)
 
 
-def kernel_covariances(theta: np.ndarray, weights: np.ndarray, dist: np.ndarray, eps: float, kind: str) -> np.ndarray:
-    """One covariance ``(N, d, d)`` per parent θ ``(N, d)``."""
+def kernel_covariances(theta: np.ndarray, weights: np.ndarray, dist: np.ndarray, eps: float, kind: str,
+                       n_eff: float | None = None) -> np.ndarray:
+    """One covariance ``(N, d, d)`` per parent θ ``(N, d)``; ``n_eff``: the sample size behind
+    Silverman's bandwidth (default: the ESS of ``weights``)."""
     n, d = theta.shape
     jitter = 1e-9 * np.eye(d) * max(float(np.trace(np.atleast_2d(np.cov(theta, rowvar=False, aweights=weights + 1e-300)))), 1e-12)
     near = dist <= eps
@@ -70,7 +75,7 @@ def kernel_covariances(theta: np.ndarray, weights: np.ndarray, dist: np.ndarray,
     mean = weights @ theta
     cov = np.atleast_2d(((theta - mean).T * weights) @ (theta - mean)) / max(1.0 - np.sum(weights**2), 1e-12)
     if kind == "silverman":  # pyabc's default: Silverman's bandwidth on the effective sample size
-        cov = cov * (4.0 / (d + 2)) ** (2.0 / (d + 4)) * ess(weights) ** (-2.0 / (d + 4))
+        cov = cov * (4.0 / (d + 2)) ** (2.0 / (d + 4)) * (n_eff or ess(weights)) ** (-2.0 / (d + 4))
     else:
         cov = 2.0 * cov
     return np.broadcast_to(cov + jitter, (n, d, d)).copy()
@@ -185,6 +190,7 @@ class SMCABC(ABCMethod):
         disc = discrepancy(x_obs, sims.x, summary=self.summary, distance=self.distance, problem=problem.name)
         theta, dist = sims.theta.astype(np.float64), disc(sims.x)
         weights = np.full(n, 1.0 / n)
+        out_theta, out_weights = theta, weights
         used, eps = n, math.inf
         schedule = [{"generation": 0, "epsilon": eps, "acceptance_rate": 1.0, "ess": float(n), "simulations": n, "resampled": False}]
         bar = Progress(budget, initial=n, desc=f"smc-abc on {problem.name}", unit="sim", enabled=progress)
@@ -195,7 +201,7 @@ class SMCABC(ABCMethod):
                 stop = f"reached generations={self.generations}"
                 break
             eps = weighted_quantile(dist, self.alpha, weights)
-            cov = kernel_covariances(theta, weights, dist, eps, self.kernel)
+            cov = kernel_covariances(theta, weights, dist, eps, self.kernel, n_eff=schedule[-1]["ess"])
             chol = np.linalg.cholesky(cov)
             chol_inv = np.linalg.inv(chol)
             log_det = 2 * np.log(np.abs(np.diagonal(chol, axis1=1, axis2=2))).sum(-1)
@@ -237,6 +243,7 @@ class SMCABC(ABCMethod):
                       "particles": len(new_theta), "resampled": False}
             if cut:
                 record["cut"] = f"the budget ran out with {got} of {n} particles within the planned epsilon {schedule_eps:.4g}"
+            out_theta, out_weights = new_theta, w
             if record["ess"] < self.min_ess * len(w):
                 rows = systematic_resample(jax.random.fold_in(k_gen, 10**6), w)
                 new_theta, new_dist, w = new_theta[rows], new_dist[rows], np.full(len(w), 1.0 / len(w))
@@ -259,7 +266,7 @@ class SMCABC(ABCMethod):
             "method": self.name, "population": n, "epsilon": schedule[-1]["epsilon"], "simulations": int(used),
             "generations": schedule, "stopped": stop, "ess": schedule[-1]["ess"],
         }
-        return SamplesPosterior(theta, prior.names, np.log(weights), x_obs=x_obs, info=info)
+        return SamplesPosterior(out_theta, prior.names, np.log(out_weights), x_obs=x_obs, info=info)
 
 
 __all__ = ["SMCABC", "ess", "kernel_covariances", "systematic_resample"]
