@@ -63,6 +63,11 @@ def test_smc_abc_lowers_epsilon_keeps_its_ess_and_matches_the_exact_abc_posterio
     draws = np.asarray(post.sample(20_000, key=jax.random.key(3)))[:, 0]
     assert abs(draws.mean() - mean) < 0.06 and abs(draws.std() / sd - 1) < 0.12, (draws.mean(), mean, draws.std(), sd)
     assert post.info["simulations"] <= 60_000
+    # a last generation that resampled its parents still returns its weighted particles
+    cut = galton.infer(GAUSS, X_O, key=jax.random.key(2), method=SMCABC(population=500, distance=ABS, min_ess=0.7, generations=5),
+                       budget=60_000, progress=False)
+    last = cut.info["generations"][-1]
+    assert last["resampled"] and abs(cut.ess - last["ess"]) < 1e-6 * last["ess"] and cut.ess < 0.7 * len(cut.theta), (last, cut.ess)
 
 
 def test_a_generation_the_budget_cuts_short_sets_its_epsilon_from_its_nearest_half():
