@@ -97,6 +97,33 @@ def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embeddin
 
 
 
+
+class RatioEnsemble(eqx.Module, Specified):
+    """The mean of several `RatioNetwork`'s d(θ, x), trained on the same data from different
+    initialisations and batch orders (madminer's ``Ensemble``): the members' errors at small
+    budgets are mostly their own, so the mean's is smaller than a typical member's."""
+
+    members: tuple
+    spec_json: str = eqx.field(static=True)
+
+    def log_ratio(self, theta: jax.Array, x: jax.Array) -> jax.Array:
+        """The members' mean d(θ, x); shapes as `RatioNetwork.log_ratio`."""
+        return sum(m.log_ratio(theta, x) for m in self.members) / len(self.members)
+
+
+def ratio_ensemble(members) -> RatioEnsemble:
+    """A `RatioEnsemble` of trained ``members`` (networks with the same spec)."""
+    members = tuple(members)
+    specs = {m.spec_json for m in members}
+    if len(specs) != 1:
+        raise ValueError(f"an ensemble's members must share one structure, got {len(specs)} different specs")
+    spec = {"kind": "RatioEnsemble", "size": len(members), "member": members[0].spec,
+            "theta_dim": members[0].spec["theta_dim"], "x_shape": members[0].spec["x_shape"]}
+    return RatioEnsemble(members, json.dumps(spec))
+
+
+SKELETONS["RatioEnsemble"] = lambda spec: RatioEnsemble(tuple(skeleton(spec["member"]) for _ in range(spec["size"])), json.dumps(spec))
+
 class MarginalRatioNetwork(eqx.Module, Specified):
     """One ratio head d_m(θ_m, x) ≈ log p(θ_m|x)/p(θ_m) per marginal m, on one shared embedding of x.
 
@@ -187,4 +214,5 @@ def marginal_ratio_network(
     return _marginal_network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
-__all__ = ["SKELETONS", "Specified", "MarginalRatioNetwork", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton", "ratio_network", "skeleton"]
+__all__ = ["SKELETONS", "Specified", "MarginalRatioNetwork", "RatioEnsemble", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton",
+           "ratio_ensemble", "ratio_network", "skeleton"]

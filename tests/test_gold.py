@@ -46,6 +46,7 @@ CASES = {
     "cascal": gold.CASCAL(hidden=8, depth=1, training=TINY, sampler=SAMPLER),
     "rascal": gold.RASCAL(hidden=8, depth=1, training=TINY, sampler=SAMPLER, theta_ref=(0.0, 0.0)),
     "alices": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER),
+    "alices_ensemble": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER, ensemble=2),
     "scandal": gold.SCANDAL(transforms=1, hidden=8, bins=4, training=TINY, sampler=SAMPLER),
     "score_npe": gold.ScoreNPE(transforms=1, hidden=8, bins=4, training=TINY),
 }
@@ -188,6 +189,20 @@ def test_the_joint_score_makes_alices_beat_alice_and_carl_on_the_galton_board(bo
         errors[method] = _board_ratio_mse(net)
     # the exact log ratios span −34 .. 9 on this grid (variance 6.2 under the weighting)
     assert errors["alices"] < 0.4 and errors["alices"] < 0.8 * min(errors["carl"], errors["alice"]), errors
+
+
+def test_an_ensemble_averages_its_members_and_beats_their_typical_error_on_the_galton_board(board_pairs):
+    training = Training(max_epochs=400, patience=30, learning_rate=1e-3, batch_size=128)
+    prior = galton.tasks.get("galton_board").prior
+    ensemble, history = gold.ALICES(theta_ref=(0.0,), training=training, ensemble=4).fit(board_pairs, prior, key=jax.random.key(1), progress=False)
+    assert len(ensemble.members) == 4 and len(history["members"]) == 4
+    x, t0 = jnp.arange(21.0)[:, None], jnp.full((21, 1), 0.4)
+    np.testing.assert_allclose(ensemble.log_ratio(t0, x), np.mean([m.log_ratio(t0, x) for m in ensemble.members], 0), rtol=1e-5, atol=1e-5)
+    members = [_board_ratio_mse(m) for m in ensemble.members]
+    # the members differ (their own keys), and their mean errs less than the median member
+    assert len(set(np.round(members, 6))) == 4 and _board_ratio_mse(ensemble) < np.median(members), (_board_ratio_mse(ensemble), members)
+    with pytest.raises(ValueError, match="ensemble must be a positive number"):
+        gold.ALICES(ensemble=0)
 
 
 # ------------------------------------------------------------------------------------------- Fisher

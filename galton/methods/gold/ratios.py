@@ -37,7 +37,7 @@ from galton.methods.base import NeuralMethod, bind, register, require_program
 from galton.methods.gold.pairs import COLUMNS, pair_simulations
 from galton.posteriors import DensityPosterior
 from galton.problem import ProblemError, Prior
-from galton.ratio import RatioNetwork, ratio_network
+from galton.ratio import RatioEnsemble, RatioNetwork, ratio_ensemble, ratio_network
 from galton.sampling import MCMC_DEFAULTS
 from galton.store import Simulations
 from galton.train import Training, train
@@ -93,6 +93,9 @@ class ParameterizedRatio(NeuralMethod):
             θ1 from the prior too (doubly parameterized: every pair of θ is trained).
         hidden, depth, activation: the MLP of f(θ, x) (smooth by default: the score terms
             differentiate it in θ); embedding: a `galton.nets` module for x.
+        ensemble: train this many networks from different keys and average their log ratios
+            (a `galton.ratio.RatioEnsemble`). On the Galton board at 3,000 pairs, 8 ALICES
+            networks erred 0.09–0.12 where single ones erred 0.085–0.56 (typically 0.15–0.3).
         training: `Training`; sampler: settings for `galton.sampling.mcmc`.
     """
 
@@ -105,10 +108,13 @@ class ParameterizedRatio(NeuralMethod):
     depth: int = 2
     activation: str = "tanh"
     embedding: eqx.Module | None = None
+    ensemble: int = 1
     training: Training = field(default_factory=Training)
     sampler: tuple = MCMC_DEFAULTS
 
     def __post_init__(self):
+        if isinstance(self.ensemble, bool) or int(self.ensemble) != self.ensemble or self.ensemble < 1:
+            raise ValueError(f"ensemble must be a positive number of networks, got {self.ensemble!r}")
         if self.uses_score and not self.alpha > 0:
             raise ValueError(f"{type(self).__name__} weights its score term by alpha > 0, got {self.alpha}")
         if not self.uses_score and self.alpha:
@@ -134,14 +140,27 @@ class ParameterizedRatio(NeuralMethod):
 
     def fit(self, sims: Simulations, prior: Prior, *, key: jax.Array, sequential: bool = False,
             init: eqx.Module | None = None, progress: bool = True) -> tuple[RatioNetwork, dict]:
-        """Train f on pair simulations (see `pair_simulations`); returns the network and its history."""
-        key_init, key_train = jax.random.split(key)
+        """Train f on pair simulations (see `pair_simulations`); returns the network (a
+        `RatioEnsemble` when ``ensemble`` > 1) and its history (an ensemble's: its members'
+        histories under ``"members"``, their summed epochs under ``"epochs"``)."""
         arrays = self.arrays(sims)
-        model = init if init is not None else self.network(np.concatenate([arrays[0], arrays[1]]), sims.x, key_init)
         names = ["theta0", "theta1", "x", "y", "log_ratio", "score0", "score1"]
         y = arrays[3][:, None]
         weights = score_weights(np.where(y == 0, arrays[5], arrays[6])) if self.uses_score else ()
-        return train(model, self.loss(prior, sequential, weights), arrays, key=key_train, settings=self.training, names=names, progress=progress)
+        loss = self.loss(prior, sequential, weights)
+        inits = init.members if isinstance(init, RatioEnsemble) else (init,) * self.ensemble
+        if len(inits) != self.ensemble:
+            raise ValueError(f"init has {len(inits)} members, these settings train ensemble={self.ensemble}")
+        fitted = []
+        for i, start in enumerate(inits):
+            key_init, key_train = jax.random.split(key if self.ensemble == 1 else jax.random.fold_in(key, i))
+            model = start if start is not None else self.network(np.concatenate([arrays[0], arrays[1]]), sims.x, key_init)
+            fitted.append(train(model, loss, arrays, key=key_train, settings=self.training, names=names, progress=progress))
+        if self.ensemble == 1:
+            return fitted[0]
+        histories = [h for _, h in fitted]
+        history = {**histories[0], "members": histories, "epochs": sum(h["epochs"] for h in histories)}
+        return ratio_ensemble(m for m, _ in fitted), history
 
     def posterior(self, network, prior: Prior, history: list[dict]) -> DensityPosterior:
         return DensityPosterior(network, prior, history=history, term="ratio", sampler=self.sampler)
