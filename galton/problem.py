@@ -7,6 +7,7 @@ results, plots and ArviZ.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -199,15 +200,33 @@ class Prior:
         return f"Prior({inner})"
 
 
-def check_theta(prior: Prior, theta, *, what: str = "theta") -> jax.Array:
-    """Validate a batch of flat parameters: shape ``(n, d)``, finite, inside the prior's support."""
-    theta = jnp.asarray(theta)
+@functools.lru_cache(maxsize=32)
+def _support_function(prior: Prior):
+    return jax.jit(prior.in_support)
+
+
+def _in_support(prior: Prior, theta: np.ndarray) -> np.ndarray:
+    """`Prior.in_support` on θ ``(n, d)``, its rows padded to a power of two: callers such as
+    SMC-ABC check batches of every size, and eager JAX compiles once per shape."""
+    n = len(theta)
+    if n == 0:
+        return np.ones(0, bool)
+    size = 1 << (n - 1).bit_length()
+    padded = np.concatenate([theta, np.repeat(theta[:1], size - n, axis=0)]) if size > n else theta
+    return np.asarray(_support_function(prior)(padded))[:n]
+
+
+def check_theta(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:
+    """Validate a batch of flat parameters: shape ``(n, d)``, finite, inside the prior's support.
+    Returns them as a NumPy array (``jnp.asarray`` of a new shape compiles, and batches come in
+    every size)."""
+    theta = np.asarray(theta)
     if theta.ndim != 2 or theta.shape[1] != prior.dim:
         raise ProblemError(f"{what} must have shape (n, {prior.dim}) for parameters {prior.names}; got {theta.shape}")
-    if not bool(jnp.all(jnp.isfinite(theta))):
-        bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(theta)), axis=1))
+    if not np.isfinite(theta).all():
+        bad = np.flatnonzero(~np.all(np.isfinite(theta), axis=1))
         raise ProblemError(f"{what} has non-finite values at rows {bad[:10].tolist()}")
-    inside = np.asarray(prior.in_support(theta))
+    inside = _in_support(prior, theta)
     if not inside.all():
         bad = np.flatnonzero(~inside)
         row = np.asarray(theta[bad[0]])
