@@ -205,9 +205,9 @@ def _support_function(prior: Prior):
     return jax.jit(prior.in_support)
 
 
-def _in_support(prior: Prior, theta: np.ndarray) -> np.ndarray:
-    """`Prior.in_support` on θ ``(n, d)``, its rows padded to a power of two: callers such as
-    SMC-ABC check batches of every size, and eager JAX compiles once per shape."""
+def support_mask(prior: Prior, theta: np.ndarray) -> np.ndarray:
+    """`Prior.in_support` on θ ``(n, d)`` -> ``(n,)`` bool, with the rows padded to a power of two:
+    callers such as SMC-ABC check batches of every size, and eager JAX compiles once per shape."""
     n = len(theta)
     if n == 0:
         return np.ones(0, bool)
@@ -226,7 +226,7 @@ def check_theta(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:
     if not np.isfinite(theta).all():
         bad = np.flatnonzero(~np.all(np.isfinite(theta), axis=1))
         raise ProblemError(f"{what} has non-finite values at rows {bad[:10].tolist()}")
-    inside = _in_support(prior, theta)
+    inside = support_mask(prior, theta)
     if not inside.all():
         bad = np.flatnonzero(~inside)
         row = np.asarray(theta[bad[0]])
@@ -421,4 +421,4 @@ def _on_real_line(support) -> bool:
 Problem = Simulator | Program
 
 
-__all__ = ["Blocks", "Prior", "Simulator", "Program", "ProblemError", "Problem", "check_observation", "check_point", "check_theta"]
+__all__ = ["Blocks", "Prior", "Simulator", "Program", "ProblemError", "Problem", "check_observation", "check_point", "check_theta", "support_mask"]

@@ -96,8 +96,6 @@ def ratio_network(theta, x, *, key: jax.Array, hidden: int, depth: int, embeddin
     return _network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
-
-
 class RatioEnsemble(eqx.Module, Specified):
     """The mean of several `RatioNetwork`'s d(θ, x), trained on the same data from different
     initialisations and batch orders (madminer's ``Ensemble``): the members' errors at small
@@ -123,6 +121,7 @@ def ratio_ensemble(members) -> RatioEnsemble:
 
 
 SKELETONS["RatioEnsemble"] = lambda spec: RatioEnsemble(tuple(skeleton(spec["member"]) for _ in range(spec["size"])), json.dumps(spec))
+
 
 class MarginalRatioNetwork(eqx.Module, Specified):
     """One ratio head d_m(θ_m, x) ≈ log p(θ_m|x)/p(θ_m) per marginal m, on one shared embedding of x.

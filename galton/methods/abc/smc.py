@@ -42,10 +42,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.methods.abc.base import ABCMethod, check_budget, in_support, log_prior, numpy_rng, prior_draws, simulate_batch
+from galton.methods.abc.base import ABCMethod, check_budget, log_prior, numpy_rng, pad_rows, prior_draws, simulate_batch
 from galton.methods.abc.distances import ABCError, discrepancy, weighted_quantile
 from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
+from galton.problem import support_mask
 from galton.progress import Progress
 
 KERNELS = ("olcm", "beaumont", "silverman")
@@ -92,23 +93,14 @@ def _log_mixture(theta, parents, log_w, chol_inv, log_det):
     return jax.nn.logsumexp(log_w + log_k, axis=1)
 
 
-def _pad_rows(a: np.ndarray, chunk: int, fill=None) -> np.ndarray:
-    """``a`` padded along axis 0 to a whole number of ``chunk`` rows (with its last row, or ``fill``)."""
-    extra = -len(a) % chunk
-    if not extra:
-        return a
-    tail = np.repeat(a[-1:], extra, axis=0) if fill is None else np.full((extra, *a.shape[1:]), fill, a.dtype)
-    return np.concatenate([a, tail])
-
-
 def _log_mixture_chunks(theta, parents, weights, chol_inv, log_det, chunk: int) -> np.ndarray:
     """`_log_mixture` over θ ``(m, d)`` in padded chunks of ``chunk`` rows. Populations vary in
     size from generation to generation; zero-weight parents pad them to whole chunks too, so a
     run compiles a few shapes, not one per generation."""
     m = len(theta)
-    padded = _pad_rows(theta, chunk)
-    args = (jnp.asarray(_pad_rows(parents, chunk)), jnp.asarray(_pad_rows(np.log(weights + 1e-300), chunk, -np.inf)),
-            jnp.asarray(_pad_rows(chol_inv, chunk)), jnp.asarray(_pad_rows(log_det, chunk)))
+    padded = pad_rows(theta, chunk)
+    args = (jnp.asarray(pad_rows(parents, chunk)), jnp.asarray(pad_rows(np.log(weights + 1e-300), chunk, -np.inf)),
+            jnp.asarray(pad_rows(chol_inv, chunk)), jnp.asarray(pad_rows(log_det, chunk)))
     return np.concatenate([np.asarray(_log_mixture(jnp.asarray(padded[i : i + chunk]), *args)) for i in range(0, len(padded), chunk)])[:m].astype(np.float64)
 
 
@@ -119,7 +111,8 @@ class SMCABC(ABCMethod):
 
     Attributes:
         population: particles each generation accepts at least (it keeps every candidate within ε,
-            so a batch's overshoot is not wasted; a generation the budget cuts short may keep N/2); None picks budget // 50 within [50, 1000] (on two_moons at
+            so a batch's overshoot is not wasted; a generation the budget cuts short may keep N/2);
+            None picks budget // 50 within [50, 1000] (on two_moons at
             10k simulations a population of 1,000 left too few generations: C2ST 0.95, against 0.64 with 200).
         alpha: ε_t is this quantile of the last generation's distances.
         kernel: ``"silverman"`` (weighted covariance × Silverman's bandwidth²), ``"olcm"`` (local
@@ -159,13 +152,13 @@ class SMCABC(ABCMethod):
         if not 0 <= self.min_ess <= 1:
             raise ABCError(f"min_ess must be a fraction in [0, 1], got {self.min_ess!r}")
 
-    def _propose(self, key, m, theta, weights, chol, prior, chunk: int) -> np.ndarray:
+    def _propose(self, key, m, theta, weights, chol, prior) -> np.ndarray:
         """``m`` candidates from the kernel mixture, inside the prior's support."""
         out, filled, rng = np.zeros((m, theta.shape[1])), 0, numpy_rng(key)
         for attempt in range(1000):
             parent = rng.choice(len(theta), m, p=weights)
             cand = theta[parent] + np.einsum("mab,mb->ma", chol[parent], rng.standard_normal((m, theta.shape[1])))
-            cand = cand[in_support(prior, cand, chunk)][: m - filled]
+            cand = cand[support_mask(prior, cand)][: m - filled]
             out[filled : filled + len(cand)] = cand
             filled += len(cand)
             if filled == m:
@@ -217,7 +210,7 @@ class SMCABC(ABCMethod):
                     m = n // (1 << int(math.log2(n / m)))
                 m = int(min(budget - used, m))
                 k_prop, k_sim = jax.random.split(jax.random.fold_in(k_gen, b))
-                cand = self._propose(k_prop, m, theta, weights, chol, prior, n)
+                cand = self._propose(k_prop, m, theta, weights, chol, prior)
                 new = simulate_batch(problem, cand, key=k_sim, store=store, name=f"generation_{t}_batch_{b}", chunk=n,
                                      on_invalid="keep" if self.on_invalid == "drop" else self.on_invalid)
                 d_new = disc(new.x)
@@ -227,7 +220,7 @@ class SMCABC(ABCMethod):
                 used, tried, b = used + m, tried + m, b + 1
                 rate = max(got / tried, 1.0 / tried)
                 bar.update(m, generation=t, epsilon=f"{eps:.4g}", acceptance=f"{rate:.3f}")
-            all_theta, all_dist = (np.concatenate(cand_theta), np.concatenate(cand_dist)) if cand_theta else (np.zeros((0, theta.shape[1])), np.zeros(0))
+            all_theta, all_dist = np.concatenate(cand_theta), np.concatenate(cand_dist)  # a generation starts only with budget left
             cut = got < n
             if cut:  # the budget ran out: ε after the fact, no lower than needed for N/2 particles
                 half = max(n // 2, 1)
