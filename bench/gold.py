@@ -5,7 +5,7 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
                          [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
                          [--fisher-seeds 5] [--fisher-sims 100000] [--skip-fisher] [--skip-c2st]
                          [--coverage-toys 500] [--coverage-budget 30000] [--coverage-methods wilks neyman]
-                         [--coverage-seeds 23 24 25] [--ensemble 1]
+                         [--coverage-seeds 23 24 25] [--ensemble 1] [--partners 32]
 
 1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
    the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
@@ -13,7 +13,9 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
    θ0 on 19 grid points in [−0.9, 0.9], θ_ref = 0, the expectation over x taken exactly over the
    21 slots; state_space (20 steps, 3 parameters): 20 θ0 drawn from the prior, θ_ref = the
    prior's centre, 200 held-out x per θ0, the exact ratio by the Kalman filter. The ratio
-   family (CARL .. ALICES) is trained with θ1 = θ_ref; SCANDAL and NLE give
+   family (CARL .. ALICES) is trained with θ1 = θ_ref; ALICES+ is ALICES with ``--partners``
+   rows per simulation (`galton.methods.gold.mixture`, up to 10,000 simulations: past that the
+   rows outgrow a 2-core machine's patience), in batches of 50 · partners; SCANDAL and NLE give
    log q(x|θ0) − log q(x|θ_ref), NPE and score-augmented NPE the same through q(θ|x)/p(θ).
    On the board x is an integer slot: SCANDAL dequantises it (x + U(−½, ½)) and is evaluated
    at the integer, the cell's centre. SCANDAL and NLE use neural splines on the board and MAF
@@ -46,6 +48,7 @@ from galton.tasks import state_space as ss
 from galton.train import Training
 
 RATIO = ("carl", "rolr", "alice", "cascal", "rascal", "alices")
+MIXTURE = "alices+"  # ALICES with partners: every simulation weighted at many θ0
 
 
 def training(budget: int) -> Training:
@@ -103,7 +106,7 @@ class StateSpace:
 
 def log_ratio_of(name: str, method, net, prior, dequantized: bool):
     """A function (x, θ0, θ1) -> log r̂ for the trained network of ``method``."""
-    if name in RATIO:
+    if name in RATIO or name == MIXTURE:
         return lambda x, t0, t1: gold.log_ratio(net, jnp.asarray(x), jnp.asarray(t0), jnp.asarray(t1))
     if name in ("scandal", "nle"):  # a dequantised flow is read at the integer x: its cell's centre
         return lambda x, t0, t1: net.log_prob(jnp.asarray(x), jnp.asarray(t0)) - net.log_prob(jnp.asarray(x), jnp.asarray(t1))
@@ -111,8 +114,11 @@ def log_ratio_of(name: str, method, net, prior, dequantized: bool):
                               - prior.log_prob(jnp.asarray(t0)) + prior.log_prob(jnp.asarray(t1)))
 
 
-def make_method(name: str, budget: int, problem, board: bool, theta_ref, ensemble: int = 1):
+def make_method(name: str, budget: int, problem, board: bool, theta_ref, ensemble: int = 1, partners: int = 32):
     t = training(budget)
+    if name == MIXTURE:  # as many steps per epoch as without partners, at a smaller step
+        return gold.ALICES(theta_ref=tuple(theta_ref), partners=partners, ensemble=ensemble,
+                           training=Training(learning_rate=5e-4, batch_size=50 * partners, patience=20, max_epochs=500))
     if name in RATIO:
         return galton.methods.get(name, theta_ref=tuple(theta_ref), training=t, ensemble=ensemble)
     # On the state-space model, x | θ is Gaussian: one affine MAF step per dimension is exact there.
@@ -128,7 +134,7 @@ def make_method(name: str, budget: int, problem, board: bool, theta_ref, ensembl
     return NPE(training=t)
 
 
-def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1):
+def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, partners: int = 32):
     program = bench.task.problem
     board = bench.name == "galton_board"
     x_o = bench.task.observation(1)
@@ -140,11 +146,17 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1):
         for name in methods:
             if board and name == "nle":
                 continue  # a flow on integer slots without dequantisation is not a density
-            method = make_method(name, budget, program, board, bench.theta_ref, ensemble)
+            if name == MIXTURE and budget > 10_000:
+                continue
+            method = make_method(name, budget, program, board, bench.theta_ref, ensemble, partners)
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                net, history = method.fit(pairs if name in RATIO else plain, program.prior, key=jax.random.key(3), progress=False)
+                if name == MIXTURE:  # the same simulations as `pairs` (the same key), at partners θ0 each
+                    data = method.simulations(program, budget, key=jax.random.key(budget), progress=False)
+                else:
+                    data = pairs if name in RATIO else plain
+                net, history = method.fit(data, program.prior, key=jax.random.key(3), progress=False)
             seconds = time.perf_counter() - start
             mse = bench.error(log_ratio_of(name, method, net, program.prior, board and name == "scandal"))
             score = None
@@ -229,7 +241,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="*", default=["galton_board", "state_space"])
     parser.add_argument("--budgets", type=int, nargs="+", default=[1000, 3000, 10_000, 30_000, 100_000])
-    parser.add_argument("--methods", nargs="+", default=[*RATIO, "scandal", "nle", "npe", "score_npe"])
+    parser.add_argument("--methods", nargs="+", default=[*RATIO, MIXTURE, "scandal", "nle", "npe", "score_npe"])
+    parser.add_argument("--partners", type=int, default=32, help="rows per simulation of ALICES+ (galton.methods.gold.mixture)")
     parser.add_argument("--fisher-seeds", type=int, default=5)
     parser.add_argument("--skip-fisher", action="store_true")
     parser.add_argument("--ensemble", type=int, default=1, help="the ratio family trains this many networks each and averages them")
@@ -250,7 +263,7 @@ def main():
         fisher(args.fisher_seeds, args.fisher_sims)
     for name in args.tasks:
         bench = Board() if name == "galton_board" else StateSpace()
-        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st, args.ensemble)
+        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st, args.ensemble, args.partners)
 
 
 if __name__ == "__main__":

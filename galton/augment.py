@@ -40,6 +40,12 @@ def joint_score(program: Program, x, z, theta) -> jax.Array:
     return _joint_functions(program)[0](x, z, theta)
 
 
+def joint_log_density(program: Program, x, z, theta) -> jax.Array:
+    """log p(x, z|θ): x ``(n, d_x)``, z ``(n, d_z)``, θ ``(n, d)`` or ``(d,)`` -> ``(n,)``."""
+    x, z, theta = _rows(program, x, z, theta)
+    return _joint_functions(program)[1](x, z, theta)
+
+
 def joint_log_ratio(program: Program, x, z, theta0, theta1) -> jax.Array:
     """log p(x, z|θ0) − log p(x, z|θ1): x ``(n, d_x)``, z ``(n, d_z)``, θ0 and θ1 ``(n, d)`` or ``(d,)`` -> ``(n,)``."""
     x, z, theta0 = _rows(program, x, z, theta0)

@@ -17,7 +17,7 @@ import pytest
 import galton
 from galton import augment, fisher, nets, summaries
 from galton.methods import gold
-from galton.methods.gold.ratios import gold_loss
+from galton.methods.gold.ratios import gold_loss, mixture_loss
 from galton.posteriors import load
 from galton.tasks import galton_board as gb
 from galton.tasks import state_space as ss
@@ -47,6 +47,7 @@ CASES = {
     "rascal": gold.RASCAL(hidden=8, depth=1, training=TINY, sampler=SAMPLER, theta_ref=(0.0, 0.0)),
     "alices": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER),
     "alices_ensemble": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER, ensemble=2),
+    "alices_partners": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER, partners=4, mixture_draws=64),
     "scandal": gold.SCANDAL(transforms=1, hidden=8, bins=4, training=TINY, sampler=SAMPLER),
     "score_npe": gold.ScoreNPE(transforms=1, hidden=8, bins=4, training=TINY),
 }
@@ -136,6 +137,28 @@ def test_each_loss_is_minimised_by_the_exact_ratio(pairs, base, alpha):
         assert loss(fn) > best, (label, loss(fn), best)
 
 
+@pytest.fixture(scope="module")
+def weighted_rows():
+    program = galton.Program(narrow, params=["theta"], observed=["x"], name="narrow")
+    return gold.mixture_pairs(program, 20_000, key=jax.random.key(4), partners=5, mixture_draws=256, progress=False)
+
+
+def test_mixture_weights_average_to_one_and_the_weighted_losses_are_minimised_by_the_exact_ratio(weighted_rows):
+    e = weighted_rows.extras
+    assert len(weighted_rows) == 100_000 and weighted_rows.x.shape == (100_000, 1)
+    # E_q[p(x, z|θ)/q(x, z)] = 1 for every θ: a wrong mixture density q would shift these means
+    for column in ("log_w0", "log_w1"):
+        w = np.exp(e[column].astype(np.float64))
+        assert abs(w.mean() - 1) < 0.02 and w.max() < 50, (column, w.mean(), w.max())
+    batch = tuple(jnp.asarray(a) for a in (weighted_rows.theta, e["theta1"], weighted_rows.x, e["log_w0"], e["log_w1"], e["score0"], e["score1"]))
+    for alpha in (0.0, 1.0):
+        loss = lambda fn: float(mixture_loss(_Fixed(fn), batch, None, alpha=alpha))  # noqa: E731
+        best = loss(_exact_f)
+        for label, fn in {"the joint's width": functools.partial(_exact_f, sigma=0.5), "scaled": lambda t, x: 0.8 * _exact_f(t, x),
+                          "shifted": lambda t, x: _exact_f(t + 0.3, x)}.items():
+            assert loss(fn) > best, (alpha, label, loss(fn), best)
+
+
 # ------------------------------------------------------------------------------------ the contract
 
 
@@ -203,6 +226,29 @@ def test_an_ensemble_averages_its_members_and_beats_their_typical_error_on_the_g
     assert len(set(np.round(members, 6))) == 4 and _board_ratio_mse(ensemble) < np.median(members), (_board_ratio_mse(ensemble), members)
     with pytest.raises(ValueError, match="ensemble must be a positive number"):
         gold.ALICES(ensemble=0)
+
+
+def test_partners_make_alices_need_fewer_simulations_on_the_galton_board():
+    """Each of 1,000 simulations stands for 16 θ0: ALICES errs less than on one pair per simulation."""
+    board, prior = galton.tasks.get("galton_board").problem, galton.tasks.get("galton_board").prior
+    errors = {}
+    for partners in (1, 16):
+        training = Training(max_epochs=300, patience=20, learning_rate=1e-3, batch_size=128 * (1 + partners // 4))
+        m = gold.ALICES(theta_ref=(0.0,), partners=partners, training=training)
+        sims = m.simulations(board, 1000, key=jax.random.key(2), progress=False)
+        assert len(sims) == 1000 * partners
+        errors[partners] = _board_ratio_mse(m.fit(sims, prior, key=jax.random.key(1), progress=False)[0])
+    assert errors[16] < 0.7 * errors[1], errors
+    with pytest.raises(ValueError, match="partners must be a positive number"):
+        gold.ALICES(partners=0)
+    with pytest.raises(ValueError, match="partners > 1 weights rows by the joint density"):
+        gold.CASCAL(partners=4)
+    with pytest.raises(galton.ProblemError, match="lack .*mixture_pairs"):
+        gold.ALICES(partners=4).fit(board_pairs_small(), prior, key=jax.random.key(0))
+
+
+def board_pairs_small():
+    return gold.pair_simulations(galton.tasks.get("galton_board").problem, 20, key=jax.random.key(0), theta_ref=[0.0], progress=False)
 
 
 # ------------------------------------------------------------------------------------------- Fisher

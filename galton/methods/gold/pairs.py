@@ -41,32 +41,13 @@ def pair_simulations(program: Program, n: int, *, key: jax.Array, theta_ref=None
         `Simulations` with θ = θ0 ``(n, d)``, x ``(n, *x_shape)`` and extras ``theta1 (n, d)``,
         ``y (n,)``, ``log_ratio (n,)`` = log r(x, z|θ0, θ1), ``score0``, ``score1`` ``(n, d)``.
     """
-    if not isinstance(program, Program):
-        raise ProblemError(f"the gold-mining estimators need a Program (a joint density to differentiate), got {type(program).__name__}")
-    if on_invalid not in ("raise", "drop"):
-        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
-    if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
-    augment.check_scorable(program)
-    prior = program.prior
+    check_on_invalid(on_invalid)
     key = as_key(key)
     key_num, key_den, key_ref, key_partner = jax.random.split(key, 4)
-    n_num, n_den = n - n // 2, n // 2
-    if theta_ref is not None:
-        ref = check_point(prior, theta_ref, what="theta_ref").astype(np.float32)
-        theta1_num = np.tile(ref, (n_num, 1))
-        theta1_den = np.tile(ref, (n_den, 1))
-    else:
-        theta1_num = np.asarray(prior.sample(key_ref, (n_num,)))
-        theta1_den = None
-    sub = (lambda name: None) if store is None else (lambda name: Path(store) / name)
-    num = simulate(program, n_num, key=key_num, keep_latents=True, store=sub("numerator"), progress=progress)
-    if theta1_den is None:
-        den = simulate(program, n_den, key=key_den, keep_latents=True, store=sub("denominator"), progress=progress)
-    else:
-        den = simulate(program, key=key_den, theta=theta1_den, keep_latents=True, store=sub("denominator"), progress=progress)
+    num, den, ref = simulate_classes(program, n, keys=(key_num, key_den), theta_ref=theta_ref, store=store, progress=progress)
+    prior = program.prior
+    theta1_num = np.tile(ref, (len(num), 1)) if ref is not None else np.asarray(prior.sample(key_ref, (n - n // 2,)))[: len(num)]
     theta0_den = np.asarray(prior.sample(key_partner, (len(den),)))
-    theta1_num = theta1_num[: len(num)]
     rows = []
     for sims, theta0, theta1, y in ((num, num.theta, theta1_num, 0.0), (den, theta0_den, den.theta, 1.0)):
         x = sims.x.reshape(len(sims), -1)
@@ -83,15 +64,53 @@ def pair_simulations(program: Program, n: int, *, key: jax.Array, theta_ref=None
             program.names,
         ))
     out = Simulations.concatenate(rows)
-    finite = np.isfinite(out.extras["log_ratio"]) & np.isfinite(out.extras["score0"]).all(1) & np.isfinite(out.extras["score1"]).all(1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        first = ", ".join(f"{k}={v:.4g}" for k, v in zip(program.names, out.theta[bad[0]]))
-        if on_invalid != "drop":
-            raise SimulationError(
-                f"{bad.size} of {len(out)} rows have a non-finite joint log ratio or score (first at θ0: {first}); "
-                "pass on_invalid='drop' to discard them"
-            )
-        warnings.warn(f"dropped {bad.size} of {len(out)} rows with a non-finite joint log ratio or score", stacklevel=2)
-        out = out[finite]
-    return out
+    return keep_finite(out, program, ("log_ratio", "score0", "score1"), on_invalid, what="joint log ratio or score")
+
+
+def check_on_invalid(on_invalid: str) -> None:
+    if on_invalid not in ("raise", "drop"):
+        raise ValueError(f"on_invalid must be 'raise' or 'drop', got {on_invalid!r}")
+
+
+def keep_finite(rows: Simulations, program: Program, columns: tuple, on_invalid: str, *, what: str) -> Simulations:
+    """``rows`` whose ``columns`` are all finite; the others raise `SimulationError` or, with
+    ``on_invalid="drop"``, are dropped with a warning."""
+    finite = np.ones(len(rows), bool)
+    for c in columns:
+        finite &= np.isfinite(rows.extras[c].reshape(len(rows), -1)).all(1)
+    if finite.all():
+        return rows
+    bad = np.flatnonzero(~finite)
+    first = ", ".join(f"{k}={v:.4g}" for k, v in zip(program.names, rows.theta[bad[0]]))
+    if on_invalid != "drop":
+        raise SimulationError(
+            f"{bad.size} of {len(rows)} rows have a non-finite {what} (first at θ0: {first}); "
+            "pass on_invalid='drop' to discard them"
+        )
+    warnings.warn(f"dropped {bad.size} of {len(rows)} rows with a non-finite {what}", stacklevel=3)
+    return rows[finite]
+
+def simulate_classes(program: Program, n: int, *, keys: tuple, theta_ref=None, store=None, progress: bool = True):
+    """The two halves of a budget of ``n``: ``n - n // 2`` simulations from the prior, and
+    ``n // 2`` at θ_ref (from the prior too without one), both with their latents z; the
+    stores ``store/numerator`` and ``store/denominator`` resume them.
+
+    Returns:
+        ``(numerator, denominator, theta_ref)``: two `Simulations` with extras ``z``, and
+        θ_ref as a ``(d,)`` float32 array (None when not given).
+    """
+    if not isinstance(program, Program):
+        raise ProblemError(f"the gold-mining estimators need a Program (a joint density to differentiate), got {type(program).__name__}")
+    if isinstance(n, bool) or int(n) != n or n < 2:
+        raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
+    augment.check_scorable(program)
+    key_num, key_den = keys
+    n_num, n_den = n - n // 2, n // 2
+    ref = None if theta_ref is None else check_point(program.prior, theta_ref, what="theta_ref").astype(np.float32)
+    sub = (lambda name: None) if store is None else (lambda name: Path(store) / name)
+    num = simulate(program, n_num, key=key_num, keep_latents=True, store=sub("numerator"), progress=progress)
+    if ref is None:
+        den = simulate(program, n_den, key=key_den, keep_latents=True, store=sub("denominator"), progress=progress)
+    else:
+        den = simulate(program, key=key_den, theta=np.tile(ref, (n_den, 1)), keep_latents=True, store=sub("denominator"), progress=progress)
+    return num, den, ref
