@@ -15,7 +15,7 @@ import numpyro.distributions as dist
 import pytest
 
 import galton
-from galton import augment, fisher, nets, summaries
+from galton import fisher, nets, summaries
 from galton.methods import gold
 from galton.methods.gold.ratios import gold_loss, mixture_loss
 from galton.posteriors import load
