@@ -71,7 +71,7 @@ def check_training_data(arrays: Sequence[np.ndarray], names: Sequence[str]) -> N
             )
 
 
-def _split(arrays, fraction, batch_size, key):
+def _split(arrays, fraction, batch_size, key, groups=None):
     n = len(arrays[0])
     n_val = max(1, int(round(fraction * n)))
     n_train = n - n_val
@@ -80,7 +80,17 @@ def _split(arrays, fraction, batch_size, key):
             f"cannot train on {n} simulations with validation_fraction={fraction}: "
             "need at least 2 training rows and 1 validation row"
         )
-    perm = np.asarray(jax.random.permutation(key, n))
+    if groups is None:
+        perm = np.asarray(jax.random.permutation(key, n))
+    else:  # whole groups on one side: the held-out rows share nothing with the trained ones
+        labels, index = np.unique(np.asarray(groups), return_inverse=True)
+        held = np.zeros(len(labels), bool)
+        held[np.asarray(jax.random.permutation(key, len(labels)))[: max(1, int(round(fraction * len(labels))))]] = True
+        if held.all():
+            raise TrainingError(f"cannot hold out whole groups of rows: there is only {len(labels)} group")
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), n))
+        perm = np.concatenate([order[~held[index[order]]], order[held[index[order]]]])
+        n_train = int((~held[index]).sum())
     train = tuple(jnp.asarray(a[perm[:n_train]]) for a in arrays)
     val = tuple(jnp.asarray(a[perm[n_train:]]) for a in arrays)
     return train, val, min(batch_size, n_train)
@@ -95,6 +105,7 @@ def train(
     settings: Training = Training(),
     names: Sequence[str] | None = None,
     progress: bool = True,
+    groups: np.ndarray | None = None,
 ) -> tuple[eqx.Module, dict]:
     """Fit ``model`` by minimising ``loss`` over minibatches of ``arrays``.
 
@@ -108,6 +119,8 @@ def train(
         settings: a `Training`.
         names: names of the arrays, for error messages.
         progress: show a progress bar with epoch and losses.
+        groups: optional ``(n,)`` labels: rows with the same label are all trained on or all held
+            out (rows made from one simulation, which would otherwise validate on what was trained).
 
     Returns:
         The model with the weights of the best validation epoch, and a history dict with
@@ -117,7 +130,7 @@ def train(
     arrays = [np.asarray(a) for a in arrays]
     check_training_data(arrays, names)
     key_split, key_epochs, key_val = jax.random.split(as_key(key), 3)
-    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split)
+    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups)
     optimizer = settings.optimizer()
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
     opt_state = optimizer.init(params)

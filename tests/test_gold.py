@@ -47,7 +47,7 @@ CASES = {
     "rascal": gold.RASCAL(hidden=8, depth=1, training=TINY, sampler=SAMPLER, theta_ref=(0.0, 0.0)),
     "alices": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER),
     "alices_ensemble": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER, ensemble=2),
-    "alices_partners": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER, partners=4, mixture_draws=64),
+    "alices_partners": gold.ALICES(hidden=8, depth=1, training=TINY, sampler=SAMPLER, partners=4, mixture_size=64),
     "scandal": gold.SCANDAL(transforms=1, hidden=8, bins=4, training=TINY, sampler=SAMPLER),
     "score_npe": gold.ScoreNPE(transforms=1, hidden=8, bins=4, training=TINY),
 }
@@ -140,7 +140,7 @@ def test_each_loss_is_minimised_by_the_exact_ratio(pairs, base, alpha):
 @pytest.fixture(scope="module")
 def weighted_rows():
     program = galton.Program(narrow, params=["theta"], observed=["x"], name="narrow")
-    return gold.mixture_pairs(program, 20_000, key=jax.random.key(4), partners=5, mixture_draws=256, progress=False)
+    return gold.mixture_pairs(program, 20_000, key=jax.random.key(4), partners=5, mixture_size=256, progress=False)
 
 
 def test_mixture_weights_average_to_one_and_the_weighted_losses_are_minimised_by_the_exact_ratio(weighted_rows):
@@ -157,6 +157,36 @@ def test_mixture_weights_average_to_one_and_the_weighted_losses_are_minimised_by
         for label, fn in {"the joint's width": functools.partial(_exact_f, sigma=0.5), "scaled": lambda t, x: 0.8 * _exact_f(t, x),
                           "shifted": lambda t, x: _exact_f(t + 0.3, x)}.items():
             assert loss(fn) > best, (alpha, label, loss(fn), best)
+
+
+def wide():
+    """θ ~ U(−2, 2), z ~ N(θ, 1), x ~ N(z, ½): the exact score is (x − θ) / 1.25."""
+    theta = numpyro.sample("theta", dist.Uniform(-2.0, 2.0))
+    z = numpyro.sample("z", dist.Normal(theta, 1.0))
+    numpyro.sample("x", dist.Normal(z, 0.5))
+
+
+def test_mixture_rows_with_a_reference_have_unbiased_weights_and_scores(monkeypatch):
+    program = galton.Program(wide, params=["theta"], observed=["x"], name="wide")
+    # 2,000 prior simulations and 256 components: the random subset plus each one's own θ
+    rows = gold.mixture_pairs(program, 4000, key=jax.random.key(5), partners=4, theta_ref=[0.0], mixture_size=256, progress=False)
+    e = rows.extras
+    assert np.array_equal(e["simulation"], np.repeat(np.arange(4000), 4))
+    x, theta0, theta1 = rows.x[:, 0], rows.theta[:, 0], e["theta1"][:, 0]
+    w0, w1 = np.exp(e["log_w0"].astype(np.float64)), np.exp(e["log_w1"].astype(np.float64))
+    assert abs(w0.mean() - 1) < 0.05 and abs(w1.mean() - 1) < 0.05, (w0.mean(), w1.mean())
+    # each score label is unbiased at its θ under its own weight; with the weights swapped the
+    # first mean would be −0.2 E[θ0²] ≈ −0.27
+    residual0 = (e["score0"][:, 0] - (x - theta0) / 1.25) * theta0
+    residual1 = e["score1"][:, 0] - (x - theta1) / 1.25
+    assert abs((w0 * residual0).mean()) < 0.03 and abs((w1 * residual1).mean()) < 0.03
+    # the mixture density does not depend on how its evaluations are chunked
+    from galton.methods.gold import mixture
+    sims = galton.simulate(program, 30, key=jax.random.key(6), keep_latents=True, progress=False)
+    args = (program, sims.x.reshape(30, 1), sims.extras["z"], sims.theta[:20], np.zeros(1, np.float32), 8, jax.random.key(7))
+    whole = mixture._log_mixture(*args)
+    monkeypatch.setattr(mixture, "CHUNK", 7)
+    np.testing.assert_allclose(mixture._log_mixture(*args), whole, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ the contract
@@ -239,8 +269,11 @@ def test_partners_make_alices_need_fewer_simulations_on_the_galton_board():
         assert len(sims) == 1000 * partners
         errors[partners] = _board_ratio_mse(m.fit(sims, prior, key=jax.random.key(1), progress=False)[0])
     assert errors[16] < 0.7 * errors[1], errors
-    with pytest.raises(ValueError, match="partners must be a positive number"):
-        gold.ALICES(partners=0)
+    for bad in (0, None, 2.5):
+        with pytest.raises(ValueError, match="partners must be a positive number"):
+            gold.ALICES(partners=bad)
+    with pytest.raises(ValueError, match="mixture_size must be a positive number"):
+        gold.ALICES(partners=4, mixture_size=0)
     with pytest.raises(ValueError, match="partners > 1 weights rows by the joint density"):
         gold.CASCAL(partners=4)
     with pytest.raises(galton.ProblemError, match="lack .*mixture_pairs"):

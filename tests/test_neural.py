@@ -91,3 +91,15 @@ def test_flow_posterior_keeps_to_the_prior_support():
     assert np.abs(np.asarray(samples)).max() <= 1
     assert 0 < posterior.leakage(key=jax.random.key(2)) < 0.6
     assert posterior.log_prob(jnp.array([[1.5, 0.0]]))[0] == -jnp.inf
+
+
+def test_training_holds_out_whole_groups_of_rows():
+    from galton.train import _split
+
+    rows = np.arange(200.0)[:, None]
+    groups = np.repeat(np.arange(40), 5)
+    train, val, _ = _split([rows], 0.2, 16, jax.random.key(0), groups)
+    held, trained = set(groups[np.asarray(val[0][:, 0], int)]), set(groups[np.asarray(train[0][:, 0], int)])
+    assert len(held) == 8 and not held & trained and len(val[0]) == 40 and len(train[0]) == 160
+    with pytest.raises(TrainingError, match="only 1 group"):
+        _split([rows], 0.2, 16, jax.random.key(0), np.zeros(200))

@@ -4,12 +4,13 @@
 density can be read at any θ for a stored z, so each (x, z) can stand for a draw at any θ0,
 weighted by p(x, z|θ0) / q(x, z), where q is the density all simulations were drawn from:
 
-    q(x, z) = s_π · E_{θ~π}[p(x, z|θ)] + s_ref · p(x, z|θ_ref)
+    q(x, z) = s_π · (1/m) Σ_j p(x, z|θ_j) + s_ref · p(x, z|θ_ref)
 
-(s_π and s_ref the shares of the budget drawn from the prior and at θ_ref; the expectation
-over M fresh prior draws). Multiple importance sampling with the balance heuristic (Veach
-1997): a weight is large only where no simulated θ explains (x, z) well, so it stays bounded
-where a weight against the one θ that drew x would not. Each simulation gets ``partners`` rows
+(s_π and s_ref the shares of the budget drawn from the prior and at θ_ref, θ_j the m simulated
+prior draws). This is multiple importance sampling with the balance heuristic, the
+deterministic mixture of Veach (1997): unbiased, and a weight is large only where no simulated
+θ explains (x, z) well; its own θ_j bounds each simulation's weights. Past ``mixture_size``
+prior simulations, a random subset of them and each simulation's own θ are the components. Each simulation gets ``partners`` rows
 (θ0_k, θ1_k, x) with log w0 = log p(x, z|θ0_k) − log q and log w1 = log p(x, z|θ1_k) − log q,
 and ALICE's loss becomes
 
@@ -40,7 +41,7 @@ COLUMNS = ("theta1", "log_w0", "log_w1", "score0", "score1")
 CHUNK = 65_536  # rows of joint-density evaluations at once
 
 
-def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, theta_ref=None, mixture_draws: int = 512,
+def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, theta_ref=None, mixture_size: int = 2048,
                   store=None, on_invalid: str = "raise", progress: bool = True) -> Simulations:
     """``n`` simulations as ``n · partners`` importance-weighted rows for ALICE and ALICES.
 
@@ -50,42 +51,51 @@ def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, th
         key: a ``jax.random`` key.
         partners: rows per simulation, each at its own θ0 (and θ1 without ``theta_ref``) from the prior.
         theta_ref: optional ``(d,)`` θ1 of every row.
-        mixture_draws: prior draws M that estimate q's prior part.
+        mixture_size: the simulated prior θ that are q's components: all of them when there are
+            at most this many (the deterministic mixture, unbiased), else this many at random,
+            plus each simulation's own θ (which bounds its weights).
         store: optional directory, as in `pair_simulations` (the same simulations resume).
+        on_invalid: ``"raise"`` or ``"drop"`` rows with a non-finite joint density or score.
+        progress: show the simulation's progress.
 
     Returns:
         `Simulations` with θ = θ0 ``(n · partners, d)``, x ``(n · partners, *x_shape)`` (each
         simulation's x repeated) and extras ``theta1 (·, d)``, ``log_w0``, ``log_w1 (·,)``,
-        ``score0``, ``score1 (·, d)``.
+        ``score0``, ``score1 (·, d)`` and ``simulation (·,)``, the index of the row's simulation
+        (training holds out whole simulations).
     """
-    if isinstance(partners, bool) or int(partners) != partners or partners < 1:
-        raise ValueError(f"partners must be a positive number of rows per simulation, got {partners!r}")
-    if isinstance(mixture_draws, bool) or int(mixture_draws) != mixture_draws or mixture_draws < 1:
-        raise ValueError(f"mixture_draws must be a positive number of prior draws, got {mixture_draws!r}")
+    check_count(partners, "partners", "rows per simulation")
+    check_count(mixture_size, "mixture_size", "mixture components")
     check_on_invalid(on_invalid)
     key_num, key_den, key_mix, key0, key1 = jax.random.split(as_key(key), 5)
     num, den, ref = simulate_classes(program, n, keys=(key_num, key_den), theta_ref=theta_ref, store=store, progress=progress)
     sims = Simulations.concatenate([num, den])
     x, z = sims.x.reshape(len(sims), -1), sims.extras["z"]
-    prior = program.prior
-    draws = np.asarray(prior.sample(key_mix, (int(mixture_draws),)), np.float32)
-    log_q = _log_mixture(program, x, z, draws, ref, share_ref=len(den) / len(sims) if ref is not None else 0.0)
+    from_prior = len(sims) if ref is None else len(num)  # the first rows: their θ were drawn from the prior
+    log_q = _log_mixture(program, x, z, np.asarray(sims.theta[:from_prior], np.float32), ref, int(mixture_size), key_mix)
 
     k = int(partners)
     rows = len(sims) * k
+    prior = program.prior
     theta0 = np.asarray(prior.sample(key0, (rows,)), np.float32)
     theta1 = np.tile(ref, (rows, 1)) if ref is not None else np.asarray(prior.sample(key1, (rows,)), np.float32)
     xr, zr, lq = np.repeat(x, k, 0), np.repeat(z, k, 0), np.repeat(log_q, k)
-    # p(x, z|θ) = 0 is a weight of 0, not an invalid row
-    log_p0, log_p1 = (np.maximum(_chunked(augment.joint_log_density, program, xr, zr, t), -1e30) for t in (theta0, theta1))
-    out = Simulations(theta0, np.repeat(sims.x, k, 0), {
-        "theta1": theta1,
-        "log_w0": (log_p0 - lq).astype(np.float32),
-        "log_w1": (log_p1 - lq).astype(np.float32),
-        "score0": _chunked(augment.joint_score, program, xr, zr, theta0),
-        "score1": _chunked(augment.joint_score, program, xr, zr, theta1),
-    }, program.names)
+    extras = {"theta1": theta1}
+    for i, theta in ((0, theta0), (1, theta1)):
+        log_p = _chunked(augment.joint_log_density, program, xr, zr, theta)
+        score = _chunked(augment.joint_score, program, xr, zr, theta)
+        impossible = log_p == -np.inf  # a weight of 0, not an invalid row, whatever its score
+        score[impossible] = 0.0
+        extras[f"log_w{i}"] = np.where(impossible, -1e30, log_p - lq).astype(np.float32)
+        extras[f"score{i}"] = score
+    extras["simulation"] = np.repeat(np.arange(len(sims)), k)
+    out = Simulations(theta0, np.repeat(sims.x, k, 0), {c: extras[c] for c in (*COLUMNS, "simulation")}, program.names)
     return keep_finite(out, program, COLUMNS[1:], on_invalid, what="joint log density or score")
+
+
+def check_count(value, name: str, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive number of {what}, got {value!r}")
 
 
 def _chunked(fn, program, x, z, theta) -> np.ndarray:
@@ -93,21 +103,33 @@ def _chunked(fn, program, x, z, theta) -> np.ndarray:
                            for i in range(0, len(x), CHUNK)])
 
 
-def _log_mixture(program, x, z, draws, ref, share_ref: float) -> np.ndarray:
-    """log q(x, z) ``(n,)``: the prior part averaged over ``draws``, plus θ_ref's share."""
-    n, m = len(x), len(draws)
-    per_draw = max(1, CHUNK // max(n, 1))
-    parts = []
-    for i in range(0, m, per_draw):
-        block = draws[i:i + per_draw]
-        t = np.repeat(block, n, 0)
-        values = np.asarray(augment.joint_log_density(program, np.tile(x, (len(block), 1)), np.tile(z, (len(block), 1)), t))
-        parts.append(values.reshape(len(block), n))
-    prior_part = np.asarray(logsumexp(jnp.asarray(np.concatenate(parts)), axis=0)) - np.log(m)
-    if not share_ref:
-        return prior_part
-    at_ref = np.asarray(augment.joint_log_density(program, x, z, np.tile(ref, (n, 1))))
-    return np.logaddexp(np.log1p(-share_ref) + prior_part, np.log(share_ref) + at_ref)
+def _log_mixture(program, x, z, thetas, ref, size: int, key) -> np.ndarray:
+    """log q(x, z) ``(n,)`` for the n simulations, whose first ``len(thetas)`` were drawn at
+    ``thetas`` from the prior and the rest at ``ref``."""
+    n, m = len(x), len(thetas)
+    chosen = np.arange(m) if m <= size else np.sort(np.asarray(jax.random.choice(key, m, (size,), replace=False)))
+    total = np.full(n, -np.inf)
+    rows = max(1, min(n, CHUNK))
+    per_block = max(1, CHUNK // rows)
+    for start in range(0, n, rows):  # a running log-sum over components, about CHUNK evaluations at a time
+        part = slice(start, min(n, start + rows))
+        size = part.stop - part.start
+        for b in range(0, len(chosen), per_block):
+            block = thetas[chosen[b:b + per_block]]
+            values = np.asarray(augment.joint_log_density(
+                program, np.tile(x[part], (len(block), 1)), np.tile(z[part], (len(block), 1)), np.repeat(block, size, 0)))
+            total[part] = np.logaddexp(total[part], np.asarray(logsumexp(values.reshape(len(block), size), axis=0)))
+    count = np.full(n, float(len(chosen)))
+    if len(chosen) < m:  # each prior simulation's own θ joins its mixture, once
+        own = np.setdiff1d(np.arange(m), chosen)
+        total[own] = np.logaddexp(total[own], np.asarray(augment.joint_log_density(program, x[own], z[own], thetas[own])))
+        count[own] += 1
+    log_prior_part = total - np.log(count)
+    if ref is None:
+        return log_prior_part
+    share_ref = (n - m) / n
+    at_ref = np.asarray(augment.joint_log_density(program, x, z, ref))
+    return np.logaddexp(np.log1p(-share_ref) + log_prior_part, np.log(share_ref) + at_ref)
 
 
 def weighted_score_weights(sims: Simulations) -> tuple[float, ...]:

@@ -84,12 +84,14 @@ def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weigh
 
 
 def mixture_loss(model, batch, key, *, alpha: float, weights: tuple = ()) -> jax.Array:
-    """ALICE(S) on importance-weighted rows (θ0, θ1, x, log w0, log w1, t0, t1); see `galton.methods.gold.mixture`."""
+    """ALICE(S) on importance-weighted rows: θ0, θ1 ``(b, d)``, x ``(b, *x_shape)``, log w0, log w1
+    ``(b,)``, t0, t1 ``(b, d)``; see `galton.methods.gold.mixture`."""
     theta0, theta1, x, log_w0, log_w1, t0, t1 = batch
     f0, g0 = _values_and_scores(model, theta0, x)
     f1, g1 = _values_and_scores(model, theta1, x)
     d = f0 - f1
-    w0, w1 = jnp.exp(log_w0), jnp.exp(log_w1)
+    # a weight past e^30 is a degenerate row either way; clipped, it cannot overflow float32
+    w0, w1 = jnp.exp(jnp.minimum(log_w0, LOG_CLIP)), jnp.exp(jnp.minimum(log_w1, LOG_CLIP))
     loss = -(w1 * jax.nn.log_sigmoid(-d) + w0 * jax.nn.log_sigmoid(d))
     if alpha:
         w = jnp.asarray(weights) if weights else 1.0
@@ -114,7 +116,7 @@ class ParameterizedRatio(NeuralMethod):
             simulations came from (`galton.methods.gold.mixture`; 1: one pair per simulation, as
             madminer). On the Galton board at 3,000 simulations, 32 cut ALICES's error 2–3 times;
             on the state-space model, whose 20 latent states make the weights degenerate, it does not help.
-        mixture_draws: prior draws that estimate that density (with ``partners`` > 1).
+        mixture_size: at most this many simulated θ are that density's components (`mixture_pairs`).
         ensemble: train this many networks from different keys and average their log ratios
             (a `galton.ratio.RatioEnsemble`). On the Galton board at 3,000 pairs, 8 ALICES
             networks erred 0.09–0.12 where single ones erred 0.085–0.56 (typically 0.15–0.3).
@@ -132,13 +134,13 @@ class ParameterizedRatio(NeuralMethod):
     embedding: eqx.Module | None = None
     ensemble: int = 1
     partners: int = 1
-    mixture_draws: int = 512
+    mixture_size: int = 2048
     training: Training = field(default_factory=Training)
     sampler: tuple = MCMC_DEFAULTS
 
     def __post_init__(self):
-        if isinstance(self.partners, bool) or int(self.partners) != self.partners or self.partners < 1:
-            raise ValueError(f"partners must be a positive number of rows per simulation, got {self.partners!r}")
+        mixture.check_count(self.partners, "partners", "rows per simulation")
+        mixture.check_count(self.mixture_size, "mixture_size", "mixture components")
         if self.partners > 1 and self.base != "alice":
             raise ValueError(f"partners > 1 weights rows by the joint density, which ALICE and ALICES use; {type(self).__name__} does not")
         if isinstance(self.ensemble, bool) or int(self.ensemble) != self.ensemble or self.ensemble < 1:
@@ -172,7 +174,7 @@ class ParameterizedRatio(NeuralMethod):
         """The training rows of ``budget`` simulations: `pair_simulations`, or `mixture_pairs` with ``partners`` > 1."""
         if self.partners > 1:
             return mixture.mixture_pairs(problem, budget, key=key, partners=self.partners, theta_ref=self.theta_ref,
-                                         mixture_draws=self.mixture_draws, store=store, progress=progress)
+                                         mixture_size=self.mixture_size, store=store, progress=progress)
         return pair_simulations(problem, budget, key=key, theta_ref=self.theta_ref, store=store, progress=progress)
 
     def fit(self, sims: Simulations, prior: Prior, *, key: jax.Array, sequential: bool = False,
@@ -196,7 +198,8 @@ class ParameterizedRatio(NeuralMethod):
         for i, start in enumerate(inits):
             key_init, key_train = jax.random.split(key if self.ensemble == 1 else jax.random.fold_in(key, i))
             model = start if start is not None else self.network(np.concatenate([arrays[0], arrays[1]]), sims.x, key_init)
-            fitted.append(train(model, loss, arrays, key=key_train, settings=self.training, names=names, progress=progress))
+            fitted.append(train(model, loss, arrays, key=key_train, settings=self.training, names=names, progress=progress,
+                                groups=sims.extras.get("simulation")))
         if self.ensemble == 1:
             return fitted[0]
         histories = [h for _, h in fitted]
