@@ -27,7 +27,6 @@ states) the weights degenerate and this does not help: see the README.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
