@@ -15,7 +15,8 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
    prior's centre, 200 held-out x per θ0, the exact ratio by the Kalman filter. The ratio
    family (CARL .. ALICES) is trained with θ1 = θ_ref; ALICES+ is ALICES with ``--partners``
    rows per simulation (`galton.methods.gold.mixture`, up to 10,000 simulations: past that the
-   rows outgrow a 2-core machine's patience), in batches of 50 · partners; SCANDAL and NLE give
+   rows outgrow a 2-core machine's patience), in batches of 50 · partners with patience 50 (its
+   weighted validation loss is noisy: with 20, some training seeds stopped at twice the error); SCANDAL and NLE give
    log q(x|θ0) − log q(x|θ_ref), NPE and score-augmented NPE the same through q(θ|x)/p(θ).
    On the board x is an integer slot: SCANDAL dequantises it (x + U(−½, ½)) and is evaluated
    at the integer, the cell's centre. SCANDAL and NLE use neural splines on the board and MAF
@@ -118,7 +119,7 @@ def make_method(name: str, budget: int, problem, board: bool, theta_ref, ensembl
     t = training(budget)
     if name == MIXTURE:  # as many steps per epoch as without partners, at a smaller step
         return gold.ALICES(theta_ref=tuple(theta_ref), partners=partners, ensemble=ensemble,
-                           training=Training(learning_rate=5e-4, batch_size=50 * partners, patience=20, max_epochs=500))
+                           training=Training(learning_rate=5e-4, batch_size=50 * partners, patience=50, max_epochs=500))
     if name in RATIO:
         return galton.methods.get(name, theta_ref=tuple(theta_ref), training=t, ensemble=ensemble)
     # On the state-space model, x | θ is Gaussian: one affine MAF step per dimension is exact there.

@@ -6,6 +6,7 @@ than their priors.
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset]
+                          [--patience 40]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -13,7 +14,8 @@ well for at most 6 parameters, else the 1-D ones and the pairs of the first 5), 
 simulations in 1 round and in ``rounds`` rounds, for each ``--truncation`` (box: swyft's;
 correlated: the box cut further by the 2-D heads), with ``--tail-mass`` (none by default) as
 TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``; ``--embedding deepset``
-gives slcp's heads a DeepSet over its four iid draws (other tasks keep raw x).
+gives slcp's heads a DeepSet over its four iid draws (other tasks keep raw x); ``--patience``
+sets the early-stopping patience of each round's training (TMNRE's default otherwise).
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -22,6 +24,7 @@ at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gau
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 
@@ -61,6 +64,13 @@ def embedding_for(task_name: str, kind: str):
     return nets.Reshaped((8,), nets.DeepSet((4, 2), 64, width=64, key=jax.random.key(11)))
 
 
+def training_for(args) -> dict:
+    """TMNRE's training settings with ``--patience``, or none to keep its default."""
+    if args.patience is None:
+        return {}
+    return {"training": dataclasses.replace(TMNRE().training, patience=args.patience)}
+
+
 def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
@@ -68,7 +78,7 @@ def part_one(args) -> None:
         embedding = embedding_for(task_name, args.embedding)
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
-                           embedding=embedding)
+                           embedding=embedding, **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
                 x_obs = task.observation(k)
@@ -82,7 +92,8 @@ def part_one(args) -> None:
                 volume = post.rounds[-1]["volume"]
                 print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
-                   + ("-deepset" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
+                   + ("-deepset" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else "")
+                   + (f"-patience{args.patience}" if args.patience else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
                    galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
 
 
@@ -140,6 +151,7 @@ def main():
     parser.add_argument("--balance", type=float, default=0.0, help="TMNRE's balance (BNRE's λ), 0 for swyft's loss")
     parser.add_argument("--embedding", choices=["none", "deepset"], default="none",
                         help="deepset: slcp's x seen as its 4 iid 2-D draws, a DeepSet (width 64) shared by the heads")
+    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of each round (TMNRE's default: 20)")
     args = parser.parse_args()
     if not args.skip_tasks:
         part_one(args)

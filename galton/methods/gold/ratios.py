@@ -116,6 +116,8 @@ class ParameterizedRatio(NeuralMethod):
             simulations came from (`galton.methods.gold.mixture`; 1: one pair per simulation, as
             madminer). On the Galton board at 3,000 simulations, 32 cut ALICES's error 2–3 times;
             on the state-space model, whose 20 latent states make the weights degenerate, it does not help.
+            With ``partners`` rows per simulation, batches about 50 × ``partners`` keep the steps per
+            epoch, and a patience of 50 rides out the weighted validation loss's noise.
         mixture_size: at most this many simulated θ are that density's components (`mixture_pairs`).
         ensemble: train this many networks from different keys and average their log ratios
             (a `galton.ratio.RatioEnsemble`). On the Galton board at 3,000 pairs, 8 ALICES
