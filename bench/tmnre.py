@@ -5,7 +5,7 @@ than their priors.
     python bench/tmnre.py [--tasks two_moons slcp gaussian_linear slcp_distractors]
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
-                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset]
+                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
                           [--patience 40]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
@@ -14,7 +14,9 @@ well for at most 6 parameters, else the 1-D ones and the pairs of the first 5), 
 simulations in 1 round and in ``rounds`` rounds, for each ``--truncation`` (box: swyft's;
 correlated: the box cut further by the 2-D heads), with ``--tail-mass`` (none by default) as
 TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``; ``--embedding deepset``
-gives slcp's heads a DeepSet over its four iid draws (other tasks keep raw x); ``--patience``
+gives slcp's heads a DeepSet over its four iid draws (slcp_distractors': the same after a learned
+linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding mlp``
+every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise).
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -57,11 +59,18 @@ def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
     return [(n,) for n in names] + list(pairs)
 
 
-def embedding_for(task_name: str, kind: str):
-    """None, or for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,))."""
-    if kind == "none" or task_name != "slcp":
+def embedding_for(task_name: str, kind: str, x_dim: int | None = None):
+    """None; for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,)), on
+    slcp_distractors the same after a learned projection of its 100 values to 8 (`nets.Projected`);
+    for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
+    if kind == "mlp":
+        return nets.MLP((x_dim,), 64, width=128, depth=2, key=jax.random.key(11))
+    if kind == "none" or task_name not in ("slcp", "slcp_distractors"):
         return None
-    return nets.Reshaped((8,), nets.DeepSet((4, 2), 64, width=64, key=jax.random.key(11)))
+    deepset = nets.DeepSet((4, 2), 64, width=64, key=jax.random.key(11))
+    if task_name == "slcp_distractors":  # which 8 of the 100 values are the draws is learned
+        return nets.Projected((100,), deepset, key=jax.random.key(12))
+    return nets.Reshaped((8,), deepset)
 
 
 def training_for(args) -> dict:
@@ -75,7 +84,7 @@ def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
-        embedding = embedding_for(task_name, args.embedding)
+        embedding = embedding_for(task_name, args.embedding, int(np.prod(np.shape(task.observation(1)))))
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            embedding=embedding, **training_for(args))
@@ -92,7 +101,7 @@ def part_one(args) -> None:
                 volume = post.rounds[-1]["volume"]
                 print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
-                   + ("-deepset" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else "")
+                   + (f"-{args.embedding}" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else "")
                    + (f"-patience{args.patience}" if args.patience else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
                    galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
 
@@ -149,8 +158,10 @@ def main():
     parser.add_argument("--tail-mass", type=float, default=None, help="TMNRE's tail_mass (a mass rule beside ε)")
     parser.add_argument("--skip-amortized", action="store_true", help="part 1 without the one-round runs")
     parser.add_argument("--balance", type=float, default=0.0, help="TMNRE's balance (BNRE's λ), 0 for swyft's loss")
-    parser.add_argument("--embedding", choices=["none", "deepset"], default="none",
-                        help="deepset: slcp's x seen as its 4 iid 2-D draws, a DeepSet (width 64) shared by the heads")
+    parser.add_argument("--embedding", choices=["none", "deepset", "mlp"], default="none",
+                        help="deepset: slcp's x seen as its 4 iid 2-D draws, a DeepSet (width 64) shared by the heads "
+                             "(slcp_distractors: after a learned projection of x to 8 values); "
+                             "mlp: an MLP on the flat x (every task), shared by the heads")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of each round (TMNRE's default: 20)")
     args = parser.parse_args()
     if not args.skip_tasks:

@@ -28,6 +28,7 @@ CASES = {
     "CNN1d": (make(lambda key: nets.CNN1d((32,), 6, channels=(4, 8), key=key)), (32,), 6),
     "CNN2d": (make(lambda key: nets.CNN2d((12, 12), 4, channels=(4, 8), key=key)), (12, 12), 4),
     "DeepSet": (make(lambda key: nets.DeepSet((7, 2), 5, width=16, key=key)), (7, 2), 5),
+    "Projected": (make(lambda key: nets.Projected((20,), nets.DeepSet((3, 2), 5, width=16, key=key), key=key)), (20,), 5),
 }
 
 
