@@ -52,7 +52,7 @@ PUBLISHED = {
 
 
 def reference_samples(task, k: int) -> np.ndarray:
-    # slcp_distractors' observations hold slcp's at fixed positions: sbibm gives both one reference
+    # slcp_distractors' observations hold slcp's at fixed positions: the posterior is slcp's
     # (NUTS on slcp's four-mode posterior, the fallback below, did not mix at observation 4)
     name = "slcp" if task.name == "slcp_distractors" else task.name
     path = REFERENCE / name / f"num_observation_{k}" / "reference_posterior_samples.csv.bz2"

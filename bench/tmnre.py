@@ -17,7 +17,8 @@ TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``; ``--e
 gives slcp's heads a DeepSet over its four iid draws (slcp_distractors': the same after a learned
 linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding mlp``
 every task's heads a shared MLP on x; ``--patience``
-sets the early-stopping patience of each round's training (TMNRE's default otherwise).
+sets the early-stopping patience of each round's training (TMNRE's default otherwise). Both
+options apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -59,12 +60,12 @@ def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
     return [(n,) for n in names] + list(pairs)
 
 
-def embedding_for(task_name: str, kind: str, x_dim: int | None = None):
+def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None):
     """None; for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,)), on
     slcp_distractors the same after a learned projection of its 100 values to 8 (`nets.Projected`);
     for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
     if kind == "mlp":
-        return nets.MLP((x_dim,), 64, width=128, depth=2, key=jax.random.key(11))
+        return nets.MLP(x_shape, 64, width=128, depth=2, key=jax.random.key(11))
     if kind == "none" or task_name not in ("slcp", "slcp_distractors"):
         return None
     deepset = nets.DeepSet((4, 2), 64, width=64, key=jax.random.key(11))
@@ -84,7 +85,7 @@ def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
-        embedding = embedding_for(task_name, args.embedding, int(np.prod(np.shape(task.observation(1)))))
+        embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)))
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            embedding=embedding, **training_for(args))
@@ -102,7 +103,8 @@ def part_one(args) -> None:
                 print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
                    + (f"-{args.embedding}" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else "")
-                   + (f"-patience{args.patience}" if args.patience else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
+                   + (f"-patience{args.patience}" if args.patience is not None else "")
+                   + (f"-tail{args.tail_mass:g}" if args.tail_mass is not None else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
                    galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
 
 

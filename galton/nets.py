@@ -301,7 +301,8 @@ class Projected(eqx.Module):
 
     Args:
         in_shape: the shape x arrives in; net: a net (or its spec) fed the projection, reshaped
-            to the net's ``in_shape``.
+            to the net's ``in_shape``; key: a ``jax.random`` key for the projection's weights (and
+            the net's, when given as a spec).
     """
 
     linear: eqx.nn.Linear

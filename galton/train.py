@@ -83,14 +83,17 @@ def _split(arrays, fraction, batch_size, key, groups=None):
     if groups is None:
         perm = np.asarray(jax.random.permutation(key, n))
     else:  # whole groups on one side: the held-out rows share nothing with the trained ones
+        if np.shape(groups) != (n,):
+            raise TrainingError(f"groups must label each of the {n} rows, got shape {np.shape(groups)}")
         labels, index = np.unique(np.asarray(groups), return_inverse=True)
         held = np.zeros(len(labels), bool)
-        held[np.asarray(jax.random.permutation(key, len(labels)))[: max(1, int(round(fraction * len(labels))))]] = True
-        if held.all():
-            raise TrainingError(f"cannot hold out whole groups of rows: there is only {len(labels)} group")
+        k = max(1, int(round(fraction * len(labels))))
+        held[np.asarray(jax.random.permutation(key, len(labels)))[:k]] = True
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), n))
         perm = np.concatenate([order[~held[index[order]]], order[held[index[order]]]])
         n_train = int((~held[index]).sum())
+        if n_train < 2:
+            raise TrainingError(f"holding out {k} of {len(labels)} groups of rows leaves {n_train} rows to train on; need at least 2")
     train = tuple(jnp.asarray(a[perm[:n_train]]) for a in arrays)
     val = tuple(jnp.asarray(a[perm[n_train:]]) for a in arrays)
     return train, val, min(batch_size, n_train)
@@ -120,7 +123,8 @@ def train(
         names: names of the arrays, for error messages.
         progress: show a progress bar with epoch and losses.
         groups: optional ``(n,)`` labels: rows with the same label are all trained on or all held
-            out (rows made from one simulation, which would otherwise validate on what was trained).
+            out (rows made from one simulation, which would otherwise validate on what was trained);
+            ``validation_fraction`` is then a share of the groups.
 
     Returns:
         The model with the weights of the best validation epoch, and a history dict with

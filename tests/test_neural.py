@@ -101,5 +101,7 @@ def test_training_holds_out_whole_groups_of_rows():
     train, val, _ = _split([rows], 0.2, 16, jax.random.key(0), groups)
     held, trained = set(groups[np.asarray(val[0][:, 0], int)]), set(groups[np.asarray(train[0][:, 0], int)])
     assert len(held) == 8 and not held & trained and len(val[0]) == 40 and len(train[0]) == 160
-    with pytest.raises(TrainingError, match="only 1 group"):
+    with pytest.raises(TrainingError, match="holding out 1 of 1 groups of rows leaves 0 rows"):
         _split([rows], 0.2, 16, jax.random.key(0), np.zeros(200))
+    with pytest.raises(TrainingError, match="groups must label each of the 200 rows"):
+        _split([rows], 0.2, 16, jax.random.key(0), groups[:100])
