@@ -90,7 +90,8 @@ def _split(arrays, fraction, batch_size, key, groups=None):
         k = max(1, int(round(fraction * len(labels))))
         held[np.asarray(jax.random.permutation(key, len(labels)))[:k]] = True
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), n))
-        perm = np.concatenate([order[~held[index[order]]], order[held[index[order]]]])
+        out = held[index[order]]
+        perm = np.concatenate([order[~out], order[out]])
         n_train = int((~held[index]).sum())
         if n_train < 2:
             raise TrainingError(f"holding out {k} of {len(labels)} groups of rows leaves {n_train} rows to train on; need at least 2")

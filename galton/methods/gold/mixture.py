@@ -10,9 +10,9 @@ weighted by p(x, z|θ0) / q(x, z), where q is the density all simulations were d
 prior draws). This is multiple importance sampling with the balance heuristic, the
 deterministic mixture of Veach (1997): unbiased, and a weight is large only where no simulated
 θ explains (x, z) well; its own θ_j bounds each simulation's weights. Past ``mixture_size``
-prior simulations, a random subset of them and each simulation's own θ are the components. Each simulation gets ``partners`` rows
-(θ0_k, θ1_k, x) with log w0 = log p(x, z|θ0_k) − log q and log w1 = log p(x, z|θ1_k) − log q,
-and ALICE's loss becomes
+prior simulations, a random subset of them and each simulation's own θ are the components.
+Each simulation gets ``partners`` rows (θ0_k, θ1_k, x) with log w0 = log p(x, z|θ0_k) − log q
+and log w1 = log p(x, z|θ1_k) − log q, and ALICE's loss becomes
 
     L = −[w1 log σ(−d) + w0 log σ(d)] + α [w0 |∇θ0 f − t(x, z|θ0)|²_W + w1 |∇θ1 f − t(x, z|θ1)|²_W]
 
@@ -81,8 +81,12 @@ def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, th
     xr, zr, lq = np.repeat(x, k, 0), np.repeat(z, k, 0), np.repeat(log_q, k)
     extras = {"theta1": theta1}
     for i, theta in ((0, theta0), (1, theta1)):
-        log_p = _chunked(augment.joint_log_density, program, xr, zr, theta)
-        score = _chunked(augment.joint_score, program, xr, zr, theta)
+        if i == 1 and ref is not None:  # one θ1 for all: once per simulation, not per partner
+            log_p = np.repeat(_chunked(augment.joint_log_density, program, x, z, theta1[: len(x)]), k)
+            score = np.repeat(_chunked(augment.joint_score, program, x, z, theta1[: len(x)]), k, 0)
+        else:
+            log_p = _chunked(augment.joint_log_density, program, xr, zr, theta)
+            score = _chunked(augment.joint_score, program, xr, zr, theta)
         impossible = log_p == -np.inf  # a weight of 0, not an invalid row, whatever its score
         score[impossible] = 0.0
         extras[f"log_w{i}"] = np.where(impossible, -1e30, log_p - lq).astype(np.float32)
@@ -112,12 +116,12 @@ def _log_mixture(program, x, z, thetas, ref, size: int, key) -> np.ndarray:
     per_block = max(1, CHUNK // rows)
     for start in range(0, n, rows):  # a running log-sum over components, about CHUNK evaluations at a time
         part = slice(start, min(n, start + rows))
-        size = part.stop - part.start
+        width = part.stop - part.start
         for b in range(0, len(chosen), per_block):
             block = thetas[chosen[b:b + per_block]]
             values = np.asarray(augment.joint_log_density(
-                program, np.tile(x[part], (len(block), 1)), np.tile(z[part], (len(block), 1)), np.repeat(block, size, 0)))
-            total[part] = np.logaddexp(total[part], np.asarray(logsumexp(values.reshape(len(block), size), axis=0)))
+                program, np.tile(x[part], (len(block), 1)), np.tile(z[part], (len(block), 1)), np.repeat(block, width, 0)))
+            total[part] = np.logaddexp(total[part], np.asarray(logsumexp(values.reshape(len(block), width), axis=0)))
     count = np.full(n, float(len(chosen)))
     if len(chosen) < m:  # each prior simulation's own θ joins its mixture, once
         own = np.setdiff1d(np.arange(m), chosen)

@@ -90,6 +90,7 @@ def keep_finite(rows: Simulations, program: Program, columns: tuple, on_invalid:
     warnings.warn(f"dropped {bad.size} of {len(rows)} rows with a non-finite {what}", stacklevel=3)
     return rows[finite]
 
+
 def simulate_classes(program: Program, n: int, *, keys: tuple, theta_ref=None, store=None, progress: bool = True):
     """The two halves of a budget of ``n``: ``n - n // 2`` simulations from the prior, and
     ``n // 2`` at θ_ref (from the prior too without one), both with their latents z; the

@@ -99,7 +99,6 @@ def mixture_loss(model, batch, key, *, alpha: float, weights: tuple = ()) -> jax
     return loss.mean()
 
 
-
 @dataclass(frozen=True)
 class ParameterizedRatio(NeuralMethod):
     """Settings shared by CARL, ROLR, CASCAL, RASCAL, ALICE and ALICES.
@@ -162,8 +161,13 @@ class ParameterizedRatio(NeuralMethod):
     def network(self, theta, x, key) -> RatioNetwork:
         return ratio_network(theta, x, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding, activation=self.activation)
 
+    def _columns(self) -> tuple[str, ...]:
+        """The extras the loss reads, in its batch order after θ0 and x (see `arrays`)."""
+        return mixture.COLUMNS if self.partners > 1 else COLUMNS
+
     def arrays(self, sims: Simulations) -> tuple[np.ndarray, ...]:
-        columns, maker = (mixture.COLUMNS, "mixture_pairs") if self.partners > 1 else (COLUMNS, "pair_simulations")
+        columns = self._columns()
+        maker = "mixture_pairs" if self.partners > 1 else "pair_simulations"
         missing = [c for c in columns if c not in sims.extras]
         if missing:
             raise ProblemError(
@@ -185,13 +189,15 @@ class ParameterizedRatio(NeuralMethod):
         `RatioEnsemble` when ``ensemble`` > 1) and its history (an ensemble's: its members'
         histories under ``"members"``, their summed epochs under ``"epochs"``)."""
         arrays = self.arrays(sims)
-        if self.partners > 1:
-            names = ["theta0", "theta1", "x", "log_w0", "log_w1", "score0", "score1"]
-            weights = mixture.weighted_score_weights(sims) if self.uses_score else ()
+        columns = self._columns()
+        names = ["theta0", columns[0], "x", *columns[1:]]
+        if not self.uses_score:
+            weights = ()
+        elif self.partners > 1:
+            weights = mixture.weighted_score_weights(sims)
         else:
-            names = ["theta0", "theta1", "x", "y", "log_ratio", "score0", "score1"]
             y = arrays[3][:, None]
-            weights = score_weights(np.where(y == 0, arrays[5], arrays[6])) if self.uses_score else ()
+            weights = score_weights(np.where(y == 0, arrays[5], arrays[6]))
         loss = self.loss(prior, sequential, weights)
         inits = init.members if isinstance(init, RatioEnsemble) else (init,) * self.ensemble
         if len(inits) != self.ensemble:
