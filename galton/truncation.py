@@ -263,8 +263,22 @@ def tail_level(values: np.ndarray, tail_mass: float) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _inside(constraints, theta) -> jax.Array:
+def _inside_chunk(constraints, theta) -> jax.Array:
     return jnp.all(jnp.stack([c(theta) >= 0 for c in constraints]), axis=0)
+
+
+def _inside(constraints, theta, chunk: int = 65_536):
+    """Whether each θ ``(n, d)`` meets every constraint ``(n,)``, in chunks: a rejection batch
+    can hold a million rows, and each head's hidden layer would be held for all of them at once."""
+    theta = jnp.asarray(theta)
+    if isinstance(theta, jax.core.Tracer):  # inside a caller's trace: one program, as before
+        return _inside_chunk(constraints, theta)
+    if len(theta) <= chunk:
+        return np.asarray(_inside_chunk(constraints, theta))
+    pad = -len(theta) % chunk  # whole chunks: one compiled shape
+    padded = jnp.concatenate([theta, jnp.broadcast_to(theta[:1], (pad, theta.shape[1]))])
+    parts = [np.asarray(_inside_chunk(constraints, padded[i : i + chunk])) for i in range(0, len(padded), chunk)]
+    return np.concatenate(parts)[: len(theta)]
 
 
 class Region(eqx.Module):
@@ -309,7 +323,7 @@ class Region(eqx.Module):
     def contains(self, theta) -> jax.Array:
         """Whether θ ``(n, d)`` lies in the region: boolean ``(n,)``."""
         theta = jnp.asarray(theta, jnp.float32)
-        return self.box.contains(theta) & _inside(self.constraints, theta)
+        return self.box.contains(theta) & jnp.asarray(_inside(self.constraints, theta))
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Exact draws ``(*sample_shape, d)`` from the prior restricted to the region."""
