@@ -39,6 +39,11 @@ class Training:
         patience: epochs without a better validation loss before stopping.
         max_epochs: hard cap on epochs.
         clip_norm: global gradient-norm clip.
+        decay: when set (swyft's ReduceLROnPlateau: 0.1), the step size is multiplied by it each
+            time ``decay_patience`` epochs pass without a better validation loss; the search then
+            settles into the minimum it found instead of hopping around it. ``patience`` still
+            decides when to stop, so it should exceed ``decay_patience``.
+        decay_patience: epochs without improvement before each decay.
     """
 
     learning_rate: float = 5e-4
@@ -47,9 +52,27 @@ class Training:
     patience: int = 20
     max_epochs: int = 2000
     clip_norm: float = 5.0
+    decay: float | None = None
+    decay_patience: int = 5
+
+    def __post_init__(self):
+        if self.decay is not None and not 0.0 < self.decay < 1.0:
+            raise ValueError(f"decay must lie in (0, 1) or be None, got {self.decay!r}")
+        if isinstance(self.decay_patience, bool) or not isinstance(self.decay_patience, int) or self.decay_patience < 1:
+            raise ValueError(f"decay_patience must be a positive integer, got {self.decay_patience!r}")
 
     def optimizer(self) -> optax.GradientTransformation:
-        return optax.chain(optax.clip_by_global_norm(self.clip_norm), optax.adam(self.learning_rate))
+        steps = [optax.clip_by_global_norm(self.clip_norm), optax.adam(self.learning_rate)]
+        if self.decay is not None:  # the factor lives in the state: a decay needs no new program
+            steps.append(optax.inject_hyperparams(optax.scale)(step_size=1.0))
+        return optax.chain(*steps)
+
+
+def _decayed(opt_state, factor: float):
+    """``opt_state`` of `Training.optimizer` with its decay factor multiplied by ``factor``."""
+    inject = opt_state[-1]
+    hyper = dict(inject.hyperparams, step_size=inject.hyperparams["step_size"] * factor)
+    return (*opt_state[:-1], inject._replace(hyperparams=hyper))
 
 
 def _is_frozen(leaf) -> bool:
@@ -154,6 +177,8 @@ def train(
             history["validation_loss"].append(val_loss)
             if val_loss < best_loss:
                 best_loss, best_params, best_epoch = val_loss, params, i
+            elif settings.decay is not None and (i - best_epoch) % settings.decay_patience == 0:
+                opt_state = _decayed(opt_state, settings.decay)
             bar.update(1, train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
             if not np.isfinite(train_loss):
                 raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")

@@ -105,3 +105,27 @@ def test_training_holds_out_whole_groups_of_rows():
         _split([rows], 0.2, 16, jax.random.key(0), np.zeros(200))
     with pytest.raises(TrainingError, match="groups must label each of the 200 rows"):
         _split([rows], 0.2, 16, jax.random.key(0), groups[:100])
+
+
+def test_decay_settles_the_step_size_after_a_plateau():
+    import equinox as eqx
+
+    from galton.train import train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, 2.0, 3.0]) + rng.normal(size=1000)).astype(np.float32)
+    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(0))
+
+    def loss(m, batch, key):
+        return jnp.mean((jax.vmap(m)(batch[0]) - batch[1]) ** 2)
+
+    spread = {}
+    for decay in (None, 0.1):  # a step size far too large: without decay the loss hops from epoch to epoch
+        settings = Training(learning_rate=0.1, batch_size=16, patience=12, max_epochs=19, decay=decay, decay_patience=3)
+        _, history = train(model, loss, (x, y), key=jax.random.key(1), settings=settings, progress=False)
+        spread[decay] = np.ptp(history["validation_loss"][-6:])
+    assert spread[0.1] < 0.01 < 0.05 < spread[None], spread
+    for bad, message in [(dict(decay=1.0), "decay must lie in"), (dict(decay_patience=0), "decay_patience must be")]:
+        with pytest.raises(ValueError, match=message):
+            Training(**bad)

@@ -295,3 +295,20 @@ def test_tail_mass_cuts_the_flat_tails_of_a_saturated_head():
     assert 5e-4 < weights[values < level].sum() / weights.sum() <= 1e-3
     with pytest.raises(ValueError, match="tail_mass must lie in"):
         TMNRE(tail_mass=0.5)
+
+
+def test_cut_balance_trains_the_cutting_rounds_balanced_and_the_last_plain(monkeypatch):
+    seen = []
+    fit = TMNRE.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.balance)
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(TMNRE, "fit", spy)
+    method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=8, cut_balance=100.0,
+                   training=Training(max_epochs=2, patience=1, batch_size=50), min_shrink=0.0)
+    galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=method, budget=600, rounds=3, progress=False)
+    assert seen == [100.0, 100.0, 0.0]
+    with pytest.raises(ValueError, match="cut_balance must be a non-negative number"):
+        TMNRE(cut_balance=-1.0)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar, Sequence
 
 import equinox as eqx
@@ -118,6 +118,9 @@ class TMNRE(NeuralMethod):
             each head's classifier is held to E_joint[σ(d)] + E_marginal[σ(d)] = 1, which the exact
             ratio meets (the batch estimate's noise adds a small pull towards flatter heads), so
             that an over-fitted head errs towards too wide a marginal.
+        cut_balance: the balancing weight of the rounds whose heads cut the next proposal (all but
+            the last); None: ``balance``. A cut is never undone, so a head too sure of itself there
+            loses posterior mass for good, while in the last round balancing only widens the result.
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
@@ -129,6 +132,7 @@ class TMNRE(NeuralMethod):
     truncation: str = "box"
     min_shrink: float = 0.1
     balance: float = 0.0
+    cut_balance: float | None = None
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -142,8 +146,11 @@ class TMNRE(NeuralMethod):
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
-        if isinstance(self.balance, bool) or not (isinstance(self.balance, (int, float)) and 0.0 <= self.balance < math.inf):
-            raise ValueError(f"balance must be a non-negative number, got {self.balance!r}")
+        for name in ("balance", "cut_balance"):
+            value = getattr(self, name)
+            if value is not None or name == "balance":
+                if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
+                    raise ValueError(f"{name} must be a non-negative number, got {value!r}")
         if not 0.0 <= self.min_shrink < 1.0:
             raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
 
@@ -194,7 +201,9 @@ class TMNRE(NeuralMethod):
                 x_obs = check_observation(problem, x_obs, new.x.shape[1:], iid=False)
             inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
-            network, round_history = self.fit(pool, prior, key=key_fit, progress=progress, columns=columns)
+            last = r == len(per_round) - 1
+            cutting = self if last or self.cut_balance is None else replace(self, balance=self.cut_balance)
+            network, round_history = cutting.fit(pool, prior, key=key_fit, progress=progress, columns=columns)
             history.append(round_history)
             records.append({
                 "round": r, "new": len(new), "reused": int(inside.sum()), "pooled": len(pool), "volume": proposal.volume,
@@ -205,7 +214,7 @@ class TMNRE(NeuralMethod):
             if r == 0 and rounds > 1 and not proposal.quantiles.bounded.all():
                 unbounded = [n for n, b in zip(prior.names, proposal.quantiles.bounded) if not b]
                 records[0]["note"] = f"{', '.join(unbounded)} have unbounded prior support: their boxes are cut in the prior's quantile space"
-            if r == len(per_round) - 1:  # only the last round's posterior is kept: its region draws are dear
+            if last:  # only the last round's posterior is kept: its region draws are dear
                 return self.posterior(network, prior, history, proposal, records, key=key_fit).condition(x_obs)
             try:
                 narrower = shrink(proposal, _one_d_log_ratios(network, proposal, x_obs, one_d), epsilon=self.epsilon,
