@@ -6,7 +6,7 @@ than their priors.
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
-                          [--patience 40]
+                          [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -17,8 +17,9 @@ TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``; ``--e
 gives slcp's heads a DeepSet over its four iid draws (slcp_distractors': the same after a learned
 linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding mlp``
 every task's heads a shared MLP on x; ``--patience``
-sets the early-stopping patience of each round's training (TMNRE's default otherwise). Both
-options apply to part 1 only.
+sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
+its step-size decay after each ``--decay-patience`` epochs without improvement, and ``--margin``
+TMNRE's ``margin``. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -75,10 +76,19 @@ def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None):
 
 
 def training_for(args) -> dict:
-    """TMNRE's training settings with ``--patience``, or none to keep its default."""
-    if args.patience is None:
-        return {}
-    return {"training": dataclasses.replace(TMNRE().training, patience=args.patience)}
+    """TMNRE's training settings with ``--patience`` and ``--decay``, or none to keep its default."""
+    changes = {k: v for k, v in [("patience", args.patience), ("decay", args.decay)] if v is not None}
+    if args.decay is not None:
+        changes["decay_patience"] = args.decay_patience
+    return {"training": dataclasses.replace(TMNRE().training, **changes)} if changes else {}
+
+
+def settings_name(args) -> str:
+    """The report's suffix for the options that differ from TMNRE's defaults."""
+    parts = [(args.balance, f"balance{args.balance:g}"), (args.patience is not None, f"patience{args.patience}"),
+             (args.tail_mass is not None, f"tail{args.tail_mass:g}"), (args.decay is not None, f"decay{args.decay:g}/{args.decay_patience}"),
+             (args.margin, f"margin{args.margin:g}")]
+    return "".join(f"-{name}" for used, name in parts if used)
 
 
 def part_one(args) -> None:
@@ -88,7 +98,7 @@ def part_one(args) -> None:
         embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)))
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
-                           embedding=embedding, **training_for(args))
+                           margin=args.margin, embedding=embedding, **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
                 x_obs = task.observation(k)
@@ -102,9 +112,7 @@ def part_one(args) -> None:
                 volume = post.rounds[-1]["volume"]
                 print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
-                   + (f"-{args.embedding}" if embedding is not None else "") + (f"-balance{args.balance:g}" if args.balance else "")
-                   + (f"-patience{args.patience}" if args.patience is not None else "")
-                   + (f"-tail{args.tail_mass:g}" if args.tail_mass is not None else ""), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
+                   + (f"-{args.embedding}" if embedding is not None else "") + settings_name(args), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
                    galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
 
 
@@ -165,6 +173,9 @@ def main():
                              "(slcp_distractors: after a learned projection of x to 8 values); "
                              "mlp: an MLP on the flat x (every task), shared by the heads")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of each round (TMNRE's default: 20)")
+    parser.add_argument("--decay", type=float, default=None, help="Training's decay: the step size's factor after each plateau")
+    parser.add_argument("--decay-patience", type=int, default=10, help="epochs without improvement before each --decay")
+    parser.add_argument("--margin", type=float, default=0.0, help="TMNRE's margin: each new box widened by this share of its width a side")
     args = parser.parse_args()
     if not args.skip_tasks:
         part_one(args)

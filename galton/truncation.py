@@ -200,6 +200,7 @@ def shrink(
     names,
     grid: int = 2048,
     tail_mass: float | None = None,
+    margin: float = 0.0,
 ) -> TruncatedPrior:
     """The next round's box from the 1-D marginal log-ratios.
 
@@ -215,6 +216,8 @@ def shrink(
             of the 1-D marginal posterior (∝ exp(log-ratio) on the even quantile grid). Contrastive heads
             flatten out 8–12 nats below their maximum, where their loss saturates, so on some
             problems no cell falls ε = 1e-6 below it; a mass rule cuts those flat tails.
+        margin: widen the kept range by this share of its width on each side (within the current
+            box): a head too sure of itself then still leaves the posterior inside.
 
     Raises:
         TruncationError: a parameter's box collapses below float32 resolution.
@@ -229,8 +232,9 @@ def shrink(
     cell = (hi - lo) / grid
     first = np.argmax(keep, axis=0)
     last = grid - 1 - np.argmax(keep[::-1], axis=0)
-    new_lo = np.maximum(lo, u[first, np.arange(len(lo))] - cell)
-    new_hi = np.minimum(hi, u[last, np.arange(len(lo))] + cell)
+    kept_lo, kept_hi = u[first, np.arange(len(lo))], u[last, np.arange(len(lo))]
+    pad = cell + margin * (kept_hi - kept_lo)
+    new_lo, new_hi = np.maximum(lo, kept_lo - pad), np.minimum(hi, kept_hi + pad)
     width = new_hi - new_lo
     collapsed = np.flatnonzero(~np.isfinite(values).all(axis=0) | (width < 1e-6))
     if collapsed.size:

@@ -297,6 +297,23 @@ def test_tail_mass_cuts_the_flat_tails_of_a_saturated_head():
         TMNRE(tail_mass=0.5)
 
 
+def test_a_margin_widens_each_cut_by_a_share_of_its_width_inside_the_old_box():
+    full = TruncatedPrior.full(PROBLEM.prior)
+
+    def peak(u):  # kept where within 5.26 widths of 0.3: [0.2474, 0.3526]
+        return -0.5 * ((u - 0.3) / 0.01) ** 2
+
+    tight = shrink(full, peak, epsilon=1e-6, names=PROBLEM.prior.names)
+    wide = shrink(full, peak, epsilon=1e-6, names=PROBLEM.prior.names, margin=0.5)
+    width = np.asarray(tight.u_high - tight.u_low)
+    np.testing.assert_allclose(np.asarray(wide.u_high - wide.u_low), 2 * width, rtol=0.03)
+    np.testing.assert_allclose(np.asarray(wide.u_low + wide.u_high) / 2, 0.3, atol=1e-3)
+    edge = shrink(full, peak, epsilon=1e-6, names=PROBLEM.prior.names, margin=5.0)  # clipped to the old box
+    assert np.allclose(edge.u_low, 0.0) and np.all(np.asarray(edge.u_high) < 1.0)
+    with pytest.raises(ValueError, match="margin must be a non-negative number"):
+        TMNRE(margin=-0.1)
+
+
 def test_cut_balance_trains_the_cutting_rounds_balanced_and_the_last_plain(monkeypatch):
     seen = []
     fit = TMNRE.fit

@@ -109,6 +109,8 @@ class TMNRE(NeuralMethod):
         tail_mass: when set (e.g. 1e-4), a box also drops the tails that hold at most this share of
             a parameter's 1-D marginal (`galton.truncation.shrink`): for heads whose log-ratio
             never falls ε below its maximum.
+        margin: each new box is widened by this share of its width on each side (within the old
+            box), against heads too sure of themselves: a cut is never undone.
         truncation: ``"box"`` (swyft's) or ``"correlated"`` (the box cut further by the 2-D heads;
             see the module).
         min_shrink: when a round shrinks the box by less than this fraction per parameter (its
@@ -133,6 +135,7 @@ class TMNRE(NeuralMethod):
     min_shrink: float = 0.1
     balance: float = 0.0
     cut_balance: float | None = None
+    margin: float = 0.0
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -144,6 +147,8 @@ class TMNRE(NeuralMethod):
             raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon!r}")
         if self.tail_mass is not None and not 0.0 < self.tail_mass < 0.5:
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
+        if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin < math.inf):
+            raise ValueError(f"margin must be a non-negative number, got {self.margin!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         for name in ("balance", "cut_balance"):
@@ -218,7 +223,7 @@ class TMNRE(NeuralMethod):
                 return self.posterior(network, prior, history, proposal, records, key=key_fit).condition(x_obs)
             try:
                 narrower = shrink(proposal, _one_d_log_ratios(network, proposal, x_obs, one_d), epsilon=self.epsilon,
-                                   names=prior.names, tail_mass=self.tail_mass)
+                                   names=prior.names, tail_mass=self.tail_mass, margin=self.margin)
                 if self.truncation == "correlated":
                     narrower = _correlated(network, proposal, narrower, x_obs, columns, self.epsilon, self.tail_mass,
                                            key=jax.random.fold_in(key_fit, 2))
