@@ -329,3 +329,26 @@ def test_cut_balance_trains_the_cutting_rounds_balanced_and_the_last_plain(monke
     assert seen == [100.0, 100.0, 0.0]
     with pytest.raises(ValueError, match="cut_balance must be a non-negative number"):
         TMNRE(cut_balance=-1.0)
+
+
+def test_carry_embedding_starts_each_round_from_the_last_trained_embedding(monkeypatch):
+    calls = []
+    fit = TMNRE.fit
+
+    def spy(self, *args, **kwargs):
+        out = fit(self, *args, **kwargs)
+        calls.append((kwargs.get("embedded"), out[0]))
+        return out
+
+    monkeypatch.setattr(TMNRE, "fit", spy)
+    embedding = galton.nets.MLP((DIM,), 4, width=8, depth=1, key=jax.random.key(0))
+    method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=8, embedding=embedding, carry_embedding=True,
+                   training=Training(max_epochs=3, patience=3, batch_size=50), min_shrink=0.0)
+    galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=method, budget=600, rounds=2, progress=False)
+    (first_in, first_out), (second_in, second_out) = calls
+    assert first_in is None and second_in is first_out
+    leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))  # noqa: E731
+    trained, untrained = leaves(first_out.embedding), leaves(embedding)
+    assert any(not np.array_equal(a, b) for a, b in zip(trained, untrained))  # the first round did train it
+    with pytest.raises(ValueError, match="carry_embedding must be True or False"):
+        TMNRE(carry_embedding=1)

@@ -111,6 +111,10 @@ class TMNRE(NeuralMethod):
             never falls ε below its maximum.
         margin: each new box is widened by this share of its width on each side (within the old
             box), against heads too sure of themselves: a cut is never undone.
+        carry_embedding: each round after the first starts from the last round's trained embedding
+            (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
+            embedding learnt about x carries over, instead of being learnt again from one round's
+            simulations.
         truncation: ``"box"`` (swyft's) or ``"correlated"`` (the box cut further by the 2-D heads;
             see the module).
         min_shrink: when a round shrinks the box by less than this fraction per parameter (its
@@ -136,6 +140,7 @@ class TMNRE(NeuralMethod):
     balance: float = 0.0
     cut_balance: float | None = None
     margin: float = 0.0
+    carry_embedding: bool = False
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -149,6 +154,8 @@ class TMNRE(NeuralMethod):
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
         if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin < math.inf):
             raise ValueError(f"margin must be a non-negative number, got {self.margin!r}")
+        if not isinstance(self.carry_embedding, bool):
+            raise ValueError(f"carry_embedding must be True or False, got {self.carry_embedding!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         for name in ("balance", "cut_balance"):
@@ -167,13 +174,17 @@ class TMNRE(NeuralMethod):
         """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""
         return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
 
-    def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None):
+    def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None, embedded=None):
         """`NeuralMethod.fit` on a fresh network with one head per marginal in ``columns``
-        (column-index tuples; the settings' marginals when None)."""
+        (column-index tuples; the settings' marginals when None), on ``embedded``'s trained
+        embedding and x scaling when given (a `MarginalRatioNetwork`)."""
         if init is None:
             if columns is None:
                 columns = resolve_marginals(self.marginals, prior.names, truncate=False)
             init = self.network(sims.theta, sims.x, jax.random.split(key)[0], columns)  # the key base.fit builds with
+            if embedded is not None:
+                init = eqx.tree_at(lambda n: (n.embedding, n.x_shift, n.x_scale), init,
+                                   (embedded.embedding, embedded.x_shift, embedded.x_scale))
         return super().fit(sims, prior, key=key, sequential=sequential, init=init, progress=progress)
 
     def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=(), key=None) -> TMNREPosterior:
@@ -193,7 +204,7 @@ class TMNRE(NeuralMethod):
         one_d = {m[0]: h for h, m in enumerate(columns) if len(m) == 1}
         proposal = TruncatedPrior.full(prior)  # also for one round: the marginal densities need the prior's columns
         per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
-        pool, history, records = None, [], []
+        pool, history, records, network = None, [], [], None
         r = 0
         while True:  # per_round can end early: a converged box gets the rest of the budget at once
             n = per_round[r]
@@ -208,7 +219,8 @@ class TMNRE(NeuralMethod):
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
             last = r == len(per_round) - 1
             cutting = self if last or self.cut_balance is None else replace(self, balance=self.cut_balance)
-            network, round_history = cutting.fit(pool, prior, key=key_fit, progress=progress, columns=columns)
+            carried = network if self.carry_embedding else None
+            network, round_history = cutting.fit(pool, prior, key=key_fit, progress=progress, columns=columns, embedded=carried)
             history.append(round_history)
             records.append({
                 "round": r, "new": len(new), "reused": int(inside.sum()), "pooled": len(pool), "volume": proposal.volume,
