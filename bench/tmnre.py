@@ -7,6 +7,7 @@ than their priors.
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
+                          [--cut-balance 100] [--carry-embedding]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -18,8 +19,8 @@ gives slcp's heads a DeepSet over its four iid draws (slcp_distractors': the sam
 linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding mlp``
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
-its step-size decay after each ``--decay-patience`` epochs without improvement, and ``--margin``
-TMNRE's ``margin``. These apply to part 1 only.
+its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
+``--cut-balance`` and ``--carry-embedding`` set TMNRE's options of those names. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -86,8 +87,9 @@ def training_for(args) -> dict:
 def settings_name(args) -> str:
     """The report's suffix for the options that differ from TMNRE's defaults."""
     parts = [(args.balance, f"balance{args.balance:g}"), (args.patience is not None, f"patience{args.patience}"),
-             (args.tail_mass is not None, f"tail{args.tail_mass:g}"), (args.decay is not None, f"decay{args.decay:g}/{args.decay_patience}"),
-             (args.margin, f"margin{args.margin:g}")]
+             (args.tail_mass is not None, f"tail{args.tail_mass:g}"), (args.decay is not None, f"decay{args.decay:g}dp{args.decay_patience}"),
+             (args.margin, f"margin{args.margin:g}"), (args.cut_balance is not None, f"cutbalance{args.cut_balance:g}"),
+             (args.carry_embedding, "carry")]
     return "".join(f"-{name}" for used, name in parts if used)
 
 
@@ -98,7 +100,8 @@ def part_one(args) -> None:
         embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)))
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
-                           margin=args.margin, embedding=embedding, **training_for(args))
+                           margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, embedding=embedding,
+                           **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
                 x_obs = task.observation(k)
@@ -174,7 +177,9 @@ def main():
                              "mlp: an MLP on the flat x (every task), shared by the heads")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of each round (TMNRE's default: 20)")
     parser.add_argument("--decay", type=float, default=None, help="Training's decay: the step size's factor after each plateau")
-    parser.add_argument("--decay-patience", type=int, default=10, help="epochs without improvement before each --decay")
+    parser.add_argument("--decay-patience", type=int, default=10, help="epochs without improvement before each --decay (here 10; Training's default is 5)")
+    parser.add_argument("--cut-balance", type=float, default=None, help="TMNRE's cut_balance: BNRE's λ in the rounds that cut")
+    parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
     parser.add_argument("--margin", type=float, default=0.0, help="TMNRE's margin: each new box widened by this share of its width a side")
     args = parser.parse_args()
     if not args.skip_tasks:

@@ -56,10 +56,13 @@ class Training:
     decay_patience: int = 5
 
     def __post_init__(self):
-        if self.decay is not None and not 0.0 < self.decay < 1.0:
+        if self.decay is not None and (isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0.0 < self.decay < 1.0):
             raise ValueError(f"decay must lie in (0, 1) or be None, got {self.decay!r}")
         if isinstance(self.decay_patience, bool) or not isinstance(self.decay_patience, int) or self.decay_patience < 1:
             raise ValueError(f"decay_patience must be a positive integer, got {self.decay_patience!r}")
+        if self.decay is not None and self.decay_patience >= self.patience:
+            raise ValueError(f"decay_patience ({self.decay_patience}) must be below patience ({self.patience}): "
+                             "training would stop before the step size ever decays")
 
     def optimizer(self) -> optax.GradientTransformation:
         steps = [optax.clip_by_global_norm(self.clip_norm), optax.adam(self.learning_rate)]
@@ -70,9 +73,7 @@ class Training:
 
 def _decayed(opt_state, factor: float):
     """``opt_state`` of `Training.optimizer` with its decay factor multiplied by ``factor``."""
-    inject = opt_state[-1]
-    hyper = dict(inject.hyperparams, step_size=inject.hyperparams["step_size"] * factor)
-    return (*opt_state[:-1], inject._replace(hyperparams=hyper))
+    return optax.tree_utils.tree_set(opt_state, step_size=optax.tree_utils.tree_get(opt_state, "step_size") * factor)
 
 
 def _is_frozen(leaf) -> bool:
@@ -152,7 +153,8 @@ def train(
 
     Returns:
         The model with the weights of the best validation epoch, and a history dict with
-        ``train_loss`` and ``validation_loss`` per epoch, ``best_epoch``, ``epochs`` and ``seconds``.
+        ``train_loss`` and ``validation_loss`` per epoch, ``best_epoch``, ``epochs`` and ``seconds``
+        (and ``decays``, the epochs after which the step size decayed, when it did).
     """
     names = list(names or [f"array {i}" for i in range(len(arrays))])
     arrays = [np.asarray(a) for a in arrays]
@@ -179,6 +181,7 @@ def train(
                 best_loss, best_params, best_epoch = val_loss, params, i
             elif settings.decay is not None and (i - best_epoch) % settings.decay_patience == 0:
                 opt_state = _decayed(opt_state, settings.decay)
+                history.setdefault("decays", []).append(i)
             bar.update(1, train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
             if not np.isfinite(train_loss):
                 raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")

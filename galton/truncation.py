@@ -268,21 +268,24 @@ def tail_level(values: np.ndarray, tail_mass: float) -> np.ndarray:
 
 @eqx.filter_jit
 def _inside_chunk(constraints, theta) -> jax.Array:
+    """Whether each θ ``(n, d)`` meets every constraint -> ``(n,)``, in one program."""
     return jnp.all(jnp.stack([c(theta) >= 0 for c in constraints]), axis=0)
 
 
-def _inside(constraints, theta, chunk: int = 65_536):
-    """Whether each θ ``(n, d)`` meets every constraint ``(n,)``, in chunks: a rejection batch
-    can hold a million rows, and each head's hidden layer would be held for all of them at once."""
+def _inside(constraints, theta, chunk: int = 65_536) -> np.ndarray | jax.Array:
+    """Whether each θ ``(*batch, d)`` meets every constraint -> ``(*batch,)``: a NumPy array,
+    computed in chunks of rows (a rejection batch can hold a million, and each head's hidden
+    layer would be held for all of them at once); a JAX array inside a caller's trace."""
     theta = jnp.asarray(theta)
-    if isinstance(theta, jax.core.Tracer):  # inside a caller's trace: one program, as before
+    if isinstance(theta, jax.core.Tracer):
         return _inside_chunk(constraints, theta)
-    if len(theta) <= chunk:
-        return np.asarray(_inside_chunk(constraints, theta))
-    pad = -len(theta) % chunk  # whole chunks: one compiled shape
-    padded = jnp.concatenate([theta, jnp.broadcast_to(theta[:1], (pad, theta.shape[1]))])
+    batch, flat = theta.shape[:-1], theta.reshape(-1, theta.shape[-1])
+    if len(flat) <= chunk:
+        return np.asarray(_inside_chunk(constraints, flat)).reshape(batch)
+    pad = -len(flat) % chunk  # whole chunks: one compiled shape
+    padded = jnp.concatenate([flat, jnp.broadcast_to(flat[:1], (pad, flat.shape[1]))])
     parts = [np.asarray(_inside_chunk(constraints, padded[i : i + chunk])) for i in range(0, len(padded), chunk)]
-    return np.concatenate(parts)[: len(theta)]
+    return np.concatenate(parts)[: len(flat)].reshape(batch)
 
 
 class Region(eqx.Module):

@@ -125,7 +125,15 @@ def test_decay_settles_the_step_size_after_a_plateau():
         settings = Training(learning_rate=0.1, batch_size=16, patience=12, max_epochs=19, decay=decay, decay_patience=3)
         _, history = train(model, loss, (x, y), key=jax.random.key(1), settings=settings, progress=False)
         spread[decay] = np.ptp(history["validation_loss"][-6:])
-    assert spread[0.1] < 0.01 < 0.05 < spread[None], spread
-    for bad, message in [(dict(decay=1.0), "decay must lie in"), (dict(decay_patience=0), "decay_patience must be")]:
+    assert spread[0.1] < 0.01 and spread[None] > 0.05, spread
+    expected, best = [], np.inf  # a decay after every 3 epochs since the last best one
+    for i, value in enumerate(history["validation_loss"]):
+        if value < best:
+            best, best_epoch = value, i
+        elif (i - best_epoch) % 3 == 0:
+            expected.append(i)
+    assert history["decays"] == expected and len(expected) >= 2, (history["decays"], expected)
+    for bad, message in [(dict(decay=1.0), "decay must lie in"), (dict(decay="0.1"), "decay must lie in"),
+                         (dict(decay_patience=0), "decay_patience must be"), (dict(decay=0.5, decay_patience=20), "must be below patience")]:
         with pytest.raises(ValueError, match=message):
             Training(**bad)

@@ -3,6 +3,8 @@ bad input. The problem is tests/analytic.py's: θ ~ N(0, 0.1·I₃), x ~ N(θ, 0
 marginal of p(θ | x) is N(x_i/2, 0.05), and the quantile-space truncation of a Gaussian prior is
 exercised too (its support is unbounded)."""
 
+from dataclasses import replace
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -223,6 +225,17 @@ class _Disk(eqx.Module):
         return self.radius**2 - (theta**2).sum(-1)
 
 
+def test_region_constraints_are_checked_in_chunks_alike():
+    from galton.truncation import _inside, _inside_chunk
+
+    constraints = (lambda t: 1.0 - jnp.sum(t**2, -1),)
+    theta = jax.random.normal(jax.random.key(0), (1000, 3))
+    whole = np.asarray(_inside_chunk(constraints, theta))
+    np.testing.assert_array_equal(_inside(constraints, theta, chunk=64), whole)
+    np.testing.assert_array_equal(_inside(constraints, theta.reshape(10, 100, 3), chunk=64), whole.reshape(10, 100))
+    assert 0 < whole.mean() < 1
+
+
 def test_region_samples_the_prior_inside_its_constraints_exactly():
     prior = galton.Prior({"a": dist.Uniform(-1.0, 1.0), "b": dist.Uniform(-1.0, 1.0)})
     region = Region(TruncatedPrior.full(prior), [_Disk(0.5)], key=jax.random.key(0))
@@ -327,6 +340,9 @@ def test_cut_balance_trains_the_cutting_rounds_balanced_and_the_last_plain(monke
                    training=Training(max_epochs=2, patience=1, batch_size=50), min_shrink=0.0)
     galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=method, budget=600, rounds=3, progress=False)
     assert seen == [100.0, 100.0, 0.0]
+    seen.clear()  # rounds merged once the box stops shrinking: the merged round is the last, plain
+    galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=replace(method, min_shrink=0.99), budget=600, rounds=3, progress=False)
+    assert seen == [100.0, 0.0]
     with pytest.raises(ValueError, match="cut_balance must be a non-negative number"):
         TMNRE(cut_balance=-1.0)
 
@@ -337,7 +353,7 @@ def test_carry_embedding_starts_each_round_from_the_last_trained_embedding(monke
 
     def spy(self, *args, **kwargs):
         out = fit(self, *args, **kwargs)
-        calls.append((kwargs.get("embedded"), out[0]))
+        calls.append((kwargs.get("embedding_from"), out[0]))
         return out
 
     monkeypatch.setattr(TMNRE, "fit", spy)
@@ -347,6 +363,8 @@ def test_carry_embedding_starts_each_round_from_the_last_trained_embedding(monke
     galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=method, budget=600, rounds=2, progress=False)
     (first_in, first_out), (second_in, second_out) = calls
     assert first_in is None and second_in is first_out
+    # the x scaling is frozen in training: round 2 kept round 1's, though its simulations differ
+    np.testing.assert_array_equal(second_out.x_shift.tree, first_out.x_shift.tree)
     leaves = lambda m: jax.tree.leaves(eqx.filter(m, eqx.is_array))  # noqa: E731
     trained, untrained = leaves(first_out.embedding), leaves(embedding)
     assert any(not np.array_equal(a, b) for a, b in zip(trained, untrained))  # the first round did train it

@@ -96,6 +96,11 @@ def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> lis
     return [tuple(names.index(n) for n in m) for m in chosen]
 
 
+def _check_non_negative(name: str, value) -> None:
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+
+
 @register("tmnre")
 @dataclass(frozen=True)
 class TMNRE(NeuralMethod):
@@ -110,7 +115,8 @@ class TMNRE(NeuralMethod):
             a parameter's 1-D marginal (`galton.truncation.shrink`): for heads whose log-ratio
             never falls ε below its maximum.
         margin: each new box is widened by this share of its width on each side (within the old
-            box), against heads too sure of themselves: a cut is never undone.
+            box), against heads too sure of themselves: a cut is never undone. It widens the box
+            only; correlated truncation's 2-D cuts keep their thresholds.
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
             embedding learnt about x carries over, instead of being learnt again from one round's
@@ -152,17 +158,12 @@ class TMNRE(NeuralMethod):
             raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon!r}")
         if self.tail_mass is not None and not 0.0 < self.tail_mass < 0.5:
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
-        if isinstance(self.margin, bool) or not (isinstance(self.margin, (int, float)) and 0.0 <= self.margin < math.inf):
-            raise ValueError(f"margin must be a non-negative number, got {self.margin!r}")
         if not isinstance(self.carry_embedding, bool):
             raise ValueError(f"carry_embedding must be True or False, got {self.carry_embedding!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
-        for name in ("balance", "cut_balance"):
-            value = getattr(self, name)
-            if value is not None or name == "balance":
-                if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
-                    raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+        for name in ("balance", "margin") + (("cut_balance",) if self.cut_balance is not None else ()):
+            _check_non_negative(name, getattr(self, name))
         if not 0.0 <= self.min_shrink < 1.0:
             raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
 
@@ -174,17 +175,19 @@ class TMNRE(NeuralMethod):
         """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""
         return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
 
-    def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None, embedded=None):
+    def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None, embedding_from=None):
         """`NeuralMethod.fit` on a fresh network with one head per marginal in ``columns``
-        (column-index tuples; the settings' marginals when None), on ``embedded``'s trained
+        (column-index tuples; the settings' marginals when None), on ``embedding_from``'s trained
         embedding and x scaling when given (a `MarginalRatioNetwork`)."""
+        if init is not None and embedding_from is not None:
+            raise ValueError("embedding_from= applies only to a fresh network (init=None)")
         if init is None:
             if columns is None:
                 columns = resolve_marginals(self.marginals, prior.names, truncate=False)
             init = self.network(sims.theta, sims.x, jax.random.split(key)[0], columns)  # the key base.fit builds with
-            if embedded is not None:
+            if embedding_from is not None:
                 init = eqx.tree_at(lambda n: (n.embedding, n.x_shift, n.x_scale), init,
-                                   (embedded.embedding, embedded.x_shift, embedded.x_scale))
+                                   (embedding_from.embedding, embedding_from.x_shift, embedding_from.x_scale))
         return super().fit(sims, prior, key=key, sequential=sequential, init=init, progress=progress)
 
     def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=(), key=None) -> TMNREPosterior:
@@ -220,7 +223,7 @@ class TMNRE(NeuralMethod):
             last = r == len(per_round) - 1
             cutting = self if last or self.cut_balance is None else replace(self, balance=self.cut_balance)
             carried = network if self.carry_embedding else None
-            network, round_history = cutting.fit(pool, prior, key=key_fit, progress=progress, columns=columns, embedded=carried)
+            network, round_history = cutting.fit(pool, prior, key=key_fit, progress=progress, columns=columns, embedding_from=carried)
             history.append(round_history)
             records.append({
                 "round": r, "new": len(new), "reused": int(inside.sum()), "pooled": len(pool), "volume": proposal.volume,
