@@ -65,8 +65,12 @@ def score_weights(scores: np.ndarray) -> tuple[float, ...]:
 
 def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weights: tuple = ()) -> jax.Array:
     theta0, theta1, x, y, log_r, t0, t1 = batch
-    f0, g0 = _values_and_scores(model, theta0, x)
-    f1, g1 = _values_and_scores(model, theta1, x)
+    # a row's score label is at the θ its x was drawn from (θ0 when y = 0, θ1 when y = 1): only
+    # there is ∇θ f needed, which saves a quarter of each step
+    drawn = (y == 0)[:, None]
+    f_drawn, g = _values_and_scores(model, jnp.where(drawn, theta0, theta1), x)
+    f_other = jax.vmap(model.log_ratio)(jnp.where(drawn, theta1, theta0), x)
+    f0, f1 = jnp.where(drawn[:, 0], f_drawn, f_other), jnp.where(drawn[:, 0], f_other, f_drawn)
     d = f0 - f1
     if base == "carl":
         loss = -(y * jax.nn.log_sigmoid(-d) + (1 - y) * jax.nn.log_sigmoid(d))
@@ -78,8 +82,7 @@ def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weigh
         loss = y * (jnp.exp(d) - jnp.exp(log_r)) ** 2 + (1 - y) * (jnp.exp(-d) - jnp.exp(-log_r)) ** 2
     if alpha:
         w = jnp.asarray(weights) if weights else 1.0
-        score = (1 - y) * (w * (g0 - t0) ** 2).sum(-1) + y * (w * (g1 - t1) ** 2).sum(-1)
-        loss = loss + alpha * score
+        loss = loss + alpha * (w * (g - jnp.where(drawn, t0, t1)) ** 2).sum(-1)
     return loss.mean()
 
 
