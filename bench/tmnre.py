@@ -7,7 +7,7 @@ than their priors.
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
-                          [--cut-balance 100] [--carry-embedding]
+                          [--cut-balance 100] [--carry-embedding] [--key-offset 1000]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -20,7 +20,8 @@ linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
-``--cut-balance`` and ``--carry-embedding`` set TMNRE's options of those names. These apply to part 1 only.
+``--cut-balance`` and ``--carry-embedding`` set TMNRE's options of those names; ``--key-offset``
+runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -86,11 +87,17 @@ def training_for(args) -> dict:
 
 def settings_name(args) -> str:
     """The report's suffix for the options that differ from TMNRE's defaults."""
-    parts = [(args.balance, f"balance{args.balance:g}"), (args.patience is not None, f"patience{args.patience}"),
-             (args.tail_mass is not None, f"tail{args.tail_mass:g}"), (args.decay is not None, f"decay{args.decay:g}dp{args.decay_patience}"),
-             (args.margin, f"margin{args.margin:g}"), (args.cut_balance is not None, f"cutbalance{args.cut_balance:g}"),
-             (args.carry_embedding, "carry")]
-    return "".join(f"-{name}" for used, name in parts if used)
+    parts = [
+        args.balance and f"balance{args.balance:g}",
+        args.patience is not None and f"patience{args.patience}",
+        args.tail_mass is not None and f"tail{args.tail_mass:g}",
+        args.decay is not None and f"decay{args.decay:g}dp{args.decay_patience}",
+        args.margin and f"margin{args.margin:g}",
+        args.cut_balance is not None and f"cutbalance{args.cut_balance:g}",
+        args.carry_embedding and "carry",
+        args.key_offset and f"keys+{args.key_offset}",
+    ]
+    return "".join(f"-{name}" for name in parts if name)
 
 
 def part_one(args) -> None:
@@ -106,7 +113,8 @@ def part_one(args) -> None:
             for k in args.observations:
                 x_obs = task.observation(k)
                 start = time.perf_counter()
-                post = galton.infer(task.problem, x_obs, key=jax.random.key(k), method=method, budget=args.budget, rounds=rounds, progress=False)
+                post = galton.infer(task.problem, x_obs, key=jax.random.key(k + args.key_offset), method=method, budget=args.budget,
+                                    rounds=rounds, progress=False)
                 seconds.append(time.perf_counter() - start)
                 scores = marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k))
                 s1 = np.mean([v for m, v in scores.items() if len(m) == 1])
@@ -180,6 +188,8 @@ def main():
     parser.add_argument("--decay-patience", type=int, default=10, help="epochs without improvement before each --decay (here 10; Training's default is 5)")
     parser.add_argument("--cut-balance", type=float, default=None, help="TMNRE's cut_balance: BNRE's λ in the rounds that cut")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
+    parser.add_argument("--key-offset", type=int, default=0,
+                        help="observation k runs with key k + this (simulations and training): another draw of the same settings")
     parser.add_argument("--margin", type=float, default=0.0, help="TMNRE's margin: each new box widened by this share of its width a side")
     args = parser.parse_args()
     if not args.skip_tasks:
