@@ -21,6 +21,7 @@ import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
 
+from galton.chunks import pad_rows
 from galton.keys import as_key
 from galton.transforms import SupportBijection, reduce_to
 
@@ -211,9 +212,7 @@ def support_mask(prior: Prior, theta: np.ndarray) -> np.ndarray:
     n = len(theta)
     if n == 0:
         return np.ones(0, bool)
-    size = 1 << (n - 1).bit_length()
-    padded = np.concatenate([theta, np.repeat(theta[:1], size - n, axis=0)]) if size > n else theta
-    return np.asarray(_support_function(prior)(padded))[:n]
+    return np.asarray(_support_function(prior)(pad_rows(theta, 1 << (n - 1).bit_length())))[:n]
 
 
 def check_theta(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
+from galton.chunks import in_chunks
 from galton.keys import as_key
 from galton.problem import Prior
 
@@ -279,13 +280,10 @@ def _inside(constraints, theta, chunk: int = 65_536) -> np.ndarray | jax.Array:
     theta = jnp.asarray(theta)
     if isinstance(theta, jax.core.Tracer):
         return _inside_chunk(constraints, theta)
-    batch, flat = theta.shape[:-1], theta.reshape(-1, theta.shape[-1])
+    batch, flat = theta.shape[:-1], np.asarray(theta).reshape(-1, theta.shape[-1])
     if len(flat) <= chunk:
         return np.asarray(_inside_chunk(constraints, flat)).reshape(batch)
-    pad = -len(flat) % chunk  # whole chunks: one compiled shape
-    padded = jnp.concatenate([flat, jnp.broadcast_to(flat[:1], (pad, flat.shape[1]))])
-    parts = [np.asarray(_inside_chunk(constraints, padded[i : i + chunk])) for i in range(0, len(padded), chunk)]
-    return np.concatenate(parts)[: len(flat)].reshape(batch)
+    return in_chunks(functools.partial(_inside_chunk, constraints), flat, chunk).reshape(batch)
 
 
 class Region(eqx.Module):

@@ -327,41 +327,38 @@ def test_a_margin_widens_each_cut_by_a_share_of_its_width_inside_the_old_box():
         TMNRE(margin=-0.1)
 
 
-def test_cut_balance_trains_the_cutting_rounds_balanced_and_the_last_plain(monkeypatch):
-    seen = []
-    fit = TMNRE.fit
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Each round's `TMNRE.fit` as (the settings it ran with, its keywords, the trained network)."""
+    calls, fit = [], TMNRE.fit
 
     def spy(self, *args, **kwargs):
-        seen.append(self.balance)
-        return fit(self, *args, **kwargs)
+        out = fit(self, *args, **kwargs)
+        calls.append((self, kwargs, out[0]))
+        return out
 
     monkeypatch.setattr(TMNRE, "fit", spy)
+    return calls
+
+
+def test_cut_balance_trains_the_cutting_rounds_balanced_and_the_last_plain(fit_calls):
     method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=8, cut_balance=100.0,
                    training=Training(max_epochs=2, patience=1, batch_size=50), min_shrink=0.0)
     galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=method, budget=600, rounds=3, progress=False)
-    assert seen == [100.0, 100.0, 0.0]
-    seen.clear()  # rounds merged once the box stops shrinking: the merged round is the last, plain
+    assert [m.balance for m, _, _ in fit_calls] == [100.0, 100.0, 0.0]
+    fit_calls.clear()  # rounds merged once the box stops shrinking: the merged round is the last, plain
     galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=replace(method, min_shrink=0.99), budget=600, rounds=3, progress=False)
-    assert seen == [100.0, 0.0]
+    assert [m.balance for m, _, _ in fit_calls] == [100.0, 0.0]
     with pytest.raises(ValueError, match="cut_balance must be a non-negative number"):
         TMNRE(cut_balance=-1.0)
 
 
-def test_carry_embedding_starts_each_round_from_the_last_trained_embedding(monkeypatch):
-    calls = []
-    fit = TMNRE.fit
-
-    def spy(self, *args, **kwargs):
-        out = fit(self, *args, **kwargs)
-        calls.append((kwargs.get("embedding_from"), out[0]))
-        return out
-
-    monkeypatch.setattr(TMNRE, "fit", spy)
+def test_carry_embedding_starts_each_round_from_the_last_trained_embedding(fit_calls):
     embedding = galton.nets.MLP((DIM,), 4, width=8, depth=1, key=jax.random.key(0))
     method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=8, embedding=embedding, carry_embedding=True,
                    training=Training(max_epochs=3, patience=3, batch_size=50), min_shrink=0.0)
     galton.infer(WIDE, X_OBS, key=jax.random.key(3), method=method, budget=600, rounds=2, progress=False)
-    (first_in, first_out), (second_in, second_out) = calls
+    (first_in, first_out), (second_in, second_out) = [(kwargs.get("embedding_from"), net) for _, kwargs, net in fit_calls]
     assert first_in is None and second_in is first_out
     # the x scaling is frozen in training: round 2 kept round 1's, though its simulations differ
     np.testing.assert_array_equal(second_out.x_shift.tree, first_out.x_shift.tree)

@@ -15,6 +15,7 @@ from typing import ClassVar
 import jax
 import numpy as np
 
+from galton.chunks import in_chunks
 from galton.methods.abc.distances import ABCError
 from galton.simulate import POLICIES, simulate
 from galton.store import Simulations
@@ -62,24 +63,9 @@ def _log_prob_function(prior):
     return jax.jit(prior.log_prob)
 
 
-def pad_rows(a: np.ndarray, chunk: int, fill=None) -> np.ndarray:
-    """``a`` padded along axis 0 to a whole number of ``chunk`` rows (with its last row, or ``fill``)."""
-    extra = -len(a) % chunk
-    if not extra:
-        return a
-    tail = np.repeat(a[-1:], extra, axis=0) if fill is None else np.full((extra, *a.shape[1:]), fill, a.dtype)
-    return np.concatenate([a, tail])
-
-
-def _in_chunks(fn, theta: np.ndarray, chunk: int) -> np.ndarray:
-    """``fn`` on θ ``(m, d)`` padded to whole chunks, so one compiled shape serves every m."""
-    padded = pad_rows(theta, chunk)
-    return np.concatenate([np.asarray(fn(padded[i : i + chunk])) for i in range(0, len(padded), chunk)])[: len(theta)]
-
-
 def log_prior(prior, theta: np.ndarray, chunk: int) -> np.ndarray:
     """log p(θ) ``(m,)`` of θ ``(m, d)``, −inf outside the support."""
-    return _in_chunks(_log_prob_function(prior), theta, chunk).astype(np.float64)
+    return in_chunks(_log_prob_function(prior), theta, chunk).astype(np.float64)
 
 
-__all__ = ["ABCMethod", "check_budget", "log_prior", "numpy_rng", "pad_rows", "prior_draws", "simulate_batch"]
+__all__ = ["ABCMethod", "check_budget", "log_prior", "numpy_rng", "prior_draws", "simulate_batch"]

@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galton.methods.abc.base import ABCMethod, check_budget, log_prior, numpy_rng, pad_rows, prior_draws, simulate_batch
+from galton.chunks import pad_rows
+from galton.methods.abc.base import ABCMethod, check_budget, log_prior, numpy_rng, prior_draws, simulate_batch
 from galton.methods.abc.distances import ABCError, discrepancy, weighted_quantile
 from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
