@@ -58,11 +58,17 @@ def _standardisers(spec: dict, stats) -> list[paramax.NonTrainable]:
     return [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
 
 
+@eqx.filter_jit
+def _mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
+    # one program, not one per layer: a fresh process reads each from the compile cache at a cost
+    return eqx.nn.MLP(in_size, "scalar", hidden, depth, activation=activation, key=key)
+
+
 def _network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> RatioNetwork:
     x_shape = tuple(spec["x_shape"])
     e_dim = int(jax.eval_shape(embedding, jnp.zeros(x_shape)).shape[0])
     activation = nets._activation(spec.get("activation", "relu"))  # specs saved before the option are relu
-    head = eqx.nn.MLP(spec["theta_dim"] + e_dim, "scalar", spec["hidden"], spec["depth"], activation=activation, key=key)
+    head = _mlp(spec["theta_dim"] + e_dim, spec["hidden"], spec["depth"], activation, key)
     frozen = _standardisers(spec, stats)
     return RatioNetwork(embedding, head, *frozen, json.dumps(spec))
 

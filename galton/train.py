@@ -95,7 +95,8 @@ def check_training_data(arrays: Sequence[np.ndarray], names: Sequence[str]) -> N
             )
 
 
-def _split(arrays, fraction, batch_size, key, groups=None):
+def _split(arrays, fraction, batch_size, key, groups=None, order=None):
+    """Training and validation rows; ``order``, the rows shuffled by ``key``, when already drawn."""
     n = len(arrays[0])
     n_val = max(1, int(round(fraction * n)))
     n_train = n - n_val
@@ -105,7 +106,7 @@ def _split(arrays, fraction, batch_size, key, groups=None):
             "need at least 2 training rows and 1 validation row"
         )
     if groups is None:
-        perm = np.asarray(jax.random.permutation(key, n))
+        perm = np.asarray(jax.random.permutation(key, n) if order is None else order)
     else:  # whole groups on one side: the held-out rows share nothing with the trained ones
         if np.shape(groups) != (n,):
             raise TrainingError(f"groups must label each of the {n} rows, got shape {np.shape(groups)}")
@@ -119,8 +120,8 @@ def _split(arrays, fraction, batch_size, key, groups=None):
         n_train = int((~held[index]).sum())
         if n_train < 2:
             raise TrainingError(f"holding out {k} of {len(labels)} groups of rows leaves {n_train} rows to train on; need at least 2")
-    train = tuple(jnp.asarray(a[perm[:n_train]]) for a in arrays)
-    val = tuple(jnp.asarray(a[perm[n_train:]]) for a in arrays)
+    train = tuple(jax.device_put(a[perm[:n_train]]) for a in arrays)
+    val = tuple(jax.device_put(a[perm[n_train:]]) for a in arrays)
     return train, val, min(batch_size, n_train)
 
 
@@ -159,11 +160,9 @@ def train(
     names = list(names or [f"array {i}" for i in range(len(arrays))])
     arrays = [np.asarray(a) for a in arrays]
     check_training_data(arrays, names)
-    key_split, key_epochs, key_val = jax.random.split(as_key(key), 3)
-    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups)
-    optimizer = settings.optimizer()
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
-    opt_state = optimizer.init(params)
+    key_split, key_epochs, key_val, order, opt_state = _start(as_key(key), params, len(arrays[0]), settings)
+    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups, order)
     epoch = _epoch_function(loss, settings, batch_size)
 
     history = {"train_loss": [], "validation_loss": []}
@@ -191,6 +190,15 @@ def train(
         bar.close()
     history.update(best_epoch=best_epoch, epochs=len(history["train_loss"]), seconds=time.perf_counter() - start)
     return eqx.combine(best_params, static), history
+
+
+@eqx.filter_jit
+def _start(key, params, n: int, settings: Training):
+    """The split's, the epochs' and validation's keys, the n rows shuffled, and the optimiser's
+    state, as one program: a fresh process reads each program from the compile cache at a cost
+    (about 10 ms), and these were eight."""
+    key_split, key_epochs, key_val = jax.random.split(key, 3)
+    return key_split, key_epochs, key_val, jax.random.permutation(key_split, n), settings.optimizer().init(params)
 
 
 @functools.lru_cache(maxsize=32)
