@@ -256,6 +256,8 @@ def test_an_ensemble_averages_its_members_and_beats_their_typical_error_on_the_g
     assert len(set(np.round(members, 6))) == 4 and _board_ratio_mse(ensemble) < np.median(members), (_board_ratio_mse(ensemble), members)
     with pytest.raises(ValueError, match="ensemble must be a positive number"):
         gold.ALICES(ensemble=0)
+    with pytest.raises(ValueError, match="ensemble must be a positive number"):
+        gold.ALICES(ensemble=2.0)
 
 
 def test_partners_make_alices_need_fewer_simulations_on_the_galton_board():

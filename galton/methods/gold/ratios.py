@@ -150,8 +150,7 @@ class ParameterizedRatio(NeuralMethod):
         mixture.check_count(self.mixture_size, "mixture_size", "mixture components")
         if self.partners > 1 and self.base != "alice":
             raise ValueError(f"partners > 1 weights rows by the joint density, which ALICE and ALICES use; {type(self).__name__} does not")
-        if isinstance(self.ensemble, bool) or int(self.ensemble) != self.ensemble or self.ensemble < 1:
-            raise ValueError(f"ensemble must be a positive number of networks, got {self.ensemble!r}")
+        mixture.check_count(self.ensemble, "ensemble", "networks")
         if self.uses_score and not self.alpha > 0:
             raise ValueError(f"{type(self).__name__} weights its score term by alpha > 0, got {self.alpha}")
         if not self.uses_score and self.alpha:
