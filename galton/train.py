@@ -95,8 +95,9 @@ def check_training_data(arrays: Sequence[np.ndarray], names: Sequence[str]) -> N
             )
 
 
-def _split(arrays, fraction, batch_size, key, groups=None, order=None):
-    """Training and validation rows; ``order``, the rows shuffled by ``key``, when already drawn."""
+def _split(arrays, fraction, batch_size, key, groups=None, shuffled=None):
+    """Training and validation rows: the first and last of ``shuffled`` (the n row indices in an
+    order `_start` drew from ``key``), or, with ``groups``, whole groups drawn from ``key``."""
     n = len(arrays[0])
     n_val = max(1, int(round(fraction * n)))
     n_train = n - n_val
@@ -106,7 +107,7 @@ def _split(arrays, fraction, batch_size, key, groups=None, order=None):
             "need at least 2 training rows and 1 validation row"
         )
     if groups is None:
-        perm = np.asarray(jax.random.permutation(key, n) if order is None else order)
+        perm = np.asarray(shuffled)
     else:  # whole groups on one side: the held-out rows share nothing with the trained ones
         if np.shape(groups) != (n,):
             raise TrainingError(f"groups must label each of the {n} rows, got shape {np.shape(groups)}")
@@ -161,8 +162,8 @@ def train(
     arrays = [np.asarray(a) for a in arrays]
     check_training_data(arrays, names)
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
-    key_split, key_epochs, key_val, order, opt_state = _start(as_key(key), params, len(arrays[0]), settings)
-    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups, order)
+    key_split, key_epochs, key_val, shuffled, opt_state = _start(as_key(key), params, len(arrays[0]), settings)
+    train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups, shuffled)
     epoch = _epoch_function(loss, settings, batch_size)
 
     history = {"train_loss": [], "validation_loss": []}
