@@ -95,6 +95,7 @@ def settings_name(args) -> str:
         args.margin and f"margin{args.margin:g}",
         args.cut_balance is not None and f"cutbalance{args.cut_balance:g}",
         args.carry_embedding and "carry",
+        args.negatives > 1 and f"negatives{args.negatives}",
         args.key_offset and f"keys+{args.key_offset}",
     ]
     return "".join(f"-{name}" for name in parts if name)
@@ -108,6 +109,7 @@ def part_one(args) -> None:
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, embedding=embedding,
+                           negatives=args.negatives,
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
@@ -187,6 +189,7 @@ def main():
     parser.add_argument("--decay", type=float, default=None, help="Training's decay: the step size's factor after each plateau")
     parser.add_argument("--decay-patience", type=int, default=10, help="epochs without improvement before each --decay (here 10; Training's default is 5)")
     parser.add_argument("--cut-balance", type=float, default=None, help="TMNRE's cut_balance: BNRE's λ in the rounds that cut")
+    parser.add_argument("--negatives", type=int, default=1, help="TMNRE's negatives: marginal pairs per joint pair")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
     parser.add_argument("--key-offset", type=int, default=0,
                         help="observation k runs with key k + this (simulations and training): another draw of the same settings")

@@ -76,10 +76,15 @@ def check_scorable(program: Program, key: jax.Array | None = None) -> None:
     Two cases make ∇θ log p(x, z|θ) meaningless though it can be computed: a site whose value
     is a deterministic function of θ (a ``Delta`` distribution: a density of zero width moving
     with θ), and a site whose support moves with θ (``Uniform(0, θ)``: the density jumps).
-    Discrete sites with θ-dependent probabilities are fine: their log-probability is smooth in θ.
+    Discrete sites with θ-dependent probabilities are fine: their log-probability is smooth in θ;
+    a discrete θ is not: there is no gradient with respect to it.
     """
     check_density(program, "the joint score and ratio")
     key = jax.random.key(0) if key is None else key
+    for name, fn in program.prior.distributions.items():
+        dtype = jax.eval_shape(fn.sample, key).dtype
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise ProblemError(f"parameter site {name!r} is discrete ({dtype}): the joint score ∇θ log p needs continuous parameters")
     theta = program.prior.sample(key)
     params = program.prior.blocks
 

@@ -58,6 +58,11 @@ def fisher_information(
     theta = check_point(program.prior, theta).astype(np.float32)
     if int(n) != n or n < 2:
         raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
+    for name, fn in (("estimator", estimator), ("observable", observable)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be a function of one x, got {type(fn).__name__}")
+    if method == "histogram" and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2):
+        raise ValueError(f"bins must be an integer of at least 2 (one bin holds every x at every θ: no information), got {bins!r}")
     key = as_key(key)
     sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment="score", progress=progress)
     t = np.asarray(sims.extras["score"], np.float64)
@@ -75,8 +80,11 @@ def fisher_information(
             raise ValueError(f"x has shape {sims.x.shape[1:]}: give observable=, a function of one x returning a scalar")
         h = sims.x.reshape(-1)
     else:
-        h = np.asarray(jax.vmap(observable)(jax.numpy.asarray(sims.x))).reshape(-1)
-    return _histogram_information(h, t, bins)
+        h = np.asarray(jax.vmap(observable)(jax.numpy.asarray(sims.x)))
+        if h.size != len(t):
+            raise ProblemError(f"the observable returns shape {h.shape[1:]} per x; a histogram needs one number per simulation")
+        h = h.reshape(-1)
+    return _histogram_information(h, t, int(bins))
 
 
 def _histogram_information(h: np.ndarray, t: np.ndarray, bins: int) -> np.ndarray:
@@ -101,18 +109,41 @@ def _histogram_information(h: np.ndarray, t: np.ndarray, bins: int) -> np.ndarra
 
 def project(info: np.ndarray, keep: Sequence[int]) -> np.ndarray:
     """The information on the parameters ``keep`` when the others are known: the submatrix."""
-    keep = list(keep)
-    return np.asarray(info)[np.ix_(keep, keep)]
+    info = np.asarray(info)
+    keep = check_keep(keep, info.shape[0])
+    return info[np.ix_(keep, keep)]
 
 
 def profile(info: np.ndarray, keep: Sequence[int]) -> np.ndarray:
     """The information on ``keep`` with the others unknown (profiled): I_kk − I_ko I_oo⁻¹ I_ok."""
     info = np.asarray(info)
-    keep = list(keep)
+    keep = check_keep(keep, info.shape[0])
     other = [i for i in range(info.shape[0]) if i not in keep]
     if not other:
         return info[np.ix_(keep, keep)]
-    return info[np.ix_(keep, keep)] - info[np.ix_(keep, other)] @ np.linalg.solve(info[np.ix_(other, other)], info[np.ix_(other, keep)])
+    try:
+        solved = np.linalg.solve(info[np.ix_(other, other)], info[np.ix_(other, keep)])
+    except np.linalg.LinAlgError:
+        raise ValueError(f"the information on the profiled parameters {other} is singular: some combination of them is "
+                         "not measured at all, so it cannot be profiled; keep fewer of them unknown (project)") from None
+    return info[np.ix_(keep, keep)] - info[np.ix_(keep, other)] @ solved
+
+
+def check_keep(keep, d: int) -> list[int]:
+    """``keep`` as a list of distinct parameter indices in ``0..d-1``; else a ValueError naming it."""
+    if isinstance(keep, (str, int, np.integer)) or not isinstance(keep, (Sequence, np.ndarray)):
+        raise ValueError(f"keep must be a sequence of parameter indices such as [0] or [0, 2], got {keep!r}")
+    keep = list(keep)
+    if not keep:
+        raise ValueError("keep is empty: name at least one parameter index")
+    if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) for k in keep):
+        raise ValueError(f"keep must hold integer parameter indices, got {keep!r}")
+    outside = [int(k) for k in keep if not 0 <= k < d]
+    if outside:
+        raise ValueError(f"keep has indices {outside} outside 0..{d - 1} (there are {d} parameters)")
+    if len(set(keep)) != len(keep):
+        raise ValueError(f"keep repeats an index: {keep!r}")
+    return [int(k) for k in keep]
 
 
 __all__ = ["fisher_information", "project", "profile", "METHODS"]

@@ -16,6 +16,7 @@ critical value is the ``level`` quantile of q over toys simulated at that point.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from galton.fisher import check_keep
 from galton.keys import as_key
 from galton.problem import ProblemError, Program, Simulator, check_point
 from galton.simulate import simulate
@@ -36,8 +38,13 @@ def log_likelihood(posterior) -> Callable:
             f"{type(posterior).__name__} has no likelihood term; use an NLE, NRE or gold-mining posterior "
             "(NPE's q(θ|x) does not factor over iid events)"
         )
+    d = posterior.prior.dim
+
     def loglik(theta, x):
-        return posterior.log_term(theta, posterior._check_obs(x))  # names a wrongly shaped set of events
+        theta = jnp.asarray(theta)
+        if theta.ndim < 1 or theta.shape[-1] != d:
+            raise ProblemError(f"theta must have shape (m, {d}) for parameters {posterior.names}; got {theta.shape}")
+        return posterior.log_term(theta, posterior._check_obs(x))  # names wrongly shaped or non-finite events
 
     return loglik
 
@@ -57,7 +64,10 @@ class Grid:
 def grid(prior, points: int | Sequence[int] = 41, *, bounds=None) -> Grid:
     """A regular grid over the prior's box support (or over ``bounds`` ``(d, 2)``)."""
     d = prior.dim
-    counts = [int(points)] * d if np.isscalar(points) else [int(p) for p in points]
+    counts = [points] * d if np.ndim(points) == 0 else list(points)
+    if len(counts) != d:
+        raise ValueError(f"points has {len(counts)} counts; give one per parameter ({d}: {prior.names}) or a single count")
+    counts = [_check_count(c, "points") for c in counts]
     if bounds is None:
         low, high = [], []
         for k, dist_ in prior.distributions.items():
@@ -73,6 +83,10 @@ def grid(prior, points: int | Sequence[int] = 41, *, bounds=None) -> Grid:
     bounds = np.asarray(bounds, np.float64)
     if bounds.shape != (d, 2):
         raise ValueError(f"bounds must have shape ({d}, 2), got {bounds.shape}")
+    ordered = np.isfinite(bounds).all(1) & (bounds[:, 0] < bounds[:, 1])
+    if not ordered.all():
+        bad = int(np.flatnonzero(~ordered)[0])
+        raise ValueError(f"bounds for {prior.names[bad]} are {tuple(bounds[bad].tolist())}: give finite (low, high) with low < high")
     # cell centres: a bounded prior's edge is outside its open support
     axes = [lo + (hi - lo) * (np.arange(n) + 0.5) / n for (lo, hi), n in zip(bounds, counts)]
     mesh = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, d).astype(np.float32)
@@ -90,6 +104,7 @@ def test_statistic(loglik: Callable, x, theta_grid: Grid, *, keep: Sequence[int]
     q = -2.0 * (values - values.max())
     if keep is None:
         return q
+    keep = check_keep(keep, len(theta_grid.shape))
     other = tuple(i for i in range(len(theta_grid.shape)) if i not in keep)
     return q.min(axis=other) if other else q
 
@@ -111,8 +126,8 @@ def confidence_set(loglik: Callable, x, theta_grid: Grid, *, level: float = 0.95
             point from ``problem``, critical value the ``level`` quantile of q there; all
             parameters, no profiling).
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level, "level")
+    keep = None if keep is None else check_keep(keep, len(theta_grid.shape))
     x = _check_events(x)
     q = test_statistic(loglik, x, theta_grid, keep=keep)
     if method == "wilks":
@@ -130,7 +145,8 @@ def confidence_set(loglik: Callable, x, theta_grid: Grid, *, level: float = 0.95
 
 def neyman_critical_values(loglik, problem, theta_grid: Grid, n_events: int, *, level: float, toys: int, key) -> np.ndarray:
     """``(m,)`` the ``level`` quantile of q(θ) over ``toys`` toy experiments simulated at each grid point θ."""
-    key = as_key(key)
+    n_events, toys, key = _check_count(n_events, "n_events"), _check_count(toys, "toys", 2), as_key(key)
+    _check_level(level, "level")
     out = np.empty(len(theta_grid.points))
     for i, theta in enumerate(theta_grid.points):
         qs = _toy_statistics(loglik, problem, theta, n_events, toys, jax.random.fold_in(key, i), theta_grid)
@@ -175,11 +191,12 @@ class Coverage:
 
 
 def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid: Grid, key: jax.Array, toys: int = 500,
-             levels: Sequence[float] = (0.68, 0.95), keep: Sequence[int] | None = None, method: str = "wilks",
+             levels: float | Sequence[float] = (0.68, 0.95), keep: Sequence[int] | None = None, method: str = "wilks",
              calibration_toys: int | None = None) -> list[Coverage]:
     """Run ``toys`` experiments of ``n_events`` at ``theta_true`` and count how often the set covers it.
 
     Args:
+        levels: a confidence level in (0, 1), or several.
         method: ``"wilks"`` (χ² thresholds) or ``"neyman"``: the critical value at θ_true is the
             ``level`` quantile of q over ``calibration_toys`` (``toys`` when None) other
             experiments there, as `confidence_set`'s Neyman construction makes it at every grid
@@ -189,14 +206,20 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
     Returns one `Coverage` per level; a set at its nominal rate covers within about 2 ``stderr``.
     """
     theta_true = check_point(problem.prior, theta_true, what="theta_true").astype(np.float32)
-    if int(toys) != toys or toys < 2:
-        raise ValueError(f"toys must be an integer of at least 2, got {toys!r}")
+    n_events, toys = _check_count(n_events, "n_events"), _check_count(toys, "toys", 2)
+    calibration_toys = toys if calibration_toys is None else _check_count(calibration_toys, "calibration_toys", 2)
+    levels = (levels,) if isinstance(levels, numbers.Real) else levels
+    if isinstance(levels, str) or not isinstance(levels, (Sequence, np.ndarray)) or len(levels) == 0:
+        raise ValueError(f"levels must be a level in (0, 1) or a sequence of them, got {levels!r}")
+    for level in levels:
+        _check_level(level, "each of levels")
+    keep = None if keep is None else check_keep(keep, len(theta_true))
     if method not in ("wilks", "neyman"):
         raise ValueError(f"method must be 'wilks' or 'neyman', got {method!r}")
     key = as_key(key)
-    qs = _toy_statistics(loglik, problem, theta_true, int(n_events), int(toys), key, theta_grid, keep)
+    qs = _toy_statistics(loglik, problem, theta_true, n_events, toys, key, theta_grid, keep)
     if method == "neyman":
-        calibration = _toy_statistics(loglik, problem, theta_true, int(n_events), int(calibration_toys or toys),
+        calibration = _toy_statistics(loglik, problem, theta_true, n_events, calibration_toys,
                                       jax.random.fold_in(key, 1), theta_grid, keep)
     dof = len(theta_true) if keep is None else len(keep)
     # a Neyman critical value is itself a quantile of toys: its error adds to the test toys' own
@@ -207,6 +230,17 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
         p = (qs <= critical).mean()
         out.append(Coverage(float(level), float(p), float(np.sqrt(max(p * (1 - p), 1e-12) / effective)), effective))
     return out
+
+
+def _check_count(value, what: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{what} must be an integer of at least {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_level(level, what: str) -> None:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"{what} must be a number in (0, 1) such as 0.95, got {level!r}")
 
 
 def _check_events(x) -> jax.Array:

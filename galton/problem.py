@@ -250,7 +250,14 @@ def check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
 def check_point(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:
     """One θ, flat ``(d,)`` or in the prior's structure (a dict of blocks), validated as `check_theta`
     does: returns the flat ``(d,)`` float64 array."""
-    flat = np.asarray(prior.flatten(theta) if isinstance(theta, Mapping) else theta, np.float64).reshape(-1)
+    wanted = f"one point of shape ({prior.dim},) for parameters {prior.names}"
+    if theta is None:
+        raise ProblemError(f"{what} is None; give {wanted}")
+    flat = np.asarray(prior.flatten(theta) if isinstance(theta, Mapping) else theta, np.float64)
+    # a (1, d) row is one point too; anything else with d values (a (2, d/2) grid) is not
+    if flat.size != prior.dim or flat.ndim > 2 or (flat.ndim == 2 and len(flat) != 1):
+        raise ProblemError(f"{what} must be {wanted}; got shape {flat.shape}")
+    flat = flat.reshape(-1)
     check_theta(prior, flat[None], what=what)
     return flat
 

@@ -117,7 +117,10 @@ def _check_finite(x: np.ndarray, theta: np.ndarray, names, policy: str, offset: 
 
 def _check_augment(problem, augment, theta_ref) -> tuple[tuple[str, ...], list | None]:
     """Validated ``augment`` names (sorted) and θ_ref as a list (hashable for the compiled simulator, JSON for the store)."""
-    augment = (augment,) if isinstance(augment, str) else tuple(augment or ())
+    augment = (augment,) if isinstance(augment, str) else augment
+    if not (augment is None or isinstance(augment, (tuple, list)) and all(isinstance(a, str) for a in augment)):
+        raise ValueError(f"augment must be 'score', 'ratio' or a tuple of them, got {augment!r}")
+    augment = tuple(augment or ())
     unknown = sorted(set(augment) - set(_augment.AUGMENTS))
     if unknown:
         raise ValueError(f"augment may hold {list(_augment.AUGMENTS)}, got {unknown}")

@@ -19,7 +19,6 @@ import numpy as np
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
-from galton.chunks import in_chunks
 from galton.keys import as_key
 from galton.problem import Prior
 
@@ -68,16 +67,43 @@ def _has(d: dist.Distribution, method: str) -> bool:
 def _bisect_icdf(d: dist.Distribution, u: jax.Array) -> jax.Array:
     """F⁻¹(u) by bisection on the unconstrained line, for distributions without an ``icdf``."""
     to_support = biject_to(d.support)
-    lo, hi = jnp.full(u.shape, -30.0), jnp.full(u.shape, 30.0)
 
-    def step(_, bounds):
+    def below(y):
+        return d.cdf(to_support(y)) < u
+
+    # a bracket [lo, hi] with F(lo) < u <= F(hi), found by doubling outwards from [-1, 1]: a fixed
+    # bracket would clip a wide prior (a Student-t of scale 100 lies mostly beyond ±30), and
+    # bisecting from the last doubling keeps the result's relative precision at any scale
+    def widen(_, bounds):
+        lo, hi = bounds
+        up, down = below(hi), ~below(lo)
+        return jnp.where(up, hi, jnp.where(down, 2.0 * lo, lo)), jnp.where(up, 2.0 * hi, jnp.where(down, lo, hi))
+
+    def halve(_, bounds):
         lo, hi = bounds
         mid = 0.5 * (lo + hi)
-        below = d.cdf(to_support(mid)) < u
-        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+        left = below(mid)
+        return jnp.where(left, mid, lo), jnp.where(left, hi, mid)
 
-    lo, hi = jax.lax.fori_loop(0, 60, step, (lo, hi))
+    lo, hi = jax.lax.fori_loop(0, 64, widen, (jnp.full(u.shape, -1.0), jnp.full(u.shape, 1.0)))
+    lo, hi = jax.lax.fori_loop(0, 60, halve, (lo, hi))
     return to_support(0.5 * (lo + hi))
+
+
+def _check_column(k: str, d: dist.Distribution) -> bool:
+    """Whether the block's distribution has an exact inverse CDF; a clear error when it cannot be truncated."""
+    if d.support.is_discrete:
+        raise TruncationError(f"prior block {k!r} ({type(d).__name__}) is discrete; truncation needs continuous parameters")
+    if not _has(d, "cdf"):
+        raise TruncationError(f"prior block {k!r} ({type(d).__name__}) has no CDF, which truncation needs")
+    if _has(d, "icdf"):
+        return True
+    try:  # the bisection runs on the support's unconstrained line
+        biject_to(d.support)
+    except NotImplementedError:
+        raise TruncationError(f"prior block {k!r} ({type(d).__name__}) has neither an inverse CDF nor a support "
+                              "NumPyro can map to the real line, which truncation needs") from None
+    return False
 
 
 class Quantiles:
@@ -101,16 +127,14 @@ class Quantiles:
     def __init__(self, prior: Prior):
         self.prior = prior
         self.columns = {k: _elementwise(k, d) for k, d in prior.distributions.items()}
+        self._exact_icdf = {k: _check_column(k, d) for k, d in self.columns.items()}
+        ends = []
         for k, d in self.columns.items():
-            if not _has(d, "cdf"):
-                raise TruncationError(f"prior block {k!r} ({type(d).__name__}) has no CDF, which truncation needs")
-        self._exact_icdf = {k: _has(d, "icdf") for k, d in self.columns.items()}
-        bounded = []
-        for k, d in self.columns.items():
-            ends = [getattr(d.support, side, None) for side in ("lower_bound", "upper_bound")]
-            finite = all(e is not None and np.isfinite(np.asarray(e)).all() for e in ends)
-            bounded.append(np.full(prior.blocks.sizes[k], finite))
-        self.bounded = np.concatenate(bounded)
+            low, high = (getattr(d.support, side, None) for side in ("lower_bound", "upper_bound"))
+            low, high = np.broadcast_arrays(-np.inf if low is None else low, np.inf if high is None else high)
+            ends.append(np.broadcast_to(np.stack([low, high], -1).astype(np.float64), (prior.blocks.sizes[k], 2)))
+        self.support = np.concatenate(ends)  # (d, 2)
+        self.bounded = np.isfinite(self.support).all(-1)
 
     def _block_icdf(self, k: str, u: jax.Array) -> jax.Array:
         d = self.columns[k]
@@ -168,8 +192,11 @@ class TruncatedPrior(eqx.Module):
 
     def bounds(self) -> np.ndarray:
         """The box in θ space, ``(d, 2)`` (infinite where an unbounded prior is not cut)."""
-        corners = self.quantiles.icdf(jnp.stack([self.u_low, self.u_high]))
-        return np.asarray(corners).T
+        corners = np.asarray(self.quantiles.icdf(jnp.stack([self.u_low, self.u_high])), np.float64).T
+        # an uncut end is the support's end: F⁻¹(0) and F⁻¹(1) in float32 can be anything (a
+        # Cauchy's tan(±π/2) comes out with the wrong sign)
+        uncut = np.stack([np.asarray(self.u_low) <= 0.0, np.asarray(self.u_high) >= 1.0], -1)
+        return np.where(uncut, self.quantiles.support, corners)
 
     def sample_quantiles(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """`sample`'s draws in quantile space, F(θ): uniform in the box, ``(*sample_shape, d)``."""
@@ -267,112 +294,4 @@ def tail_level(values: np.ndarray, tail_mass: float) -> np.ndarray:
     return values[np.minimum(below, len(values) - 1), np.arange(values.shape[1])]
 
 
-@eqx.filter_jit
-def _inside_chunk(constraints, theta) -> jax.Array:
-    """Whether each θ ``(n, d)`` meets every constraint -> ``(n,)``, in one program."""
-    return jnp.all(jnp.stack([c(theta) >= 0 for c in constraints]), axis=0)
-
-
-def _inside(constraints, theta, chunk: int = 65_536) -> np.ndarray | jax.Array:
-    """Whether each θ ``(*batch, d)`` meets every constraint -> ``(*batch,)``: a NumPy array,
-    computed in chunks of rows (a rejection batch can hold a million, and each head's hidden
-    layer would be held for all of them at once); a JAX array inside a caller's trace."""
-    theta = jnp.asarray(theta)
-    if isinstance(theta, jax.core.Tracer):
-        return _inside_chunk(constraints, theta)
-    batch, flat = theta.shape[:-1], np.asarray(theta).reshape(-1, theta.shape[-1])
-    if len(flat) <= chunk:
-        return np.asarray(_inside_chunk(constraints, flat)).reshape(batch)
-    return in_chunks(functools.partial(_inside_chunk, constraints), flat, chunk).reshape(batch)
-
-
-class Region(eqx.Module):
-    """The prior restricted to a box and to constraints (TMNRE's correlated truncation), sampled
-    exactly by rejection from the box.
-
-    Args:
-        box: the `TruncatedPrior` the region lies in.
-        constraints: callables θ ``(n, d)`` -> ``(n,)``, non-negative inside (equinox modules, so
-            that the region is a PyTree a store can fingerprint).
-        key: draws that measure the share of the box inside (``probe`` of them).
-
-    Raises:
-        TruncationError: no probe draw meets the constraints.
-    """
-
-    box: TruncatedPrior
-    constraints: tuple
-    acceptance: float = eqx.field(static=True)
-
-    def __init__(self, box: TruncatedPrior, constraints, *, key: jax.Array, probe: int = 65_536):
-        self.box, self.constraints = box, tuple(constraints)
-        self.acceptance = float(np.mean(np.asarray(_inside(self.constraints, box.sample(key, (probe,))))))
-        if self.acceptance == 0.0:
-            raise TruncationError(f"none of {probe} draws from the box meets the correlated constraints: the region is empty")
-
-    quantiles = property(lambda self: self.box.quantiles)
-    prior = property(lambda self: self.box.prior)
-    dim = property(lambda self: self.box.dim)
-    u_low = property(lambda self: self.box.u_low)
-    u_high = property(lambda self: self.box.u_high)
-
-    @property
-    def volume(self) -> float:
-        """The prior mass inside the region (the box's, times the measured acceptance)."""
-        return self.box.volume * self.acceptance
-
-    def bounds(self) -> np.ndarray:
-        """The enclosing box in θ space, ``(d, 2)``."""
-        return self.box.bounds()
-
-    def contains(self, theta) -> jax.Array:
-        """Whether θ ``(n, d)`` lies in the region: boolean ``(n,)``."""
-        theta = jnp.asarray(theta, jnp.float32)
-        return self.box.contains(theta) & jnp.asarray(_inside(self.constraints, theta))
-
-    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
-        """Exact draws ``(*sample_shape, d)`` from the prior restricted to the region."""
-        return self._draws(key, sample_shape)[1]
-
-    def sample_quantiles(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
-        """`sample`'s draws in quantile space, F(θ), ``(*sample_shape, d)``."""
-        return self._draws(key, sample_shape)[0]
-
-    def _draws(self, key, sample_shape) -> tuple[jax.Array, jax.Array]:
-        """Rejection from the box: the kept draws in quantile space and in θ space."""
-        n, kept, got, key = math.prod(sample_shape), [], 0, as_key(key)
-        for attempt in range(10_000):
-            batch = int(min(max(1.2 * (n - got) / self.acceptance, 1024), 1_000_000))
-            u = self.box.sample_quantiles(jax.random.fold_in(key, attempt), (batch,))
-            theta = self.quantiles.icdf(u)
-            inside = np.asarray(_inside(self.constraints, theta))
-            kept.append((np.asarray(u)[inside], np.asarray(theta)[inside]))
-            got += int(inside.sum())
-            if got >= n:
-                return tuple(jnp.asarray(np.concatenate(part)[:n].reshape(*sample_shape, self.dim)) for part in zip(*kept))
-        raise TruncationError(f"rejection from the box found too few draws in the region (acceptance {self.acceptance:.2g})")
-
-    def log_prob(self, theta) -> jax.Array:
-        """log density at θ ``(n, d)`` -> ``(n,)``; -inf outside."""
-        lp = self.prior.log_prob(theta) - math.log(max(self.volume, 1e-300))
-        return jnp.where(self.contains(theta), lp, -jnp.inf)
-
-
-class DrawnRegion(eqx.Module):
-    """A region kept as draws ``(m, d)`` in quantile space (what a saved TMNRE posterior holds):
-    ``sample`` resamples them, for coverage checks on the last round's proposal."""
-
-    quantiles: Quantiles = eqx.field(static=True)
-    draws: jax.Array
-    u_low: jax.Array
-    u_high: jax.Array
-
-    def bounds(self) -> np.ndarray:
-        return TruncatedPrior(self.quantiles, self.u_low, self.u_high).bounds()
-
-    def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
-        rows = jax.random.randint(as_key(key), sample_shape, 0, self.draws.shape[0])
-        return self.quantiles.icdf(self.draws[rows])
-
-
-__all__ = ["DrawnRegion", "Quantiles", "Region", "tail_level", "TruncatedPrior", "TruncationError", "shrink"]
+__all__ = ["Quantiles", "tail_level", "TruncatedPrior", "TruncationError", "shrink"]

@@ -334,8 +334,17 @@ def test_bad_inputs_name_the_problem():
         galton.simulate(galton.tasks.get("galton_board").problem, 10, key=jax.random.key(0), augment="ratio", theta_ref=[3.0])
     with pytest.raises(ValueError, match="needs theta_ref"):
         galton.simulate(PROGRAM, 10, key=jax.random.key(0), augment="ratio")
+    board = galton.tasks.get("galton_board").problem
+    with pytest.raises(galton.ProblemError, match=r"theta_ref must be one point of shape \(1,\).*got shape \(2,\)"):
+        galton.simulate(board, 10, key=jax.random.key(0), augment="ratio", theta_ref=(0.4, 0.5))
+    assert board.prior.dim == 1 and fisher.check_point(board.prior, [[0.4]]).shape == (1,)
+    for theta, message in [([[0.4], [0.5]], r"got shape \(2, 1\)"), (None, "theta is None")]:
+        with pytest.raises(galton.ProblemError, match=message):
+            galton.fisher_information(board, theta, key=jax.random.key(0), n=10)
     with pytest.raises(galton.ProblemError, match="augment needs a Program"):
         galton.simulate(galton.tasks.get("two_moons").problem, 10, key=jax.random.key(0), augment="score")
+    with pytest.raises(ValueError, match="augment must be 'score', 'ratio' or a tuple of them, got 1"):
+        galton.simulate(PROGRAM, 10, key=jax.random.key(0), augment=1)
     with pytest.raises(ValueError, match="uses no score"):
         gold.CARL(alpha=1.0)
     with pytest.raises(galton.ProblemError, match="lack"):
@@ -369,6 +378,30 @@ def test_bad_inputs_name_the_problem():
     assert 0 < len(kept) < 200
     with pytest.raises(ValueError, match="estimator="):
         galton.fisher_information(PROGRAM, [0.0, 0.0], key=jax.random.key(0), n=10, method="sally")
+
+
+def _discrete_theta():
+    theta = numpyro.sample("theta", dist.Poisson(3.0))
+    numpyro.sample("x", dist.Normal(theta, 1.0))
+
+
+def test_a_discrete_parameter_has_no_joint_score():
+    program = galton.Program(_discrete_theta, params=["theta"], observed=["x"])
+    with pytest.raises(galton.ProblemError, match="parameter site 'theta' is discrete"):
+        galton.simulate(program, 10, key=jax.random.key(0), augment="score", progress=False)
+    with pytest.raises(galton.ProblemError, match="parameter site 'theta' is discrete"):
+        galton.fisher_information(program, [3.0], key=jax.random.key(0), n=10)
+
+
+@pytest.mark.parametrize("settings, error, match", [
+    (dict(bins=0), ValueError, "bins must be an integer of at least 2"),
+    (dict(bins=2.5), ValueError, "bins must be an integer of at least 2"),
+    (dict(observable=lambda x: x), galton.ProblemError, r"returns shape \(2,\) per x; .* one number per simulation"),
+])
+def test_fisher_histogram_needs_a_scalar_observable_and_two_bins(settings, error, match):
+    with pytest.raises(error, match=match):
+        galton.fisher_information(PROGRAM, [0.0, 0.0], key=jax.random.key(0), n=10, method="histogram",
+                                  **{"observable": lambda x: x[0], **settings})
 
 
 # ------------------------------------------------------------------------- likelihood-ratio inference
@@ -420,6 +453,42 @@ def test_neyman_and_wilks_sets_agree_where_wilks_is_exact():
     assert abs(theta_grid.axes[0][wilks].mean() - x_mean) < 0.1  # centred on the MLE
 
 
+def _coverage(**settings):
+    theta_grid = galton.lrt.grid(GAUSSIAN_MEAN.prior, 5)
+    settings = {"n_events": 2, "theta_grid": theta_grid, "key": jax.random.key(0), "toys": 2, **settings}
+    return galton.lrt.coverage(_exact_gaussian_loglik, GAUSSIAN_MEAN, [0.4], **settings)
+
+
+def _confidence_set(**settings):
+    return galton.lrt.confidence_set(_exact_gaussian_loglik, np.zeros((3, 1)), galton.lrt.grid(GAUSSIAN_MEAN.prior, 5), **settings)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: _confidence_set(keep=[5]), r"keep has indices \[5\] outside 0..0"),
+    (lambda: _confidence_set(keep=0), r"keep must be a sequence of parameter indices such as \[0\]"),
+    (lambda: _confidence_set(keep=[0, 0]), "keep repeats an index"),
+    (lambda: _confidence_set(keep=[]), "keep is empty"),
+    (lambda: _confidence_set(level="0.95"), r"level must be a number in \(0, 1\)"),
+    (lambda: _coverage(keep=[3]), r"keep has indices \[3\]"),
+    (lambda: _coverage(levels=(1.5,)), r"each of levels must be a number in \(0, 1\)"),
+    (lambda: _coverage(n_events=-1), "n_events must be an integer of at least 1, got -1"),
+    (lambda: _coverage(n_events=2.5), "n_events must be an integer of at least 1, got 2.5"),
+    (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, 0), "points must be an integer of at least 1, got 0"),
+    (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, [5, 5]), "points has 2 counts; give one per parameter"),
+    (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, 5, bounds=[(1, -1)]), r"bounds for theta are \(1.0, -1.0\)"),
+    (lambda: fisher.profile(np.eye(2), [2]), r"keep has indices \[2\] outside 0..1"),
+    (lambda: fisher.profile(np.diag([1.0, 1.0, 0.0]), [0]), r"profiled parameters \[1, 2\] is singular"),
+])
+def test_lrt_and_fisher_name_a_bad_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_coverage_takes_a_single_level_and_numpy_counts():
+    (result,) = _coverage(levels=0.95, n_events=np.int64(2))
+    assert result.level == 0.95
+
+
 def test_lrt_from_a_trained_estimator_and_profiling():
     posterior = galton.infer(PROGRAM, np.zeros((5, 2)), key=jax.random.key(3), method=CASES["alices"], budget=400, progress=False)
     loglik = galton.lrt.log_likelihood(posterior)
@@ -430,5 +499,11 @@ def test_lrt_from_a_trained_estimator_and_profiling():
     np.testing.assert_allclose(profiled, q.min(axis=1))
     with pytest.raises(galton.ProblemError, match="x has shape"):
         loglik(jnp.zeros((3, 2)), np.zeros((5, 3)))  # events of the wrong shape
+    with pytest.raises(galton.ProblemError, match="NaN or inf"):
+        loglik(jnp.zeros((3, 2)), np.full((5, 2), np.nan))
+    with pytest.raises(galton.ProblemError, match="NaN or inf"):
+        posterior.log_prob(jnp.zeros((3, 2)), x=np.full(2, np.nan))
+    with pytest.raises(galton.ProblemError, match=r"theta must have shape \(m, 2\)"):
+        loglik(jnp.zeros((3, 1)), np.zeros((5, 2)))
     with pytest.raises(TypeError, match="no likelihood term"):
         galton.lrt.log_likelihood(galton.infer(PROGRAM, X_OBS, key=jax.random.key(0), method=CASES["score_npe"], budget=200, progress=False))

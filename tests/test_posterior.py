@@ -136,3 +136,12 @@ def test_weighted_samples_reject_bad_input():
         SamplesPosterior(np.zeros((5, 2)), ["a", "b"], np.zeros(4))
     with pytest.raises(ValueError, match="free of NaN"):
         SamplesPosterior(np.zeros((5, 2)), ["a", "b"], np.full(5, -np.inf))
+
+
+@pytest.mark.parametrize("n", [0, -2, 2.5, True, None])
+def test_a_bad_number_of_draws_is_refused(n):
+    posterior = GaussianPosterior(np.zeros(2), np.eye(2), ["a", "b"])
+    with pytest.raises(ValueError, match="n must be a positive integer number of draws"):
+        posterior.sample(n, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="n must be a positive integer number of draws"):
+        posterior.to_arviz(n=n)

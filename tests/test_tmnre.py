@@ -21,7 +21,8 @@ from galton.methods.tmnre import loss as tmnre_loss
 from galton.posteriors import load
 from galton.problem import ProblemError
 from galton.train import Training
-from galton.truncation import Region, TruncatedPrior, TruncationError, shrink, tail_level
+from galton.regions import Region
+from galton.truncation import TruncatedPrior, TruncationError, shrink, tail_level
 
 FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)
 METHOD = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",), ("theta[0]", "theta[1]")], hidden=32, training=FAST)
@@ -56,6 +57,29 @@ class _FixedHeads(eqx.Module):
 
     def head_log_ratios(self, theta, features):
         return theta
+
+
+class _ProductHead(eqx.Module):
+    """One head whose logit is θ·x: each marginal pair's term depends on which θ meets which x."""
+
+    def embed(self, x):
+        return x
+
+    def head_log_ratios(self, theta, features):
+        return theta * features
+
+
+def test_more_negatives_average_the_marginal_term_over_other_rows():
+    theta, x = jnp.linspace(-1.0, 1.0, 8)[:, None], jnp.linspace(2.0, -1.5, 8)[:, None]
+    logits = np.asarray(theta[:, 0])[None, :] * np.asarray(x[:, 0])[:, None]  # [i, j]: θ_j meets x_i
+    off = ~np.eye(8, dtype=bool)
+    exact = -np.mean(np.log(jax.nn.sigmoid(np.diag(logits)))) - np.mean(np.log(jax.nn.sigmoid(-logits[off])))
+    many = tmnre_loss(_ProductHead(), (theta, x), jax.random.key(0), negatives=4000)
+    np.testing.assert_allclose(float(many), exact, rtol=5e-3)  # every other row's θ, equally often; never its own
+    one = [float(tmnre_loss(_ProductHead(), (theta, x), jax.random.key(k))) for k in range(3)]
+    assert len(set(one)) > 1 and all(abs(v - exact) > 1e-4 for v in one)
+    with pytest.raises(ValueError, match="negatives must be a positive integer"):
+        TMNRE(negatives=0)
 
 
 def test_the_balance_term_is_bnre_s_squared_gap_per_head():
@@ -95,6 +119,8 @@ def test_marginal_posterior_normalises_and_saves(amortized, tmp_path):
         amortized.sample(10, key=key)
     with pytest.raises(ValueError, match=r"estimated as \('theta\[0\]', 'theta\[1\]'\)"):
         amortized.marginal(("theta[1]", "theta[0]"))
+    with pytest.raises(ValueError, match=r"\(0,\) is not among the estimated marginals"):
+        amortized.marginal(0)
     idata = amortized.to_arviz(n=100)
     assert set(idata.posterior.data_vars) == set(amortized.names)
 
@@ -167,6 +193,8 @@ def test_truncated_prior_samples_exactly_inside_its_box():
         ([()], "empty marginal"),
         ([], "non-empty list"),
         ([("theta[0]", "theta[1]", "theta[2]")], "1-D and 2-D"),
+        ([0], "0 is neither"),
+        (("theta[0]", "theta[1]"), "ambiguous"),
     ],
 )
 def test_bad_marginals_are_named(marginals, message, sims):  # noqa: F811
@@ -174,10 +202,11 @@ def test_bad_marginals_are_named(marginals, message, sims):  # noqa: F811
         galton.infer(PROBLEM, X_OBS, key=jax.random.key(0), method="tmnre", marginals=marginals, simulations=sims, budget=len(sims), progress=False)
 
 
-@pytest.mark.parametrize("epsilon", [0.0, 1.0, -1e-3, 2.0])
+@pytest.mark.parametrize("epsilon", [0.0, 1.0, -1e-3, 2.0, "0.1", np.nan])
 def test_epsilon_outside_the_unit_interval_is_refused(epsilon):
     with pytest.raises(ValueError, match="epsilon must lie in"):
         TMNRE(epsilon=epsilon)
+    assert TMNRE(epsilon=np.float32(1e-4)).epsilon == TMNRE(epsilon=jnp.float32(1e-4)).epsilon
 
 
 def test_a_nan_observation_is_refused_before_any_round_cuts_a_box():
@@ -226,7 +255,7 @@ class _Disk(eqx.Module):
 
 
 def test_region_constraints_are_checked_in_chunks_alike():
-    from galton.truncation import _inside, _inside_chunk
+    from galton.regions import _inside, _inside_chunk
 
     constraints = (lambda t: 1.0 - jnp.sum(t**2, -1),)
     theta = jax.random.normal(jax.random.key(0), (1000, 3))
@@ -367,3 +396,47 @@ def test_carry_embedding_starts_each_round_from_the_last_trained_embedding(fit_c
     assert any(not np.array_equal(a, b) for a, b in zip(trained, untrained))  # the first round did train it
     with pytest.raises(ValueError, match="carry_embedding must be True or False"):
         TMNRE(carry_embedding=1)
+
+
+@pytest.mark.parametrize("prior, quantiles", [
+    (dist.StudentT(3.0, 0.0, 100.0), [1e-4, 0.05, 0.5, 0.95, 0.999]),  # mostly beyond ±30: no exact F⁻¹ in NumPyro
+    (dist.StudentT(3.0, 1e4, 1.0), [1e-3, 0.3, 0.7, 0.999]),  # far from the origin, narrow
+    (dist.SoftLaplace(0.0, 2.0), [1e-4, 0.5, 0.9]),
+])
+def test_quantiles_without_an_exact_inverse_cdf_reach_any_scale(prior, quantiles):
+    q = TruncatedPrior.full(galton.Prior({"a": prior})).quantiles
+    u = jnp.asarray(quantiles)[:, None]
+    theta = q.icdf(u)
+    np.testing.assert_allclose(np.asarray(q.cdf(theta)), np.asarray(u), rtol=2e-3, atol=2e-6)
+
+
+def test_an_uncut_box_reports_the_support_not_float32_ends():
+    prior = galton.Prior({"c": dist.Cauchy(0.0, 1.0), "s": dist.SoftLaplace(0.0, 1.0), "g": dist.Gamma(2.0, 1.0), "u": dist.Uniform(-1.0, 3.0)})
+    np.testing.assert_array_equal(TruncatedPrior.full(prior).bounds(), [[-np.inf, np.inf], [-np.inf, np.inf], [0.0, np.inf], [-1.0, 3.0]])
+
+
+def test_a_discrete_prior_is_refused_for_truncation():
+    with pytest.raises(TruncationError, match="block 'k'.*discrete"):
+        TruncatedPrior.full(galton.Prior({"k": dist.Poisson(3.0)}))
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True, "3", np.float64(4.0)])
+def test_a_bad_number_of_draws_is_refused(n, amortized):
+    marginal = amortized.marginal("theta[0]")
+    for draw in (lambda: marginal.sample(n, key=jax.random.key(0)), lambda: amortized.marginal_samples(n, key=jax.random.key(0)),
+                 lambda: amortized.to_arviz(n=n)):
+        with pytest.raises(ValueError, match="n must be a positive integer number of draws"):
+            draw()
+    assert marginal.sample(np.int64(3), key=jax.random.key(0)).shape == (3, 1)
+
+
+def test_batched_calls_check_their_observations(amortized):
+    marginal = amortized.marginal(("theta[0]", "theta[1]"))
+    for xs, message in [(jnp.full((1, DIM), jnp.nan), "NaN or inf"), (jnp.zeros((2, DIM + 1)), r"xs has shape \(2, 4\)"),
+                        (jnp.zeros(DIM), r"xs has shape \(3,\)")]:
+        with pytest.raises(ProblemError, match=message):
+            marginal.sample_batch(4, key=jax.random.key(0), xs=xs)
+        with pytest.raises(ProblemError, match=message):
+            marginal.log_prob_batch(jnp.zeros((len(xs), 2, 2)), xs)
+    with pytest.raises(ProblemError, match=r"expected \(m, n, 2\)"):
+        marginal.log_prob_batch(jnp.zeros((2, 2)), jnp.zeros((1, DIM)))

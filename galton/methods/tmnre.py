@@ -1,11 +1,13 @@
 """Truncated marginal neural ratio estimation (TMNRE; Miller et al. 2021, as in swyft).
 
 Loss: one binary classifier per marginal m on a shared embedding of x, all trained at once,
-with θ' a derangement of the batch's θ (so (θ'_m, x) is a marginal pair):
-    L = mean_m [ −log σ(d_m(θ_m, x)) − log σ(−d_m(θ'_m, x)) ]
-        + λ · mean_m ( mean_batch σ(d_m(θ_m, x)) + mean_batch σ(d_m(θ'_m, x)) − 1 )²
-so d_m(θ_m, x) ≈ log p(θ_m | x) / p(θ_m) under the round's proposal. The second line is BNRE's
-balancing term (``balance=λ``, 0 by default as in swyft).
+with θ'_k, k = 1..K, derangements of the batch's θ (so each (θ'_k,m, x) is a marginal pair):
+    L = mean_m [ −log σ(d_m(θ_m, x)) − mean_k log σ(−d_m(θ'_k,m, x)) ]
+        + λ · mean_m ( mean_batch σ(d_m(θ_m, x)) + mean_batch,k σ(d_m(θ'_k,m, x)) − 1 )²
+so d_m(θ_m, x) ≈ log p(θ_m | x) / p(θ_m) under the round's proposal. K (``negatives``) is 1 in
+swyft; more marginal pairs per joint pair cost one embedding pass still, and average out the
+noise of which θ' each x met. The second line is BNRE's balancing term (``balance=λ``, 0 by
+default as in swyft).
 
 Rounds: after each round a box per parameter from its 1-D head (where the log-ratio at x_obs
 exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
@@ -36,14 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.methods.base import NeuralMethod, bind, register
-from galton.methods.nre import balance_penalty, binary_cross_entropy
+from galton.methods.nre import balance_penalty
 from galton.posteriors.marginal import TMNREPosterior
 from galton.problem import Prior, check_observation
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
 from galton.train import Training
-from galton.truncation import Region, TruncatedPrior, TruncationError, shrink, tail_level
+from galton.regions import Region
+from galton.truncation import TruncatedPrior, TruncationError, shrink, tail_level
 
 TRUNCATIONS = ("box", "correlated")
 REGION_DRAWS = 65_536
@@ -55,12 +58,14 @@ def _derangement(key, b: int) -> jax.Array:
     return jnp.zeros(b, jnp.int32).at[perm].set(jnp.roll(perm, 1))
 
 
-def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0):
+def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0, negatives: int = 1):
     theta, x = batch
+    b = theta.shape[0]
     features = model.embed(x)
     joint = model.head_log_ratios(theta, features)  # (b, heads)
-    marginal = model.head_log_ratios(theta[_derangement(key, theta.shape[0])], features)
-    bce = binary_cross_entropy(joint, marginal)
+    rows = jnp.concatenate([_derangement(k, b) for k in jax.random.split(key, negatives)]) if negatives > 1 else _derangement(key, b)
+    marginal = model.head_log_ratios(theta[rows], jnp.tile(features, (negatives,) + (1,) * (features.ndim - 1)))  # (K · b, heads)
+    bce = -(jax.nn.log_sigmoid(joint).mean() + jax.nn.log_sigmoid(-marginal).mean())
     # BNRE's term per head: its gap vanishes in expectation for the exact ratio, and it pulls a
     # head that is too sure of itself towards a wider marginal
     return bce + balance * balance_penalty(joint, marginal) if balance else bce
@@ -76,6 +81,12 @@ def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> lis
     else:
         if isinstance(marginals, str) or not isinstance(marginals, Sequence) or not marginals:
             raise ValueError(f"marginals must be a non-empty list of tuples of parameter names, got {marginals!r}")
+        if isinstance(marginals, tuple) and all(isinstance(m, str) for m in marginals):
+            raise ValueError(f"marginals={marginals!r} is ambiguous: pass [{marginals!r}] for that one marginal, or "
+                             f"{list(marginals)!r} for each name's 1-D marginal")
+        bad = [m for m in marginals if not (isinstance(m, str) or (isinstance(m, (tuple, list)) and all(isinstance(n, str) for n in m)))]
+        if bad:
+            raise ValueError(f"marginals must be a list of parameter names or tuples of them; {bad[0]!r} is neither")
         chosen = [(m,) if isinstance(m, str) else tuple(m) for m in marginals]
     seen = set()
     for m in chosen:
@@ -96,8 +107,19 @@ def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> lis
     return [tuple(names.index(n) for n in m) for m in chosen]
 
 
+def _real(value) -> float:
+    """``value`` as a float when it is one real number (Python, NumPy or a JAX scalar), else NaN,
+    which fails every range check."""
+    if isinstance(value, (bool, np.bool_, str)) or np.ndim(value) != 0:
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _check_non_negative(name: str, value) -> None:
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0.0 <= value < math.inf):
+    if not 0.0 <= _real(value) < math.inf:
         raise ValueError(f"{name} must be a non-negative number, got {value!r}")
 
 
@@ -117,6 +139,7 @@ class TMNRE(NeuralMethod):
         margin: each new box is widened by this share of its width on each side (within the old
             box), against heads too sure of themselves: a cut is never undone. It widens the box
             only; correlated truncation's 2-D cuts keep their thresholds.
+        negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft).
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
             embedding learnt about x carries over, instead of being learnt again from one round's
@@ -147,6 +170,7 @@ class TMNRE(NeuralMethod):
     cut_balance: float | None = None
     margin: float = 0.0
     carry_embedding: bool = False
+    negatives: int = 1
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -154,22 +178,24 @@ class TMNRE(NeuralMethod):
     training: Training = field(default_factory=lambda: Training(learning_rate=1e-3, batch_size=64))
 
     def __post_init__(self):
-        if not (isinstance(self.epsilon, (int, float)) and 0.0 < self.epsilon < 1.0):
+        if not 0.0 < _real(self.epsilon) < 1.0:
             raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon!r}")
-        if self.tail_mass is not None and not 0.0 < self.tail_mass < 0.5:
+        if self.tail_mass is not None and not 0.0 < _real(self.tail_mass) < 0.5:
             raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
+        if isinstance(self.negatives, bool) or not isinstance(self.negatives, (int, np.integer)) or self.negatives < 1:
+            raise ValueError(f"negatives must be a positive integer, got {self.negatives!r}")
         if not isinstance(self.carry_embedding, bool):
             raise ValueError(f"carry_embedding must be True or False, got {self.carry_embedding!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         for name in ("balance", "margin") + (("cut_balance",) if self.cut_balance is not None else ()):
             _check_non_negative(name, getattr(self, name))
-        if not 0.0 <= self.min_shrink < 1.0:
+        if not 0.0 <= _real(self.min_shrink) < 1.0:
             raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
 
     def loss(self, prior: Prior, sequential: bool):
         """The loss, the same in every round (each round's θ are draws from its own proposal)."""
-        return bind(loss, balance=self.balance) if self.balance else loss
+        return bind(loss, balance=self.balance, negatives=self.negatives) if self.balance or self.negatives > 1 else loss
 
     def network(self, theta, x, key, columns) -> MarginalRatioNetwork:
         """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""

@@ -80,7 +80,7 @@ class Posterior(abc.ABC):
 
         ``key`` defaults to ``jax.random.key(0)``, so the same posterior gives the same draws.
         """
-        draws = np.asarray(self.sample(n, key=jax.random.key(0) if key is None else as_key(key)))
+        draws = np.asarray(self.sample(check_draws(n), key=jax.random.key(0) if key is None else as_key(key)))
         return samples_to_arviz(draws, self.names)
 
     # ---- saving -------------------------------------------------------------------------
@@ -108,6 +108,13 @@ class Posterior(abc.ABC):
     def load(cls, path) -> "Posterior":
         """Read a posterior written by `save` (any kind; see the module-level `load`)."""
         return load(path)
+
+
+def check_draws(n) -> int:
+    """The number of draws ``n`` as an int: a positive integer (Python, NumPy or a JAX scalar)."""
+    if isinstance(n, (bool, np.bool_)) or np.ndim(n) != 0 or not np.issubdtype(np.asarray(n).dtype, np.integer) or n < 1:
+        raise ValueError(f"n must be a positive integer number of draws, got {n!r}")
+    return int(n)
 
 
 def samples_to_arviz(samples, names: Sequence[str]):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from galton import flows, ratio
+from galton.posteriors.base import check_draws
 from galton.posteriors.network import NetworkPosterior, check_x
 from galton.problem import Prior
 from galton.sampling import MCMC_DEFAULTS, mcmc
@@ -63,7 +64,7 @@ class DensityPosterior(NetworkPosterior):
         """``n`` MCMC draws ``(n, d)``; ``sampler`` overrides `galton.sampling.mcmc` settings."""
         log_density = _LogPosterior(self.term, self.prior)
         settings = {**dict(self.sampler), **sampler}
-        return mcmc(log_density, self.prior, n, key=key, args=(self.network, self._x(x)), **settings)
+        return mcmc(log_density, self.prior, check_draws(n), key=key, args=(self.network, self._x(x)), **settings)
 
 
 @eqx.filter_jit  # eager, flows rebuilt closures per call and compiled anew: lrt's toys ran out of code memory

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 
 from galton import flows
 from galton.keys import as_key
-from galton.posteriors.network import NetworkPosterior, check_x
-from galton.problem import ProblemError
+from galton.posteriors.base import check_draws
+from galton.posteriors.network import NetworkPosterior, check_x, check_xs
 
 
 @eqx.filter_jit
@@ -67,10 +67,7 @@ class FlowPosterior(NetworkPosterior):
 
         Draws outside the prior's support are replaced by fresh ones until none is left.
         """
-        key = as_key(key)
-        xs = jnp.asarray(xs, jnp.float32)
-        if xs.shape[1:] != self.network.c_shape:
-            raise ProblemError(f"xs has shape {xs.shape}; expected (m, *{self.network.c_shape})")
+        key, n, xs = as_key(key), check_draws(n), check_xs(xs, self.network.c_shape)
         out, bad = None, None
         for attempt in range(1000):
             draws = _sample_many(self.network, jax.random.split(jax.random.fold_in(key, attempt), len(xs)), xs, n)

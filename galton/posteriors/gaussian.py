@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
-from galton.posteriors.base import Posterior
+from galton.posteriors.base import Posterior, check_draws
 from galton.transforms import ElementwiseBijection
 
 
@@ -56,7 +56,7 @@ class GaussianPosterior(Posterior):
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         self._check_x(x)
-        eps = jax.random.normal(as_key(key), (n, self.dim))
+        eps = jax.random.normal(as_key(key), (check_draws(n), self.dim))
         u = jnp.asarray(self.loc, eps.dtype) + eps @ jnp.asarray(self._cholesky.T, eps.dtype)
         return self.bijection.forward(u)
 

@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
-from galton.posteriors.base import samples_to_arviz
-from galton.posteriors.network import NetworkPosterior, check_x
+from galton.posteriors.base import check_draws, samples_to_arviz
+from galton.posteriors.network import NetworkPosterior, check_x, check_xs
 from galton.problem import Prior, ProblemError
 from galton.ratio import MarginalRatioNetwork, marginal_skeleton
-from galton.truncation import DrawnRegion, Quantiles, TruncatedPrior
+from galton.regions import DrawnRegion
+from galton.truncation import Quantiles, TruncatedPrior
 
 GRID = {1: 4096, 2: 160}  # cells per axis: 4096 for a 1-D marginal, 160 x 160 for a 2-D one
 REGION_BINS = {1: 128, 2: 48}  # histogram of the region's draws: about 30 per bin for 65,536 draws in 2-D
@@ -125,10 +126,7 @@ class _OnMarginalHeads(NetworkPosterior):
         return marginal_skeleton(meta["spec"])
 
     def _check_obs(self, x) -> jax.Array:
-        x = check_x(x, self.network.x_shape, iid=False)
-        if not bool(jnp.isfinite(x).all()):
-            raise ProblemError("x has NaN or inf values")
-        return x
+        return check_x(x, self.network.x_shape, iid=False)
 
 
 class MarginalPosterior(_OnMarginalHeads):
@@ -161,9 +159,10 @@ class MarginalPosterior(_OnMarginalHeads):
 
     def log_prob_batch(self, theta, xs) -> jax.Array:
         """log p(θ_m | x_j) for θ ``(m, n, k)`` and xs ``(m, *x_shape)`` -> ``(m, n)``."""
-        theta, xs = jnp.asarray(theta, jnp.float32), jnp.asarray(xs, jnp.float32)
-        if theta.shape[-1] != len(self.columns):
-            raise ProblemError(f"theta has shape {theta.shape}; the marginal {tuple(self.names)} has {len(self.columns)} columns")
+        theta, xs = jnp.asarray(theta, jnp.float32), check_xs(xs, self.network.x_shape)
+        if theta.ndim != 3 or theta.shape[0] != xs.shape[0] or theta.shape[-1] != len(self.columns):
+            raise ProblemError(f"theta has shape {theta.shape}; expected (m, n, {len(self.columns)}) for the marginal "
+                               f"{tuple(self.names)} at m = {xs.shape[0]} observations")
         box = (jnp.asarray(self.u_low), jnp.asarray(self.u_high), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill)
         return _log_prob(self.network, self.quantiles, *self._head(), box, self._region, theta, xs)
 
@@ -175,8 +174,9 @@ class MarginalPosterior(_OnMarginalHeads):
 
     def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
         """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, k)``."""
-        xs = jnp.asarray(xs, jnp.float32)
-        return _sample(self.network, self.quantiles, *self._head(), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill, self._region, xs, as_key(key), int(n))
+        xs = check_xs(xs, self.network.x_shape)
+        return _sample(self.network, self.quantiles, *self._head(), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill,
+                       self._region, xs, as_key(key), check_draws(n))
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
@@ -223,7 +223,7 @@ class TMNREPosterior(_OnMarginalHeads):
 
     def marginal(self, names: str | Sequence[str]) -> MarginalPosterior:
         """The posterior of one estimated marginal, e.g. ``marginal(("a", "b"))`` or ``marginal("a")``."""
-        wanted = (names,) if isinstance(names, str) else tuple(names)
+        wanted = (names,) if isinstance(names, str) else tuple(names) if isinstance(names, (tuple, list)) else (names,)
         if wanted not in self.marginals:
             hint = f"; it was estimated as {wanted[::-1]}" if wanted[::-1] in self.marginals else ""
             raise ValueError(f"{wanted} is not among the estimated marginals {self.marginals}{hint}")
@@ -264,7 +264,7 @@ class TMNREPosterior(_OnMarginalHeads):
         are independent: the joint structure lives in the 2-D marginals)."""
         key = jax.random.key(0) if key is None else as_key(key)
         keys = jax.random.split(key, self.dim)
-        columns = [np.asarray(self.marginal(name).sample(n, key=k))[:, 0] for k, name in zip(keys, self.names)]
+        columns = [np.asarray(self.marginal(name).sample(check_draws(n), key=k))[:, 0] for k, name in zip(keys, self.names)]
         return samples_to_arviz(np.stack(columns, -1), self.names)
 
 

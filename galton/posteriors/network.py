@@ -23,12 +23,23 @@ def check_x(x, shape: tuple[int, ...], *, iid: bool) -> jax.Array:
     if x is None:
         raise ValueError("no observation: pass x=..., or call condition(x) first")
     x = jnp.asarray(x, jnp.float32)
-    if x.shape == shape:
-        return x[None] if iid else x
-    if iid and x.ndim == len(shape) + 1 and x.shape[1:] == shape:
-        return x
-    allowed = f"{shape}" + (f" or (n_obs, *{shape}) for iid observations" if iid else "")
-    raise ProblemError(f"x has shape {x.shape}; this posterior expects {allowed}")
+    if not (x.shape == shape or (iid and x.ndim == len(shape) + 1 and x.shape[1:] == shape)):
+        allowed = f"{shape}" + (f" or (n_obs, *{shape}) for iid observations" if iid else "")
+        raise ProblemError(f"x has shape {x.shape}; this posterior expects {allowed}")
+    # under jit (calibration's log_prob at each x) a traced x has no values to check
+    if not isinstance(x, jax.core.Tracer) and not bool(jnp.isfinite(x).all()):
+        raise ProblemError("x has NaN or inf values")
+    return x[None] if iid and x.shape == shape else x
+
+
+def check_xs(xs, shape: tuple[int, ...]) -> jax.Array:
+    """A batch of observations ``(m, *shape)`` as float32, or a clear error (its shape, NaN or inf)."""
+    xs = jnp.asarray(xs, jnp.float32)
+    if xs.shape[1:] != tuple(shape) or xs.ndim != len(shape) + 1:
+        raise ProblemError(f"xs has shape {xs.shape}; expected a batch of observations (m, *{tuple(shape)})")
+    if not isinstance(xs, jax.core.Tracer) and not bool(jnp.isfinite(xs).all()):
+        raise ProblemError("xs has NaN or inf values")
+    return xs
 
 
 def network_arrays(net: eqx.Module) -> dict[str, np.ndarray]:

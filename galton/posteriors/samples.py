@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
-from galton.posteriors.base import Posterior
+from galton.posteriors.base import Posterior, check_draws
 
 
 class SamplesPosterior(Posterior):
@@ -57,7 +57,7 @@ class SamplesPosterior(Posterior):
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         """``n`` draws ``(n, d)``, resampled with replacement in proportion to the weights."""
         self._check_x(x)
-        rows = jax.random.choice(as_key(key), len(self.theta), (n,), p=jnp.asarray(self.weights))
+        rows = jax.random.choice(as_key(key), len(self.theta), (check_draws(n),), p=jnp.asarray(self.weights))
         return jnp.asarray(self.theta)[rows]
 
     def _kde(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
