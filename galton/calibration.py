@@ -18,6 +18,45 @@ from galton.keys import as_key
 from galton.progress import Progress
 
 
+def check_pairs(posterior, theta, xs, references=None) -> tuple[np.ndarray, np.ndarray]:
+    """θ ``(m, d)`` and xs ``(m, *x_shape)`` as arrays, or a clear error: every check a calibration
+    function needs before its first draw (``references``, when given, must be shaped like θ).
+
+    Raises:
+        ValueError: a posterior fitted to one observation; mismatched shapes; NaN or inf values.
+    """
+    # a posterior with no x_obs ignores x (the prior, say, which is calibrated) and may be tested
+    if not getattr(posterior, "amortized", False) and getattr(posterior, "x_obs", None) is not None:
+        raise ValueError(
+            f"this {type(posterior).__name__} was fitted to one observation; SBC and coverage draw from the "
+            "posterior at every simulated x, so they need an amortized posterior (NPE, NLE, NRE, TMNRE) "
+            "or a method run again for each x"
+        )
+    theta, xs = np.asarray(theta), np.asarray(xs)
+    d = getattr(posterior, "dim", None)
+    want = f"(m, {d})" if d is not None else "(m, d)"
+    if theta.ndim != 2 or len(theta) == 0 or (d is not None and theta.shape[1] != d):
+        raise ValueError(f"theta has shape {theta.shape}; expected {want}: one row of the {d or 'd'} parameters per simulation")
+    if xs.ndim == 0 or len(xs) != len(theta):
+        raise ValueError(f"x has shape {xs.shape} for theta of shape {theta.shape}; expected one simulation per θ, ({len(theta)}, ...)")
+    x_shape = tuple(getattr(posterior, "x_shape", ()))
+    # trailing axes only: an iid posterior (NLE) takes (m, n_obs, *x_shape), and checks the rest itself
+    if x_shape and (xs.ndim <= len(x_shape) or xs.shape[-len(x_shape):] != x_shape):
+        raise ValueError(f"x has shape {xs.shape}; this posterior's observations have shape {x_shape}: expected ({len(theta)}, *{x_shape})")
+    named = {"theta": theta, "x": xs}
+    if references is not None:
+        named["references"] = np.asarray(references)
+        if named["references"].shape != theta.shape:
+            raise ValueError(f"references has shape {named['references'].shape}; expected θ's shape {theta.shape}, one point per pair")
+    for name, a in named.items():
+        if not np.issubdtype(a.dtype, np.number):
+            raise ValueError(f"{name} must hold numbers, got dtype {a.dtype}")
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{name} has {int(bad.sum())} rows with NaN or inf values, first row {int(np.flatnonzero(bad)[0])}")
+    return theta, xs
+
+
 def posterior_draws(posterior, xs, n: int, *, key: jax.Array, progress: bool = False) -> np.ndarray:
     """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, d)``.
 
@@ -38,7 +77,7 @@ def posterior_draws(posterior, xs, n: int, *, key: jax.Array, progress: bool = F
 
 def sbc(posterior, theta, x, *, key: jax.Array, n_samples: int = 100, progress: bool = False) -> np.ndarray:
     """SBC ranks ``(m, d)`` in ``0..n_samples`` of the true θ ``(m, d)`` among posterior draws at x ``(m, ...)``."""
-    theta = np.asarray(theta)
+    theta, x = check_pairs(posterior, theta, x)
     draws = posterior_draws(posterior, x, n_samples, key=key, progress=progress)
     return (draws < theta[:, None, :]).sum(axis=1)
 
@@ -56,14 +95,14 @@ def sbc_uniformity(ranks: np.ndarray, n_samples: int) -> np.ndarray:
 def credible_levels(posterior, theta, x, *, key: jax.Array, n_samples: int = 1000, progress: bool = False) -> np.ndarray:
     """For each pair, the highest-density credible level ``(m,)`` at which the true θ is included:
     the share of posterior draws whose density exceeds the density at the true θ."""
-    theta = np.asarray(theta)
+    theta, x = check_pairs(posterior, theta, x)
     draws = posterior_draws(posterior, x, n_samples, key=key, progress=progress)
     points = np.concatenate([theta[:, None], draws], axis=1)  # (m, 1 + n_samples, d): truth first
     if hasattr(posterior, "log_prob_batch"):
         lp = np.asarray(posterior.log_prob_batch(points, x))
     else:
         log_prob = jax.jit(lambda p, xi: posterior.log_prob(p, x=xi))
-        lp = np.stack([np.asarray(log_prob(p, xi)) for p, xi in zip(points, np.asarray(x))])
+        lp = np.stack([np.asarray(log_prob(p, xi)) for p, xi in zip(points, x)])
     return (lp[:, 1:] > lp[:, :1]).mean(axis=1)
 
 
@@ -96,7 +135,8 @@ def tarp(posterior, theta, x, *, key: jax.Array, n_samples: int = 1000, referenc
         ``(levels (k,), ecp (k,))`` with ``ecp = mean(f < level)``: the diagonal for a
         correct posterior.
     """
-    theta, key = np.asarray(theta, np.float64), as_key(key)
+    theta, x = check_pairs(posterior, theta, x, references)
+    theta, key = theta.astype(np.float64), as_key(key)
     draws = posterior_draws(posterior, x, n_samples, key=key, progress=progress).astype(np.float64)
     mean, std = theta.mean(0), theta.std(0) + 1e-12
     theta, draws = (theta - mean) / std, (draws - mean) / std
@@ -123,7 +163,8 @@ def marginal_coverage(posterior, theta, x, *, key: jax.Array, n_samples: int = 5
     Returns:
         ``{marginal names: (levels (k,), coverage (k,))}``, each as `expected_coverage` gives.
     """
-    theta, keys = np.asarray(theta), jax.random.split(as_key(key), len(posterior.marginals))
+    theta, x = check_pairs(posterior, theta, x)
+    keys = jax.random.split(as_key(key), len(posterior.marginals))
     out = {}
     for k, m in zip(keys, posterior.marginals):
         columns = [posterior.names.index(n) for n in m]

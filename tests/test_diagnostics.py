@@ -67,3 +67,85 @@ def test_predictive_check_of_a_simulator_reads_each_value_of_a_short_x():
         predictive_check(exact, PROBLEM, X_OBS, key=jax.random.key(0), n=10, statistics={"both": lambda x: x[:2]})
     with pytest.raises(ValueError, match="NaN"):
         predictive_check(exact, PROBLEM, jnp.array([np.nan, 0.0, 0.0]), key=jax.random.key(0), n=10)
+
+
+# ---- calibration's inputs -----------------------------------------------------------------------
+
+
+def _pairs(m=20, d=2, x_dim=3):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(m, d)), rng.normal(size=(m, x_dim))
+
+
+def _calibrations():
+    """Each calibration function of (posterior, θ, x), with its ranks or coverage curve as the result."""
+    import jax
+
+    from galton import calibration
+
+    key = jax.random.key(0)
+    return {
+        "sbc": lambda post, theta, x, **kw: calibration.sbc(post, theta, x, key=key, n_samples=10),
+        "expected_coverage": lambda post, theta, x, **kw: calibration.expected_coverage(post, theta, x, key=key, n_samples=10)[1],
+        "tarp": lambda post, theta, x, **kw: calibration.tarp(post, theta, x, key=key, n_samples=10, **kw)[1],
+    }
+
+
+@pytest.mark.parametrize("name", ["sbc", "expected_coverage", "tarp"])
+def test_calibration_refuses_pairs_that_do_not_match(name):
+    from galton import GaussianPosterior
+
+    run = _calibrations()[name]
+    prior = GaussianPosterior(np.zeros(2), np.eye(2), ["a", "b"])  # ignores x: the prior, calibrated
+    theta, x = _pairs()
+    assert np.shape(run(prior, theta, x)) in [(20, 2), (101,)]
+    with pytest.raises(ValueError, match=r"x has shape \(20, 3\) for theta of shape \(1, 2\); expected one simulation per θ"):
+        run(prior, theta[:1], x)
+    with pytest.raises(ValueError, match=r"x has shape \(20, 3\) for theta of shape \(10, 2\)"):
+        run(prior, theta[:10], x)
+    with pytest.raises(ValueError, match=r"theta has shape \(20, 1\); expected \(m, 2\)"):
+        run(prior, theta[:, :1], x)
+    with pytest.raises(ValueError, match=r"theta has shape \(20,\); expected \(m, 2\)"):
+        run(prior, theta[:, 0], x)
+    with pytest.raises(ValueError, match="theta has 1 rows with NaN or inf values, first row 4"):
+        run(prior, np.where(np.arange(20)[:, None] == 4, np.inf, theta), x)
+    with pytest.raises(ValueError, match="x has 1 rows with NaN or inf values, first row 3"):
+        run(prior, theta, np.where(np.arange(20)[:, None] == 3, np.nan, x))
+
+
+def test_tarp_refuses_references_shaped_unlike_theta():
+    from galton import GaussianPosterior
+
+    tarp = _calibrations()["tarp"]
+    prior = GaussianPosterior(np.zeros(2), np.eye(2), ["a", "b"])
+    theta, x = _pairs()
+    for references in (np.zeros((20, 3)), np.zeros((1, 2))):
+        with pytest.raises(ValueError, match=rf"references has shape \({references.shape[0]}, {references.shape[1]}\); expected θ's shape \(20, 2\)"):
+            tarp(prior, theta, x, references=references)
+
+
+def test_calibration_checks_x_against_the_posteriors_observations():
+    import jax
+    import jax.numpy as jnp
+    import numpyro.distributions as dist
+
+    from galton import flows
+    from galton.posteriors import FlowPosterior
+    from galton.problem import Prior
+
+    theta, x = _pairs()
+    network = flows.conditional_flow(theta, x, key=jax.random.key(0), transforms=1, hidden=8)  # untrained: shapes only
+    posterior = FlowPosterior(network, Prior(dist.Normal(jnp.zeros(2), 1.0)))
+    sbc = _calibrations()["sbc"]
+    assert sbc(posterior, theta, x).shape == (20, 2)
+    with pytest.raises(ValueError, match=r"x has shape \(20, 2\); this posterior's observations have shape \(3,\)"):
+        sbc(posterior, theta, x[:, :2])
+
+
+@pytest.mark.parametrize("name", ["sbc", "expected_coverage", "tarp"])
+def test_calibration_refuses_a_posterior_fitted_to_one_observation(name):
+    from galton import GaussianPosterior
+
+    fitted = GaussianPosterior(np.zeros(2), np.eye(2), ["a", "b"], x_obs=np.zeros(3))
+    with pytest.raises(ValueError, match="fitted to one observation; SBC and coverage .* need an amortized posterior"):
+        _calibrations()[name](fitted, *_pairs())

@@ -1,3 +1,5 @@
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -5,9 +7,12 @@ import numpyro.distributions as dist
 import pytest
 from scipy import stats
 
-from galton.posteriors import GaussianPosterior, load
+from galton import flows
+from galton.muse import MuseResult
+from galton.posteriors import FlowPosterior, GaussianPosterior, SamplesPosterior, load
+from galton.posteriors.base import PosteriorFileError
 from galton.transforms import ElementwiseBijection
-from galton.problem import Prior
+from galton.problem import Prior, ProblemError
 
 COV = np.array([[0.5, 0.2], [0.2, 0.3]])
 
@@ -91,8 +96,10 @@ def test_to_arviz_uses_the_parameter_names():
 def test_a_fitted_posterior_refuses_another_observation():
     posterior = GaussianPosterior(np.zeros(1), np.eye(1), ["a"], x_obs=np.zeros(4))
     assert posterior.condition(np.zeros(4)) is posterior
-    with pytest.raises(ValueError, match="fitted to one observation"):
+    with pytest.raises(ValueError, match=r"fitted to one observation and x differs from it \(same shape \(4,\)"):
         posterior.sample(3, key=jax.random.key(0), x=np.ones(4))
+    with pytest.raises(ValueError, match=r"observation of shape \(4,\) and cannot be conditioned on x of shape \(3,\)"):
+        posterior.sample(3, key=jax.random.key(0), x=np.ones(3))
 
 
 def test_bad_covariances_and_files_are_refused(tmp_path):
@@ -100,7 +107,7 @@ def test_bad_covariances_and_files_are_refused(tmp_path):
         GaussianPosterior(np.zeros(2), np.array([[1.0, 2.0], [2.0, 1.0]]), ["a", "b"])
     with pytest.raises(ValueError, match="names"):
         GaussianPosterior(np.zeros(2), np.eye(2), ["a"])
-    with pytest.raises(FileNotFoundError, match="no saved posterior"):
+    with pytest.raises(PosteriorFileError, match="no saved posterior"):
         load(tmp_path)
 
 
@@ -111,8 +118,6 @@ def test_weighted_samples_resample_by_weight_and_estimate_the_density(tmp_path):
     # importance draws from N(0, 2²) weighted to N(1, 0.5²): resampled draws follow the target
     proposal = np.asarray(2.0 * jax.random.normal(jax.random.key(0), (20_000, 1)))
     log_w = stats.norm(1.0, 0.5).logpdf(proposal[:, 0]) - stats.norm(0.0, 2.0).logpdf(proposal[:, 0])
-    from galton.posteriors import SamplesPosterior
-
     posterior = SamplesPosterior(proposal, ["a"], log_w, info={"proposal": "N(0, 4)"})
     assert 2_000 < posterior.ess < 20_000
     draws = np.asarray(posterior.sample(20_000, key=jax.random.key(1)))
@@ -128,8 +133,6 @@ def test_weighted_samples_resample_by_weight_and_estimate_the_density(tmp_path):
 
 
 def test_weighted_samples_reject_bad_input():
-    from galton.posteriors import SamplesPosterior
-
     with pytest.raises(ValueError, match=r"theta must be \(m, 2\)"):
         SamplesPosterior(np.zeros((5, 3)), ["a", "b"])
     with pytest.raises(ValueError, match=r"log_weights must be \(5,\)"):
@@ -145,3 +148,92 @@ def test_a_bad_number_of_draws_is_refused(n):
         posterior.sample(n, key=jax.random.key(0))
     with pytest.raises(ValueError, match="n must be a positive integer number of draws"):
         posterior.to_arviz(n=n)
+
+
+# ---- θ of the wrong width, damaged files --------------------------------------------------------
+
+
+def _flow_posterior() -> FlowPosterior:
+    """An untrained flow q(θ | x) over 2 parameters, x of shape (3,): shapes and files only."""
+    rng = np.random.default_rng(0)
+    network = flows.conditional_flow(rng.normal(size=(50, 2)), rng.normal(size=(50, 3)), key=jax.random.key(0), transforms=1, hidden=8)
+    return FlowPosterior(network, Prior(dist.Normal(jnp.zeros(2), 1.0)))
+
+
+def _muse_result() -> MuseResult:
+    record = {"J": np.eye(2), "H": np.eye(2), "H_prior": np.zeros((2, 2)), "theta_evaluated": np.zeros(2), "scores": np.zeros((5, 2)),
+              "z_map": np.zeros((6, 1)), "key_data": jax.random.key_data(jax.random.key(0)), "history": [], "nsims": 5,
+              "converged": True, "time_s": 0.0, "n_gradient_evaluations": 0, "n_hessian_vector_products": 0,
+              "jacobian": "implicit", "problem_name": "test"}
+    return MuseResult(np.zeros(2), COV, ["a", "b"], ElementwiseBijection.identity(2), np.zeros(4), **record)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GaussianPosterior(np.zeros(2), COV, ["a", "b"]),
+    lambda: SamplesPosterior(np.random.default_rng(0).normal(size=(100, 2)), ["a", "b"]),
+    _muse_result,
+    _flow_posterior,
+], ids=["gaussian", "samples", "muse", "flow"])
+def test_log_prob_names_a_theta_of_the_wrong_width(make):
+    posterior = make()
+    x = {"x": np.zeros(3)} if isinstance(posterior, FlowPosterior) else {}
+    for theta in (np.zeros(3), np.zeros((5, 3)), np.float32(0.0)):
+        with pytest.raises(ProblemError, match=rf"theta has shape \({', '.join(map(str, theta.shape))},?\); this posterior has 2 parameters"):
+            posterior.log_prob(theta, **x)
+    # the right width in any batch shape: one value per point
+    theta = np.random.default_rng(1).normal(size=(2, 3, 2)) * 0.5
+    lp = np.asarray(posterior.log_prob(theta, **x))
+    assert lp.shape == (2, 3) and np.isfinite(lp).all()
+    np.testing.assert_allclose(lp, np.asarray(posterior.log_prob(theta.reshape(6, 2), **x)).reshape(2, 3), rtol=1e-5)
+    np.testing.assert_allclose(lp[0, 0], posterior.log_prob(theta[0, 0], **x), rtol=1e-5)
+
+
+def test_save_refuses_a_path_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("not a directory")
+    with pytest.raises(PosteriorFileError, match=r"taken: it is an existing file"):
+        GaussianPosterior(np.zeros(2), COV, ["a", "b"]).save(tmp_path / "taken")
+
+
+def _damage(saved, how):
+    if how == "arrays.npz is garbage":
+        (saved / "arrays.npz").write_bytes(b"garbage")
+    elif how == "posterior.json is not JSON":
+        (saved / "posterior.json").write_text("{not json")
+    elif how == "posterior.json has no kind":
+        meta = json.loads((saved / "posterior.json").read_text())
+        (saved / "posterior.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "kind"}))
+    elif how == "arrays.npz is missing":
+        (saved / "arrays.npz").unlink()
+    else:  # rewrite one array: drop it (None) or give it a wrong shape
+        name, value = how
+        arrays = dict(np.load(saved / "arrays.npz"))
+        arrays = {k: v for k, v in arrays.items() if k != name} if value is None else {**arrays, name: value}
+        np.savez(saved / "arrays.npz", **arrays)
+
+
+@pytest.mark.parametrize("how, message", [
+    ("arrays.npz is garbage", r"arrays.npz is not a readable NumPy archive"),
+    ("posterior.json is not JSON", r"posterior.json is not valid JSON"),
+    ("posterior.json has no kind", r"names no posterior kind"),
+    ("arrays.npz is missing", r"has posterior.json but no arrays.npz"),
+    (("cov", None), r"lacks 'cov'"),
+    (("cov", np.eye(3)), r"does not hold a valid 'gaussian' posterior: loc must be \(d,\) and cov \(d, d\)"),
+])
+def test_load_names_what_is_wrong_with_a_damaged_gaussian(tmp_path, how, message):
+    saved = GaussianPosterior(np.zeros(2), COV, ["a", "b"]).save(tmp_path / "post")
+    _damage(saved, how)
+    with pytest.raises(PosteriorFileError, match=message) as error:
+        load(saved)
+    assert str(saved) in str(error.value)
+
+
+def test_load_checks_each_network_array_against_the_spec(tmp_path):
+    posterior = _flow_posterior()
+    saved = posterior.save(tmp_path / "flow")
+    weight = np.load(saved / "arrays.npz")["weight_2"]
+    _damage(saved, ("weight_2", weight[..., :-1]))
+    with pytest.raises(PosteriorFileError, match=rf"weight_2 has shape \({', '.join(map(str, weight[..., :-1].shape))}\); its spec builds"):
+        load(saved)
+    _damage(saved, ("weight_0", None))
+    with pytest.raises(PosteriorFileError, match=r"array weight_0 is missing"):
+        load(saved)

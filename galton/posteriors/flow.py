@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from galton import flows
 from galton.keys import as_key
-from galton.posteriors.base import check_draws
+from galton.posteriors.base import check_draws, check_theta_width
 from galton.posteriors.network import NetworkPosterior, check_x, check_xs
 
 
@@ -20,7 +20,6 @@ def _sample_many(model: flows.ConditionalFlow, keys: jax.Array, xs: jax.Array, n
 @eqx.filter_jit
 def _log_prob_many(model: flows.ConditionalFlow, theta: jax.Array, xs: jax.Array) -> jax.Array:
     return model.log_prob(theta, xs)
-
 
 
 class FlowPosterior(NetworkPosterior):
@@ -39,8 +38,12 @@ class FlowPosterior(NetworkPosterior):
 
     kind = "flow"
 
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        return self.network.c_shape
+
     def _check_obs(self, x) -> jax.Array:
-        return check_x(x, self.network.c_shape, iid=False)
+        return check_x(x, self.x_shape, iid=False)
 
     @classmethod
     def _skeleton(cls, meta):
@@ -48,13 +51,13 @@ class FlowPosterior(NetworkPosterior):
 
     def log_prob(self, theta, x=None) -> jax.Array:
         """log q(θ | x) for θ ``(..., d)`` -> ``(...)``; −inf outside the prior's support."""
-        theta = jnp.asarray(theta)
+        theta, _ = check_theta_width(theta, self.dim)
         lp = self.network.log_prob(theta, self._x(x))
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
     def log_prob_batch(self, theta, xs) -> jax.Array:
         """log q(θ | x) for θ ``(m, k, d)`` at xs ``(m, *x_shape)`` -> ``(m, k)``, one jitted call."""
-        theta, xs = jnp.asarray(theta), jnp.asarray(xs, jnp.float32)
+        theta, xs = check_theta_width(theta, self.dim)[0], check_xs(xs, self.x_shape)
         lp = _log_prob_many(self.network, theta, xs[:, None])
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
@@ -67,7 +70,7 @@ class FlowPosterior(NetworkPosterior):
 
         Draws outside the prior's support are replaced by fresh ones until none is left.
         """
-        key, n, xs = as_key(key), check_draws(n), check_xs(xs, self.network.c_shape)
+        key, n, xs = as_key(key), check_draws(n), check_xs(xs, self.x_shape)
         out, bad = None, None
         for attempt in range(1000):
             draws = _sample_many(self.network, jax.random.split(jax.random.fold_in(key, attempt), len(xs)), xs, n)

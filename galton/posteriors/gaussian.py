@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
-from galton.posteriors.base import Posterior, check_draws
+from galton.posteriors.base import Posterior, check_draws, check_theta_width
 from galton.transforms import ElementwiseBijection
 
 
@@ -61,13 +61,13 @@ class GaussianPosterior(Posterior):
         return self.bijection.forward(u)
 
     def log_prob(self, theta, x=None) -> jax.Array:
+        """The density at θ ``(..., d)`` -> ``(...)``; −inf outside the support."""
         self._check_x(x)
-        theta = jnp.asarray(theta, jnp.result_type(float))
+        theta = check_theta_width(theta, self.dim)[0].astype(jnp.result_type(float))
         u = self.bijection.inverse(theta)
         diff = u - jnp.asarray(self.loc, theta.dtype)
         L = jnp.asarray(self._cholesky, theta.dtype)
-        white = jax.scipy.linalg.solve_triangular(L, diff[..., None] if diff.ndim == 1 else diff.T, lower=True)
-        white = white[..., 0] if diff.ndim == 1 else white.T
+        white = jax.scipy.linalg.solve_triangular(L, diff.reshape(-1, self.dim).T, lower=True).T.reshape(diff.shape)
         lp = (
             -0.5 * jnp.sum(white**2, axis=-1)
             - jnp.sum(jnp.log(jnp.diag(L)))

@@ -50,7 +50,15 @@ def network_arrays(net: eqx.Module) -> dict[str, np.ndarray]:
 def with_network_arrays(skeleton: eqx.Module, arrays: dict[str, np.ndarray]) -> eqx.Module:
     params, static = eqx.partition(skeleton, eqx.is_array)
     leaves, treedef = jax.tree.flatten(params)
-    restored = [jnp.asarray(arrays[f"weight_{i}"], leaf.dtype) for i, leaf in enumerate(leaves)]
+    restored = []
+    for i, leaf in enumerate(leaves):
+        name = f"weight_{i}"
+        if name not in arrays:
+            raise ValueError(f"the network's array {name} is missing ({len(leaves)} expected, weight_0 … weight_{len(leaves) - 1})")
+        # a wrong shape would load and then fail far away, inside the first sample's JAX code
+        if arrays[name].shape != leaf.shape:
+            raise ValueError(f"the network's array {name} has shape {arrays[name].shape}; its spec builds {leaf.shape}")
+        restored.append(jnp.asarray(arrays[name], leaf.dtype))
     return eqx.combine(jax.tree.unflatten(treedef, restored), static)
 
 
@@ -70,6 +78,11 @@ class NetworkPosterior(Posterior):
         self.names = list(prior.names)
         self.history = list(history or [])
         self.x_obs = None if x_obs is None else np.asarray(self._check_obs(x_obs))
+
+    @property
+    def x_shape(self) -> tuple[int, ...]:
+        """The shape of one observation."""
+        return tuple(self.network.x_shape)
 
     def _check_obs(self, x) -> jax.Array:
         raise NotImplementedError

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
-from galton.posteriors.base import Posterior, check_draws
+from galton.posteriors.base import Posterior, check_draws, check_theta_width
 
 
 class SamplesPosterior(Posterior):
@@ -78,8 +78,8 @@ class SamplesPosterior(Posterior):
     def log_prob(self, theta, x=None) -> jax.Array:
         """The kernel density estimate at θ ``(..., d)`` -> ``(...)``."""
         self._check_x(x)
+        theta, _ = check_theta_width(theta, self.dim)
         white_centres, log_w, whiten, log_norm = self._kde()
-        theta = jnp.asarray(theta)
         dtype = jnp.result_type(theta.dtype, jnp.float32)
         t = theta.astype(dtype) @ jnp.asarray(whiten, dtype)
         sq = jnp.sum((t[..., None, :] - jnp.asarray(white_centres, dtype)) ** 2, axis=-1)
