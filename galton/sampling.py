@@ -19,12 +19,52 @@ from numpyro.infer import ESS, MCMC
 
 from galton.keys import as_key
 from galton.problem import Prior
+from galton.train import check_count
 
 METHODS = ("nuts", "slice")
 # settings of `mcmc` for posteriors sampled by MCMC, as hashable (name, value) pairs. 100 chains
 # (as sbibm): chains keep to the mode they start in, so their number sets how well the modes'
 # weights are resolved (slcp NLE at 10k, C2ST obs 1: 0.770 with 20 chains, 0.761 with 100)
 MCMC_DEFAULTS = (("method", "nuts"), ("num_chains", 100), ("warmup", 200))
+
+
+# the settings of `mcmc` a posterior keeps (JSON-able, so it saves), with the least each count may be
+SAMPLER_SETTINGS = {"method": None, "num_chains": 1, "warmup": 0, "thin": 1, "progress": None}
+
+
+def _check_setting(name: str, value) -> None:
+    if name == "method":
+        if value not in METHODS:
+            raise ValueError(f"sampler method must be one of {METHODS}, got {value!r}")
+    elif name == "progress":
+        if not isinstance(value, bool):
+            raise ValueError(f"sampler progress must be True or False, got {value!r}")
+    else:
+        check_count(value, f"sampler {name}", minimum=SAMPLER_SETTINGS[name])
+
+
+def check_sampler(sampler) -> tuple[tuple[str, object], ...]:
+    """``sampler`` (a dict, or ``((name, value), ...)`` as the methods keep it) as name-value pairs,
+    each name a setting of `mcmc` in ``SAMPLER_SETTINGS`` and each value valid for it; else a
+    ValueError naming the setting. Checked when a method or posterior is made, not when it samples."""
+    if isinstance(sampler, dict):
+        sampler = tuple(sampler.items())
+    wanted = f"a dict or ((name, value), ...) of mcmc settings among {sorted(SAMPLER_SETTINGS)}, e.g. {MCMC_DEFAULTS}"
+    if isinstance(sampler, str) or not isinstance(sampler, (tuple, list)):
+        raise ValueError(f"sampler must be {wanted}; got {sampler!r}")
+    pairs = []
+    for pair in sampler:
+        if isinstance(pair, str) or not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str):
+            raise ValueError(f"sampler must be {wanted}; {pair!r} is not a (name, value) pair")
+        name, value = pair
+        if name not in SAMPLER_SETTINGS:
+            raise ValueError(f"sampler has the unknown setting {name!r}; mcmc's settings are {sorted(SAMPLER_SETTINGS)}")
+        _check_setting(name, value)
+        pairs.append((name, value))
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sampler names a setting twice: {names}")
+    return tuple(pairs)
 
 
 class SamplingError(RuntimeError):
@@ -130,8 +170,8 @@ def mcmc(
         init: optional starting points ``(num_chains, d)``; drawn by `initial_points` if omitted.
         progress: show NumPyro's progress bar (``"slice"`` only).
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    for name, value in (("method", method), ("num_chains", num_chains), ("warmup", warmup), ("thin", thin)):
+        _check_setting(name, value)
     key_init, key_run, key_shuffle = jax.random.split(as_key(key), 3)
     if init is None:
         init = initial_points(log_density, prior, num_chains, key=key_init, args=args)

@@ -9,6 +9,8 @@ are never updated; other `paramax` wrappers are unwrapped before the loss sees t
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -26,6 +28,27 @@ from galton.progress import Progress
 
 class TrainingError(ValueError):
     """The data cannot train a model: too few rows, non-finite values, mismatched lengths."""
+
+
+def check_count(value, name: str, *, minimum: int = 1) -> None:
+    """Raise ValueError unless ``value`` is an integer (Python or NumPy, not a bool) of at least
+    ``minimum``; the settings objects of the training loop and the methods check their counts with it."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
+
+
+def check_real(value, name: str, *, low: float = 0.0, high: float = math.inf, low_inclusive: bool = False) -> None:
+    """Raise ValueError unless ``value`` is a real number (Python or NumPy) above ``low`` (or equal to
+    it, with ``low_inclusive``) and below ``high``; NaN and infinities fail (a NaN step size trains
+    nothing and reports no error)."""
+    real = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+    if not real or not (low <= value if low_inclusive else low < value) or not value < high:
+        if high == math.inf and low == 0.0:
+            wanted = "a non-negative number" if low_inclusive else "a positive number"
+        else:
+            wanted = f"a number in {'[' if low_inclusive else '('}{low:g}, {high:g})"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -56,10 +79,13 @@ class Training:
     decay_patience: int = 5
 
     def __post_init__(self):
-        if self.decay is not None and (isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0.0 < self.decay < 1.0):
-            raise ValueError(f"decay must lie in (0, 1) or be None, got {self.decay!r}")
-        if isinstance(self.decay_patience, bool) or not isinstance(self.decay_patience, int) or self.decay_patience < 1:
-            raise ValueError(f"decay_patience must be a positive integer, got {self.decay_patience!r}")
+        for name in ("batch_size", "patience", "max_epochs", "decay_patience"):
+            check_count(getattr(self, name), name)
+        for name in ("learning_rate", "clip_norm"):
+            check_real(getattr(self, name), name)
+        check_real(self.validation_fraction, "validation_fraction", high=1.0)
+        if self.decay is not None:  # None: no decay
+            check_real(self.decay, "decay", high=1.0)
         if self.decay is not None and self.decay_patience >= self.patience:
             raise ValueError(f"decay_patience ({self.decay_patience}) must be below patience ({self.patience}): "
                              "training would stop before the step size ever decays")
@@ -101,7 +127,7 @@ def _split(arrays, fraction, batch_size, key, groups=None, shuffled=None):
     n = len(arrays[0])
     n_val = max(1, int(round(fraction * n)))
     n_train = n - n_val
-    if n_train < 2 or fraction <= 0 or fraction >= 1:
+    if n_train < 2:
         raise TrainingError(
             f"cannot train on {n} simulations with validation_fraction={fraction}: "
             "need at least 2 training rows and 1 validation row"

@@ -114,3 +114,32 @@ def test_same_key_same_posterior_for_both_key_kinds(fitted, sims):
         legacy.sample(N_DRAWS, key=jax.random.PRNGKey(4)),
         posterior.sample(N_DRAWS, key=jax.random.wrap_key_data(jax.random.PRNGKey(4))),
     )
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("npe", dict(hidden=-1), "hidden must be a positive integer, got -1"),
+    ("npe", dict(hidden=2.5), "hidden must be a positive integer, got 2.5"),
+    ("npe", dict(transforms=0), "transforms must be a positive integer, got 0"),
+    ("npe", dict(bins=0), "bins must be a positive integer, got 0"),
+    ("npe", dict(flow="xyz"), r"flow must be one of \('nsf', 'maf'\), got 'xyz'"),
+    ("npe", dict(num_atoms=1), "num_atoms must be an integer of at least 2, got 1"),
+    ("npe", dict(training={"max_epochs": 2}), r"training must be a galton.Training, not a dict: write training=galton.Training\(max_epochs=2\)"),
+    ("npe", dict(hiden=8), "npe has no setting hiden; its settings are bins, embedding, flow, hidden"),
+    ("nle", dict(sampler=(("num_chains", 0),)), "sampler num_chains must be a positive integer, got 0"),
+    ("nle", dict(sampler=(("chains", 4),)), "sampler has the unknown setting 'chains'"),
+    ("nle", dict(sampler="nuts"), "sampler must be a dict or"),
+    ("nre", dict(variant="z"), "variant must be one of"),
+    ("nre", dict(num_atoms=1), "num_atoms must be an integer of at least 2, got 1"),
+    ("nre", dict(variant="c", num_atoms=0), "num_atoms must be a positive integer, got 0"),
+    ("nre", dict(variant="c", gamma=-1.0), "gamma must be a positive number, got -1.0"),
+    ("nre", dict(depth=0), "depth must be a positive integer, got 0"),
+    ("nre", dict(strength=float("nan")), "strength must be a non-negative number"),
+])
+def test_bad_method_settings_fail_when_made(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        methods.get(name, **options)
+
+
+def test_a_sampler_dict_is_kept_as_pairs():
+    method = NLE(sampler={"num_chains": 4, "warmup": 30})
+    assert method.sampler == SAMPLER and NRE(variant="c", num_atoms=1).num_atoms == 1  # NRE-C's K counts marginal atoms

@@ -13,6 +13,7 @@ import numpyro.distributions as dist
 import pytest
 
 from analytic import DIM, FAST, PROBLEM, X_OBS, assert_round_trip, exact, sims  # noqa: F401  (fixtures)
+import galton
 from galton import ProblemError, Simulator, simulate
 from galton.calibration import expected_coverage, sbc, sbc_uniformity, tarp
 from galton.diagnostics import c2st
@@ -133,7 +134,64 @@ def test_decay_settles_the_step_size_after_a_plateau():
         elif (i - best_epoch) % 3 == 0:
             expected.append(i)
     assert history["decays"] == expected and len(expected) >= 2, (history["decays"], expected)
-    for bad, message in [(dict(decay=1.0), "decay must lie in"), (dict(decay="0.1"), "decay must lie in"),
+    for bad, message in [(dict(decay=1.0), r"decay must be a number in \(0, 1\)"), (dict(decay="0.1"), "decay must be a number in"),
                          (dict(decay_patience=0), "decay_patience must be"), (dict(decay=0.5, decay_patience=20), "must be below patience")]:
         with pytest.raises(ValueError, match=message):
             Training(**bad)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(max_epochs=0), "max_epochs must be a positive integer, got 0"),
+    (dict(max_epochs=2.5), "max_epochs must be a positive integer, got 2.5"),
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(patience=-1), "patience must be a positive integer, got -1"),
+    (dict(learning_rate=float("nan")), "learning_rate must be a positive number, got nan"),
+    (dict(learning_rate=0.0), "learning_rate must be a positive number, got 0.0"),
+    (dict(clip_norm=-1.0), "clip_norm must be a positive number"),
+    (dict(validation_fraction=1.0), r"validation_fraction must be a number in \(0, 1\), got 1.0"),
+    (dict(validation_fraction=True), "validation_fraction must be a number in"),
+])
+def test_training_settings_are_checked_when_made(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Training(**bad)
+
+
+def test_training_settings_take_numpy_scalars():
+    settings = Training(max_epochs=np.int64(3), batch_size=np.int32(16), learning_rate=np.float32(1e-3), validation_fraction=np.float64(0.2))
+    assert settings.max_epochs == 3 and settings == Training(max_epochs=3, batch_size=16, learning_rate=np.float32(1e-3), validation_fraction=0.2)
+
+
+TINY = NPE(transforms=1, hidden=8, training=Training(max_epochs=1, batch_size=50))
+
+
+def test_given_simulations_are_checked_before_training(sims):
+    key = jax.random.key(0)
+    two = Simulator(dist.Normal(jnp.zeros(2), 1.0), lambda k, t: t + jax.random.normal(k, (2,)), name="two")
+    with pytest.raises(ProblemError, match=r"simulations.theta must have shape \(n, 2\).*got \(3000, 3\)"):
+        infer(two, jnp.zeros(2), key=key, method=TINY, simulations=sims, progress=False)
+    wide = Simulator(dist.Normal(jnp.zeros(3), 1.0), lambda k, t: jnp.tile(t, 2), name="wide")
+    with pytest.raises(ProblemError, match=r"simulations.x has shape \(3000, 3\), but wide simulates x of shape \(6,\): expected \(n, 6\)"):
+        infer(wide, jnp.zeros(6), key=key, method=TINY, simulations=sims, progress=False)
+    box = Simulator(dist.Uniform(-jnp.ones(3), jnp.ones(3)), lambda k, t: t, name="box")
+    outside = int((np.abs(sims.theta) >= 1).any(1).sum())
+    with pytest.raises(ProblemError, match=f"simulations.theta has {outside} rows outside the prior's support"):
+        infer(box, X_OBS, key=key, method=TINY, simulations=sims, progress=False)
+    with pytest.raises(ProblemError, match="simulations must be galton Simulations .* got list"):
+        infer(PROBLEM, X_OBS, key=key, method=TINY, simulations=[sims.theta, sims.x], progress=False)
+    pair = infer(PROBLEM, X_OBS, key=key, method=TINY, simulations=(sims.theta[:200], sims.x[:200]), budget=200, progress=False)
+    assert pair.history[0]["epochs"] == 1
+
+
+def test_infer_drops_invalid_simulations_in_every_round_when_asked():
+    def blows_up(key, theta):  # x is NaN for a fifth of the prior
+        return jnp.where(theta[0] > 0.6, jnp.nan, theta + 0.1 * jax.random.normal(key, (2,)))
+
+    problem = Simulator(dist.Uniform(-jnp.ones(2), jnp.ones(2)), blows_up, name="blows_up")
+    settings = dict(key=jax.random.key(0), budget=400, rounds=2, progress=False, transforms=1, hidden=8, training=Training(max_epochs=1, batch_size=50))
+    with pytest.raises(galton.SimulationError, match="pass on_invalid='drop'"):
+        infer(problem, jnp.zeros(2), **settings)
+    with pytest.warns(UserWarning, match="dropped") as caught:
+        posterior = infer(problem, jnp.zeros(2), on_invalid="drop", **settings)
+    assert len([w for w in caught if "dropped" in str(w.message)]) == 2 and len(posterior.history) == 2
+    with pytest.raises(ValueError, match="kept NaN or inf simulations cannot be trained on"):
+        NPE(on_invalid="keep")

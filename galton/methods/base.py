@@ -9,6 +9,7 @@ decorating its class.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import ClassVar
 
@@ -16,9 +17,11 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from galton.flows import FLOWS
 from galton.problem import Prior
+from galton.sampling import check_sampler
 from galton.store import Simulations
-from galton.train import train
+from galton.train import Training, check_count, train
 
 REGISTRY: dict[str, type] = {}
 
@@ -57,7 +60,12 @@ def get(method, **options):
     if isinstance(method, str):
         if method.lower() not in REGISTRY:
             raise ValueError(f"method must be one of {names()} or a method object, got {method!r}")
-        return REGISTRY[method.lower()](**options)
+        cls = REGISTRY[method.lower()]
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(options) - known)
+        if unknown:  # before the class's own TypeError, which names neither the method's settings nor the fix
+            raise ValueError(f"{method.lower()} has no setting {', '.join(unknown)}; its settings are {', '.join(sorted(known))}")
+        return cls(**options)
     if options:
         raise ValueError("options go with a method name; a method object carries its own settings")
     if not isinstance(method, tuple(REGISTRY.values())):
@@ -78,6 +86,20 @@ def require_program(problem, method: str, rounds: int, needs: str = "the joint d
     check_density(problem, f"method {method!r}")
 
 
+# what a neural method's rounds do with simulations whose x has NaN or inf (`galton.simulate`)
+ON_INVALID = ("raise", "drop")
+
+
+def check_training(training, name: str = "training") -> None:
+    """Raise ValueError unless ``training`` is a `Training`; a dict is refused with the call that builds one."""
+    if isinstance(training, Training):
+        return
+    if isinstance(training, dict):
+        given = ", ".join(f"{k}={v!r}" for k, v in training.items())
+        raise ValueError(f"{name} must be a galton.Training, not a dict: write {name}=galton.Training({given})")
+    raise ValueError(f"{name} must be a galton.Training, e.g. {name}=galton.Training(max_epochs=200), got {type(training).__name__}")
+
+
 class NeuralMethod:
     """Mixin for method settings objects; a method defines `network`, `loss`, `posterior`, and
     maybe `arrays`.
@@ -92,6 +114,24 @@ class NeuralMethod:
 
     name: ClassVar[str] = ""
     iid: ClassVar[bool] = True
+
+    def _check_settings(self, **minimums: int) -> None:
+        """Raise ValueError naming the first bad setting: each count in ``minimums`` (name -> least
+        value), and ``flow``, ``embedding``, ``training``, ``on_invalid`` and ``sampler`` where the
+        method has them; a ``sampler`` dict becomes ``((name, value), ...)``. Methods call it from
+        ``__post_init__``, so a bad setting fails before a simulation is run."""
+        for name, minimum in minimums.items():
+            check_count(getattr(self, name), name, minimum=minimum)
+        if hasattr(self, "flow") and self.flow not in FLOWS:
+            raise ValueError(f"flow must be one of {FLOWS}, got {self.flow!r}")
+        if getattr(self, "embedding", None) is not None and not isinstance(self.embedding, eqx.Module):
+            raise ValueError(f"embedding must be a galton.nets module (e.g. galton.nets.MLP) or None, got {type(self.embedding).__name__}")
+        check_training(self.training)
+        if getattr(self, "on_invalid", "raise") not in ON_INVALID:
+            raise ValueError(f"on_invalid must be one of {ON_INVALID}, got {self.on_invalid!r}"
+                             + ("; kept NaN or inf simulations cannot be trained on" if self.on_invalid == "keep" else ""))
+        if hasattr(self, "sampler"):
+            object.__setattr__(self, "sampler", check_sampler(self.sampler))  # the settings object is frozen
 
     def arrays(self, sims: Simulations) -> tuple[np.ndarray, np.ndarray]:
         """The (θ, x) arrays the network trains on."""

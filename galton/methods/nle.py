@@ -33,7 +33,9 @@ class NLE(NeuralMethod):
     Attributes:
         flow: ``"maf"`` or ``"nsf"``; transforms, hidden, bins: its size.
         training: the `Training` settings.
-        sampler: settings for `galton.sampling.mcmc` when sampling the posterior.
+        sampler: settings for `galton.sampling.mcmc` when sampling the posterior, as
+            ``((name, value), ...)`` or a dict (kept as pairs).
+        on_invalid: simulations whose x has NaN or inf: ``"raise"`` or ``"drop"`` (as `galton.NPE`).
     """
 
     flow: str = "maf"
@@ -42,6 +44,10 @@ class NLE(NeuralMethod):
     bins: int = 10
     training: Training = field(default_factory=Training)
     sampler: tuple = MCMC_DEFAULTS
+    on_invalid: str = "raise"
+
+    def __post_init__(self):
+        self._check_settings(transforms=1, hidden=1, bins=1)
 
     def arrays(self, sims: Simulations):
         """x flattened to a vector: the flow models q(x | θ) over ``(n, prod(x_shape))``."""

@@ -50,8 +50,10 @@ class NPE(NeuralMethod):
         flow: ``"nsf"`` (neural spline flow) or ``"maf"`` (masked autoregressive flow).
         transforms: flow layers; hidden: width of each conditioner; bins: spline knots.
         embedding: a `galton.nets` module compressing one z-scored x; identity if None.
-        num_atoms: atoms of the sequential (atomic) loss.
+        num_atoms: atoms of the sequential (atomic) loss, at least 2 (the true θ and another).
         training: the `Training` settings.
+        on_invalid: simulations whose x has NaN or inf: ``"raise"`` (`galton.SimulationError`) or
+            ``"drop"`` them with a warning, so that a round trains on fewer.
     """
 
     flow: str = "nsf"
@@ -61,7 +63,11 @@ class NPE(NeuralMethod):
     embedding: eqx.Module | None = None
     num_atoms: int = 10
     training: Training = field(default_factory=Training)
+    on_invalid: str = "raise"
     iid: ClassVar[bool] = False
+
+    def __post_init__(self):
+        self._check_settings(transforms=1, hidden=1, bins=1, num_atoms=2)
 
     def network(self, theta, x, key) -> ConditionalFlow:
         return conditional_flow(

@@ -24,7 +24,7 @@ from galton.posteriors import DensityPosterior
 from galton.problem import Prior
 from galton.ratio import RatioNetwork, ratio_network
 from galton.sampling import MCMC_DEFAULTS
-from galton.train import Training
+from galton.train import Training, check_real
 
 VARIANTS = ("a", "b", "c", "balanced")
 
@@ -97,7 +97,8 @@ class NRE(NeuralMethod):
         num_atoms: atoms per contrastive set (b, c); gamma: NRE-C's class weight;
         strength: BNRE's balancing weight λ.
         hidden, depth: the classifier's MLP; embedding: a `galton.nets` module for x.
-        training: `Training`; sampler: settings for `galton.sampling.mcmc`.
+        training: `Training`; sampler: settings for `galton.sampling.mcmc` (pairs or a dict).
+        on_invalid: simulations whose x has NaN or inf: ``"raise"`` or ``"drop"`` (as `galton.NPE`).
     """
 
     variant: str = "b"
@@ -109,6 +110,15 @@ class NRE(NeuralMethod):
     embedding: eqx.Module | None = None
     training: Training = field(default_factory=Training)
     sampler: tuple = MCMC_DEFAULTS
+    on_invalid: str = "raise"
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        # NRE-B's softmax needs a marginal atom beside the joint one; NRE-C's K counts marginal atoms only
+        self._check_settings(hidden=1, depth=1, num_atoms=1 if self.variant == "c" else 2)
+        check_real(self.gamma, "gamma")
+        check_real(self.strength, "strength", low_inclusive=True)
 
     def loss(self, prior: Prior, sequential: bool):
         """The loss of this variant, ``(model, batch, key) -> scalar``; the same in every round."""
@@ -118,9 +128,7 @@ class NRE(NeuralMethod):
             return bind(loss_balanced, strength=self.strength)
         if self.variant == "b":
             return bind(loss_b, num_atoms=self.num_atoms)
-        if self.variant == "c":
-            return bind(loss_c, num_atoms=self.num_atoms, gamma=self.gamma)
-        raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        return bind(loss_c, num_atoms=self.num_atoms, gamma=self.gamma)  # "c": __post_init__ admits no other
 
     def network(self, theta, x, key) -> RatioNetwork:
         return ratio_network(theta, x, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from galton import flows, ratio
-from galton.posteriors.base import check_draws
+from galton.posteriors.base import check_draws, check_theta_width
 from galton.posteriors.network import NetworkPosterior, check_x
-from galton.problem import Prior
-from galton.sampling import MCMC_DEFAULTS, mcmc
+from galton.problem import Prior, ProblemError
+from galton.sampling import MCMC_DEFAULTS, check_sampler, mcmc
 
 
 class DensityPosterior(NetworkPosterior):
@@ -27,7 +26,7 @@ class DensityPosterior(NetworkPosterior):
         prior: the problem's `Prior`.
         x_obs: optional observation ``(*x_shape)`` or iid observations ``(n_obs, *x_shape)``.
         term: ``"likelihood"`` or ``"ratio"``.
-        sampler: settings for `galton.sampling.mcmc`, as ``((name, value), ...)``.
+        sampler: settings for `galton.sampling.mcmc`, as ``((name, value), ...)`` or a dict.
         history: training history of each round.
     """
 
@@ -38,7 +37,7 @@ class DensityPosterior(NetworkPosterior):
         if term not in ("likelihood", "ratio"):
             raise ValueError(f"term must be 'likelihood' or 'ratio', got {term!r}")
         self.term = term
-        self.sampler = tuple(tuple(p) for p in sampler)  # JSON gives lists back
+        self.sampler = check_sampler(sampler)  # also turns the lists JSON gives back into pairs
         super().__init__(network, prior, x_obs, history)
 
     @property
@@ -46,7 +45,10 @@ class DensityPosterior(NetworkPosterior):
         return (self.network.y_dim,) if self.term == "likelihood" else self.network.x_shape
 
     def _check_obs(self, x) -> jax.Array:
-        return check_x(x, self.x_shape, iid=True)
+        x = check_x(x, self.x_shape, iid=True)
+        if x.shape[0] == 0:  # a sum over no observations: the posterior would be the prior, silently
+            raise ProblemError(f"x has shape {x.shape}: no observations; give at least one, (n_obs, *{self.x_shape}) with n_obs >= 1")
+        return x
 
     @classmethod
     def _skeleton(cls, meta):
@@ -54,16 +56,17 @@ class DensityPosterior(NetworkPosterior):
 
     def log_term(self, theta, x) -> jax.Array:
         """Σ over iid observations x ``(n_obs, *x_shape)`` of the network's log term -> ``(...)``."""
-        return _log_term(self.term, self.network, jnp.asarray(theta), x)
+        return _log_term(self.term, self.network, check_theta_width(theta, self.dim)[0], x)
 
     def log_prob(self, theta, x=None) -> jax.Array:
         """Unnormalised log p(θ | x) for θ ``(..., d)`` -> ``(...)``."""
-        return _LogPosterior(self.term, self.prior)(jnp.asarray(theta), self.network, self._x(x))
+        return _LogPosterior(self.term, self.prior)(check_theta_width(theta, self.dim)[0], self.network, self._x(x))
 
     def sample(self, n: int, *, key: jax.Array, x=None, **sampler) -> jax.Array:
         """``n`` MCMC draws ``(n, d)``; ``sampler`` overrides `galton.sampling.mcmc` settings."""
         log_density = _LogPosterior(self.term, self.prior)
-        settings = {**dict(self.sampler), **sampler}
+        init = sampler.pop("init", None)  # starting points are the one setting a posterior does not keep
+        settings = {**dict(self.sampler), **dict(check_sampler(sampler)), "init": init}
         return mcmc(log_density, self.prior, check_draws(n), key=key, args=(self.network, self._x(x)), **settings)
 
 
