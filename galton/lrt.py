@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from galton.checks import check_count
 from galton.fisher import check_keep
 from galton.keys import as_key
 from galton.problem import ProblemError, Program, Simulator, check_point
@@ -67,7 +68,7 @@ def grid(prior, points: int | Sequence[int] = 41, *, bounds=None) -> Grid:
     counts = [points] * d if np.ndim(points) == 0 else list(points)
     if len(counts) != d:
         raise ValueError(f"points has {len(counts)} counts; give one per parameter ({d}: {prior.names}) or a single count")
-    counts = [_check_count(c, "points") for c in counts]
+    counts = [check_count(c, "points") for c in counts]
     if bounds is None:
         low, high = [], []
         for k, dist_ in prior.distributions.items():
@@ -145,7 +146,7 @@ def confidence_set(loglik: Callable, x, theta_grid: Grid, *, level: float = 0.95
 
 def neyman_critical_values(loglik, problem, theta_grid: Grid, n_events: int, *, level: float, toys: int, key) -> np.ndarray:
     """``(m,)`` the ``level`` quantile of q(θ) over ``toys`` toy experiments simulated at each grid point θ."""
-    n_events, toys, key = _check_count(n_events, "n_events"), _check_count(toys, "toys", 2), as_key(key)
+    n_events, toys, key = check_count(n_events, "n_events"), check_count(toys, "toys", minimum=2), as_key(key)
     _check_level(level, "level")
     out = np.empty(len(theta_grid.points))
     for i, theta in enumerate(theta_grid.points):
@@ -206,8 +207,8 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
     Returns one `Coverage` per level; a set at its nominal rate covers within about 2 ``stderr``.
     """
     theta_true = check_point(problem.prior, theta_true, what="theta_true").astype(np.float32)
-    n_events, toys = _check_count(n_events, "n_events"), _check_count(toys, "toys", 2)
-    calibration_toys = toys if calibration_toys is None else _check_count(calibration_toys, "calibration_toys", 2)
+    n_events, toys = check_count(n_events, "n_events"), check_count(toys, "toys", minimum=2)
+    calibration_toys = toys if calibration_toys is None else check_count(calibration_toys, "calibration_toys", minimum=2)
     levels = (levels,) if isinstance(levels, numbers.Real) else levels
     if isinstance(levels, str) or not isinstance(levels, (Sequence, np.ndarray)) or len(levels) == 0:
         raise ValueError(f"levels must be a level in (0, 1) or a sequence of them, got {levels!r}")
@@ -230,12 +231,6 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
         p = (qs <= critical).mean()
         out.append(Coverage(float(level), float(p), float(np.sqrt(max(p * (1 - p), 1e-12) / effective)), effective))
     return out
-
-
-def _check_count(value, what: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{what} must be an integer of at least {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_level(level, what: str) -> None:

@@ -19,7 +19,7 @@ from numpyro.infer import ESS, MCMC
 
 from galton.keys import as_key
 from galton.problem import Prior
-from galton.train import check_count
+from galton.checks import check_count
 
 METHODS = ("nuts", "slice")
 # settings of `mcmc` for posteriors sampled by MCMC, as hashable (name, value) pairs. 100 chains

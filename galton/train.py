@@ -9,8 +9,6 @@ are never updated; other `paramax` wrappers are unwrapped before the loss sees t
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -22,33 +20,13 @@ import numpy as np
 import optax
 import paramax
 
+from galton.checks import check_count, check_real
 from galton.keys import as_key
 from galton.progress import Progress
 
 
 class TrainingError(ValueError):
     """The data cannot train a model: too few rows, non-finite values, mismatched lengths."""
-
-
-def check_count(value, name: str, *, minimum: int = 1) -> None:
-    """Raise ValueError unless ``value`` is an integer (Python or NumPy, not a bool) of at least
-    ``minimum``; the settings objects of the training loop and the methods check their counts with it."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
-
-
-def check_real(value, name: str, *, low: float = 0.0, high: float = math.inf, low_inclusive: bool = False) -> None:
-    """Raise ValueError unless ``value`` is a real number (Python or NumPy) above ``low`` (or equal to
-    it, with ``low_inclusive``) and below ``high``; NaN and infinities fail (a NaN step size trains
-    nothing and reports no error)."""
-    real = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
-    if not real or not (low <= value if low_inclusive else low < value) or not value < high:
-        if high == math.inf and low == 0.0:
-            wanted = "a non-negative number" if low_inclusive else "a positive number"
-        else:
-            wanted = f"a number in {'[' if low_inclusive else '('}{low:g}, {high:g})"
-        raise ValueError(f"{name} must be {wanted}, got {value!r}")
 
 
 @dataclass(frozen=True)

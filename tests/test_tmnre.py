@@ -204,7 +204,7 @@ def test_bad_marginals_are_named(marginals, message, sims):  # noqa: F811
 
 @pytest.mark.parametrize("epsilon", [0.0, 1.0, -1e-3, 2.0, "0.1", np.nan])
 def test_epsilon_outside_the_unit_interval_is_refused(epsilon):
-    with pytest.raises(ValueError, match="epsilon must lie in"):
+    with pytest.raises(ValueError, match=r"epsilon must be a number in \(0, 1\)"):
         TMNRE(epsilon=epsilon)
     assert TMNRE(epsilon=np.float32(1e-4)).epsilon == TMNRE(epsilon=jnp.float32(1e-4)).epsilon
 
@@ -335,7 +335,7 @@ def test_tail_mass_cuts_the_flat_tails_of_a_saturated_head():
     level = float(tail_level(values[:, None], 1e-3)[0])  # the 2-D heads' rule: a level set
     weights = np.exp(values - values.max())
     assert 5e-4 < weights[values < level].sum() / weights.sum() <= 1e-3
-    with pytest.raises(ValueError, match="tail_mass must lie in"):
+    with pytest.raises(ValueError, match=r"tail_mass must be a number in \(0, 0.5\)"):
         TMNRE(tail_mass=0.5)
 
 
@@ -440,3 +440,24 @@ def test_batched_calls_check_their_observations(amortized):
             marginal.log_prob_batch(jnp.zeros((len(xs), 2, 2)), xs)
     with pytest.raises(ProblemError, match=r"expected \(m, n, 2\)"):
         marginal.log_prob_batch(jnp.zeros((2, 2)), jnp.zeros((1, DIM)))
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(hidden=0), "hidden must be a positive integer"), (dict(on_invalid="keep"), "on_invalid must be one of"),
+    (dict(training={"max_epochs": 2}), "training must be a galton.Training"), (dict(min_shrink=1.0), r"min_shrink must be a number in \[0, 1\)"),
+])
+def test_bad_settings_fail_before_any_simulation(settings, message):
+    with pytest.raises(ValueError, match=message):
+        galton.infer(PROBLEM, X_OBS, key=jax.random.key(0), method="tmnre", budget=100, rounds=2, progress=False, **settings)
+
+
+def test_rounds_drop_invalid_simulations_when_asked():
+    def simulator(key, theta):  # NaN wherever θ₀ > 0.3: about a sixth of the prior
+        x = theta + 0.3 * jax.random.normal(key, theta.shape)
+        return jnp.where(theta[0] > 0.3, jnp.nan, x)
+
+    problem = galton.Simulator(PROBLEM.prior.distributions["theta"], simulator, name="tmnre_nan")
+    method = TMNRE(marginals=[("theta[0]",)], hidden=8, training=Training(max_epochs=2, patience=1, batch_size=50), on_invalid="drop")
+    with pytest.warns(UserWarning, match="dropped"):
+        post = galton.infer(problem, X_OBS, key=jax.random.key(0), method=method, budget=400, rounds=2, progress=False)
+    assert 0 < post.rounds[0]["new"] < 200 and np.isfinite(np.asarray(post.marginal("theta[0]").sample(10, key=jax.random.key(1)))).all()

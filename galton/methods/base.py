@@ -21,7 +21,8 @@ from galton.flows import FLOWS
 from galton.problem import Prior
 from galton.sampling import check_sampler
 from galton.store import Simulations
-from galton.train import Training, check_count, train
+from galton.checks import check_count
+from galton.train import Training, train
 
 REGISTRY: dict[str, type] = {}
 

@@ -24,7 +24,8 @@ from galton.posteriors import DensityPosterior
 from galton.problem import Prior
 from galton.ratio import RatioNetwork, ratio_network
 from galton.sampling import MCMC_DEFAULTS
-from galton.train import Training, check_real
+from galton.checks import check_real
+from galton.train import Training
 
 VARIANTS = ("a", "b", "c", "balanced")
 

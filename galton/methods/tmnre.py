@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galton.checks import check_real
 from galton.methods.base import NeuralMethod, bind, register
 from galton.methods.nre import balance_penalty
 from galton.posteriors.marginal import TMNREPosterior
@@ -107,22 +108,6 @@ def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> lis
     return [tuple(names.index(n) for n in m) for m in chosen]
 
 
-def _real(value) -> float:
-    """``value`` as a float when it is one real number (Python, NumPy or a JAX scalar), else NaN,
-    which fails every range check."""
-    if isinstance(value, (bool, np.bool_, str)) or np.ndim(value) != 0:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _check_non_negative(name: str, value) -> None:
-    if not 0.0 <= _real(value) < math.inf:
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
-
-
 @register("tmnre")
 @dataclass(frozen=True)
 class TMNRE(NeuralMethod):
@@ -139,6 +124,8 @@ class TMNRE(NeuralMethod):
         margin: each new box is widened by this share of its width on each side (within the old
             box), against heads too sure of themselves: a cut is never undone. It widens the box
             only; correlated truncation's 2-D cuts keep their thresholds.
+        on_invalid: ``"raise"`` or ``"drop"``: what each round does with simulations whose x has NaN
+            or inf (`galton.simulate`).
         negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft).
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
@@ -171,6 +158,7 @@ class TMNRE(NeuralMethod):
     margin: float = 0.0
     carry_embedding: bool = False
     negatives: int = 1
+    on_invalid: str = "raise"
     hidden: int = 64
     depth: int = 2
     embedding: eqx.Module | None = None
@@ -178,20 +166,17 @@ class TMNRE(NeuralMethod):
     training: Training = field(default_factory=lambda: Training(learning_rate=1e-3, batch_size=64))
 
     def __post_init__(self):
-        if not 0.0 < _real(self.epsilon) < 1.0:
-            raise ValueError(f"epsilon must lie in (0, 1), got {self.epsilon!r}")
-        if self.tail_mass is not None and not 0.0 < _real(self.tail_mass) < 0.5:
-            raise ValueError(f"tail_mass must lie in (0, 0.5), got {self.tail_mass!r}")
-        if isinstance(self.negatives, bool) or not isinstance(self.negatives, (int, np.integer)) or self.negatives < 1:
-            raise ValueError(f"negatives must be a positive integer, got {self.negatives!r}")
+        self._check_settings(hidden=1, depth=1, negatives=1)
+        check_real(self.epsilon, "epsilon", high=1.0)
+        if self.tail_mass is not None:
+            check_real(self.tail_mass, "tail_mass", high=0.5)
         if not isinstance(self.carry_embedding, bool):
             raise ValueError(f"carry_embedding must be True or False, got {self.carry_embedding!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         for name in ("balance", "margin") + (("cut_balance",) if self.cut_balance is not None else ()):
-            _check_non_negative(name, getattr(self, name))
-        if not 0.0 <= _real(self.min_shrink) < 1.0:
-            raise ValueError(f"min_shrink must lie in [0, 1), got {self.min_shrink!r}")
+            check_real(getattr(self, name), name, low_inclusive=True)
+        check_real(self.min_shrink, "min_shrink", high=1.0, low_inclusive=True)
 
     def loss(self, prior: Prior, sequential: bool):
         """The loss, the same in every round (each round's θ are draws from its own proposal)."""
@@ -241,7 +226,8 @@ class TMNRE(NeuralMethod):
             if r == 0 and simulations is not None:
                 new = simulations
             else:
-                new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=round_store(store, r), progress=progress)
+                new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=round_store(store, r), progress=progress,
+                               on_invalid=self.on_invalid)
             if r == 0:  # before any round cuts a box with it (galton.infer checks only JAX simulators up front)
                 x_obs = check_observation(problem, x_obs, new.x.shape[1:], iid=False)
             inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))

@@ -31,6 +31,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from galton import augment
+from galton.checks import check_count
 from galton.keys import as_key
 from galton.methods.gold.pairs import check_on_invalid, keep_finite, simulate_classes
 from galton.problem import Program
@@ -63,8 +64,8 @@ def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, th
         ``score0``, ``score1 (·, d)`` and ``simulation (·,)``, the index of the row's simulation
         (training holds out whole simulations).
     """
-    check_count(partners, "partners", "rows per simulation")
-    check_count(mixture_size, "mixture_size", "mixture components")
+    check_count(partners, "partners", what="rows per simulation")
+    check_count(mixture_size, "mixture_size", what="mixture components")
     check_on_invalid(on_invalid)
     key_num, key_den, key_mix, key0, key1 = jax.random.split(as_key(key), 5)
     num, den, ref = simulate_classes(program, n, keys=(key_num, key_den), theta_ref=theta_ref, store=store, progress=progress)
@@ -94,11 +95,6 @@ def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, th
     extras["simulation"] = np.repeat(np.arange(len(sims)), k)
     out = Simulations(theta0, np.repeat(sims.x, k, 0), {c: extras[c] for c in (*COLUMNS, "simulation")}, program.names)
     return keep_finite(out, program, COLUMNS[1:], on_invalid, what="joint log density or score")
-
-
-def check_count(value, name: str, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive number of {what}, got {value!r}")
 
 
 def _chunked(fn, program, x, z, theta) -> np.ndarray:

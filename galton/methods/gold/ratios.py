@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galton.checks import check_count
 from galton.methods.base import NeuralMethod, bind, register, require_program
 from galton.methods.gold import mixture
 from galton.methods.gold.pairs import COLUMNS, pair_simulations
@@ -146,11 +147,12 @@ class ParameterizedRatio(NeuralMethod):
     sampler: tuple = MCMC_DEFAULTS
 
     def __post_init__(self):
-        mixture.check_count(self.partners, "partners", "rows per simulation")
-        mixture.check_count(self.mixture_size, "mixture_size", "mixture components")
+        self._check_settings(hidden=1, depth=1)
+        check_count(self.partners, "partners", what="rows per simulation")
+        check_count(self.mixture_size, "mixture_size", what="mixture components")
         if self.partners > 1 and self.base != "alice":
             raise ValueError(f"partners > 1 weights rows by the joint density, which ALICE and ALICES use; {type(self).__name__} does not")
-        mixture.check_count(self.ensemble, "ensemble", "networks")
+        check_count(self.ensemble, "ensemble", what="networks")
         if self.uses_score and not self.alpha > 0:
             raise ValueError(f"{type(self).__name__} weights its score term by alpha > 0, got {self.alpha}")
         if not self.uses_score and self.alpha:

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from galton import nets, summaries
-from galton.methods.base import register, require_program
+from galton.checks import check_real
+from galton.methods.base import check_training, register, require_program
 from galton.methods.nre import NRE
 from galton.problem import check_point
 from galton.simulate import simulate
@@ -56,8 +57,8 @@ class SALLY:
     iid = True
 
     def __post_init__(self):
-        if not 0.0 < self.local_fraction < 1.0:
-            raise ValueError(f"local_fraction must lie in (0, 1), got {self.local_fraction!r}")
+        check_real(self.local_fraction, "local_fraction", high=1.0)
+        check_training(self.summary_training, "summary_training")
         if self.theta_ref is not None:
             object.__setattr__(self, "theta_ref", tuple(float(v) for v in np.ravel(self.theta_ref)))
 
