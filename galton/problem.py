@@ -237,8 +237,16 @@ def check_theta(prior: Prior, theta, *, what: str = "theta") -> np.ndarray:
 
 
 def check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
-    """x_obs as an array of ``x_shape`` (or ``(n_obs, *x_shape)`` when ``iid``), finite; else a `ProblemError`."""
+    """x_obs as an array of ``x_shape`` (or ``(n_obs, *x_shape)``, n_obs ≥ 1, when ``iid``), finite; else a `ProblemError`."""
+    try:
+        kind = np.asarray(x_obs).dtype.kind  # (None, a dict or text would reach JAX and fail there, unnamed)
+    except ValueError:  # a ragged list
+        kind = "O"
+    if kind not in "biuf":
+        raise ProblemError(f"x_obs must be numbers of shape {x_shape}, got {type(x_obs).__name__}" + ("" if kind == "O" else f" of dtype {np.asarray(x_obs).dtype}"))
     x_obs = jnp.asarray(x_obs)
+    if iid and x_obs.shape == (0, *x_shape):
+        raise ProblemError(f"x_obs has shape {x_obs.shape}: an empty set of iid observations; give (n_obs, *{x_shape}) with n_obs ≥ 1")
     if x_obs.shape == x_shape or (iid and x_obs.shape[1:] == x_shape and x_obs.ndim == len(x_shape) + 1):
         if not bool(jnp.isfinite(x_obs).all()):
             raise ProblemError("x_obs has NaN or inf values")

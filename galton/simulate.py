@@ -24,7 +24,7 @@ from galton import augment as _augment
 from galton.keys import as_key
 from galton.progress import Progress
 from galton.problem import ProblemError, Program, Simulator, check_point, check_theta
-from galton.store import SimulationStore, Simulations, fingerprint_of, simulations_from_store
+from galton.store import SimulationStore, Simulations, code_fingerprint, fingerprint_of, simulations_from_store
 
 POLICIES = ("raise", "drop", "keep")
 
@@ -100,7 +100,19 @@ def _run_python(problem: Simulator, keys: jax.Array, theta: np.ndarray, executor
     shapes = {np.shape(r) for r in results}
     if len(shapes) > 1:
         raise SimulationError(f"the simulator returned x of different shapes {sorted(shapes)}; x must have a fixed shape")
-    return np.stack(results), {}
+    first = results[0]  # the worker made it an array: a 0-d one holds what the simulator returned
+    return _numeric(np.stack(results), first.item() if first.ndim == 0 else first), {}
+
+
+def _numeric(x, returned) -> np.ndarray:
+    """x as a numeric NumPy array; anything else (None, a dict, text), named by what the simulator
+    ``returned``, fails here rather than as an indexing error or in a network's first layer."""
+    if isinstance(x, (np.ndarray, jax.Array)) and x.dtype.kind in "biuf":
+        return np.asarray(x)
+    what = type(returned).__name__ + (f" (dtype {x.dtype})" if isinstance(x, (np.ndarray, jax.Array)) and x.dtype != object else "")
+    raise SimulationError(
+        f"the simulator returned {what}; simulate(key, theta) must return x as one numeric array (float, int or bool) of fixed shape"
+    )
 
 
 def _check_finite(x: np.ndarray, theta: np.ndarray, names, policy: str, offset: int, what: str = "") -> np.ndarray:
@@ -146,6 +158,7 @@ def _settings(problem, n, key, theta, proposal, chunk_size, keep_latents, on_inv
         **extra,
         "version": 1,
         "problem": f"{type(problem).__name__}:{problem.name}",
+        "code": code_fingerprint(problem.model if isinstance(problem, Program) else problem.simulate),
         "prior": fingerprint_of(problem.prior.distributions),
         "names": list(problem.names),
         "n": n,
@@ -237,6 +250,7 @@ def simulate(
     parts: list[Simulations] = []
     n_done = int(sum(min(chunk_size, n - i * chunk_size) for i in np.flatnonzero(done)))
     bar = Progress(n, initial=n_done, unit="sim", desc=f"simulating {problem.name}", enabled=progress)
+    x_shape = None
     try:
         for i in np.flatnonzero(~done):
             start, stop = i * chunk_size, min((i + 1) * chunk_size, n)
@@ -250,12 +264,18 @@ def simulate(
                 th = theta[np.minimum(np.arange(start, start + chunk_size), n - 1)]
             if problem.backend == "jax":
                 x, extras = _batched(problem, keep_latents, augment, None if theta_ref is None else tuple(theta_ref))(keys, jnp.asarray(th))
-                x, extras = np.asarray(x), {k: np.asarray(v) for k, v in extras.items()}
+                x, extras = _numeric(x, x), {k: np.asarray(v) for k, v in extras.items()}
                 rows = stop - start
                 th, x, extras = th[:rows], x[:rows], {k: v[:rows] for k, v in extras.items()}
             else:
                 th = th[: stop - start]
                 x, extras = _run_python(problem, keys[: stop - start], th, pool, start)
+            if x_shape is not None and x.shape[1:] != x_shape:  # chunks apart: one run's shapes, not the store's
+                raise SimulationError(
+                    f"the simulator returned x of shape {x.shape[1:]} in simulations {start} to {stop - 1}, "
+                    f"but of shape {x_shape} in earlier ones; x must have a fixed shape"
+                )
+            x_shape = x.shape[1:]
             valid = _check_finite(x, th, problem.names, on_invalid, start)
             for name in ("score", "log_ratio"):
                 if name in extras:

@@ -7,8 +7,11 @@ starting the same run again simulates just the chunks that are not.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,6 +92,108 @@ def fingerprint_of(obj: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def code_fingerprint(fn) -> str | None:
+    """A stable hash of a simulator's code, so a store is matched on what simulates rather than on a
+    name (every lambda is ``"<lambda>"``): the bytecode, constants and names of ``fn`` and of the
+    functions nested in it, with the plain values (numbers, text, arrays) its closure, defaults and
+    ``functools.partial`` arguments hold. None for a callable with no Python code to read."""
+    h = hashlib.sha256()
+    return h.hexdigest()[:16] if _hash_callable(h, fn, set()) else None
+
+
+def _hash_callable(h, fn, seen: set) -> bool:
+    if id(fn) in seen:  # (a recursive closure)
+        return True
+    seen.add(id(fn))
+    fn = inspect.unwrap(fn)  # jax.jit and functools.wraps keep the Python function as __wrapped__
+    if isinstance(fn, functools.partial):
+        _hash_values(h, fn.args, fn.keywords, seen)
+        return _hash_callable(h, fn.func, seen)
+    fn = getattr(fn, "__func__", fn)  # a bound method: its function
+    code = getattr(fn, "__code__", None)
+    if code is None:  # a callable object: its class and name, and the code of its __call__
+        h.update(f"{type(fn).__module__}.{type(fn).__qualname__}:{getattr(fn, '__qualname__', '')}".encode())
+        call = getattr(type(fn), "__call__", None)
+        return getattr(call, "__code__", None) is not None and _hash_callable(h, call, seen)
+    _hash_code(h, code)
+    _hash_values(h, (*_cell_values(fn), *(fn.__defaults__ or ())), fn.__kwdefaults__ or {}, seen)
+    return True
+
+
+def _cell_values(fn):
+    for cell in fn.__closure__ or ():
+        try:
+            yield cell.cell_contents
+        except ValueError:  # a cell not filled yet
+            continue
+
+
+def _hash_code(h, code: types.CodeType) -> None:
+    h.update(code.co_code + repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):  # a nested function or comprehension (its repr holds an address)
+            _hash_code(h, const)
+        elif isinstance(const, frozenset):  # its order follows string hashing, which varies between processes
+            h.update(repr(sorted(map(repr, const))).encode())
+        else:
+            h.update(repr(const).encode())
+
+
+def _hash_values(h, values, keywords: Mapping[str, Any], seen: set) -> None:
+    """Closure, default or partial values: plain ones by content, functions by their code, others by type."""
+    for name, value in [*((None, v) for v in values), *sorted(keywords.items())]:
+        h.update(repr(name).encode())
+        if isinstance(value, (type(None), bool, int, float, complex, str, bytes)):
+            h.update(repr(value).encode())
+        elif isinstance(value, (np.ndarray, np.generic, jax.Array)) and (data := _array_bytes(value)) is not None:
+            h.update(data)
+        elif callable(value) and not isinstance(value, type):
+            _hash_callable(h, value, seen)
+        else:
+            h.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())
+
+
+def _array_bytes(value) -> bytes | None:
+    try:
+        arr = np.ascontiguousarray(np.asarray(value))
+    except TypeError:  # a JAX key array, which has no NumPy form
+        return None
+    return None if arr.dtype == object else f"{arr.dtype}{arr.shape}".encode() + arr.tobytes()
+
+
+def _difference(key: str, stored, now) -> str:
+    """What a difference in one of a store's settings means, in words (most of them are hashes)."""
+    if key in ("theta", "proposal") and (stored is None) != (now is None):
+        given, drawn = ("this run", "the store") if stored is None else ("the store", "this run")
+        return f"{given} gives the parameters theta to simulate at where {drawn} draws them" if key == "theta" else \
+            f"{given} draws theta from a proposal where {drawn} draws from the prior or takes theta as given"
+    words = {
+        "code": "the simulator's code changed since the store was written, so its simulations are of the old code",
+        "problem": f"the store holds simulations of {stored}, this run's problem is {now}",
+        "prior": "the prior differs from the one the store was made with",
+        "names": f"the store's parameters are {stored}, this run's {now}",
+        "n": f"the store holds {stored} simulations, this run asks for {now}",
+        "chunk_size": f"the store is cut into chunks of {stored} simulations, this run into chunks of {now}",
+        "key": "the random key differs from the one the store was made with",
+        "theta": "the parameters theta to simulate at differ from those the store was made for",
+        "proposal": "the proposal theta is drawn from differs from the one the store was made with",
+    }
+    return words.get(key, f"{key} was {stored!r} when the store was written, and is {now!r} now")
+
+
+def _mismatch(path: Path, stored: dict, now: dict) -> str:
+    keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+    reasons = "; ".join(_difference(k, stored.get(k), now.get(k)) for k in keys)
+    if keys == ["code"]:
+        return f"the store at {path} cannot be resumed: {reasons}; simulate into a new store directory (or delete this one)"
+    why = ""
+    if "key" not in keys and ("n" in keys or "theta" in keys and None not in (stored["theta"], now["theta"])):  # changed upstream
+        why = (" (in a multi-round or SMC-ABC run these follow from the earlier rounds, so a different "
+               "observation x_o, training or method settings changes them)")
+    return (f"the store at {path} was written by a different run: {reasons}{why}; "
+            "use a new store directory, or the same problem, key and settings to resume")
+
+
 class SimulationStore:
     """A zarr group holding one simulation run of ``n`` rows in chunks of ``chunk_size``.
 
@@ -115,13 +220,10 @@ class SimulationStore:
             stored = dict(group.attrs).get("galton")
             if stored is None:
                 raise StoreMismatchError(f"{path} is a zarr group but not a galton simulation store")
+            if "code" not in stored:  # written before simulators were fingerprinted: matched on the rest
+                stored = {**stored, "code": settings.get("code")}
             if stored != settings:
-                diff = {k: (stored.get(k), settings.get(k)) for k in set(stored) | set(settings) if stored.get(k) != settings.get(k)}
-                lines = "; ".join(f"{k}: stored {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
-                raise StoreMismatchError(
-                    f"the store at {path} was written by a different run ({lines}); "
-                    "use a new path, or the same problem, key and settings to resume"
-                )
+                raise StoreMismatchError(_mismatch(path, stored, settings))
             return cls(group, settings)
         group = zarr.open_group(str(path), mode="w")
         group.attrs["galton"] = settings

@@ -199,7 +199,7 @@ def test_bad_input_is_named():
         run("smc_abc", rounds=3)
     with pytest.raises(ABCError, match="budget=60 simulations cannot fit"):
         run(SMCABC(population=50), budget=60)
-    with pytest.raises(ABCError, match="quantile must be in"):
+    with pytest.raises(ABCError, match=r"quantile must be a number in \(0, 1\], got 1.5"):
         RejectionABC(quantile=1.5)
     with pytest.raises(ABCError, match="adjustment must be one of"):
         RejectionABC(adjustment="quadratic")
@@ -209,3 +209,24 @@ def test_bad_input_is_named():
         run("smc_abc", simulations=galton.simulate(GAUSS, 100, key=jax.random.key(0), progress=False))
     with pytest.raises(galton.ProblemError, match="x_obs has shape"):
         galton.infer(GAUSS, jnp.zeros(3), key=jax.random.key(0), method="rejection_abc", budget=100, progress=False)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: MCMCABC(adapt_every=0), "adapt_every must be a positive integer number of steps, got 0"),
+    (lambda: MCMCABC(min_acceptance=-1.0), r"min_acceptance must be an acceptance rate in \[0, 1\), got -1.0"),
+    (lambda: MCMCABC(min_acceptance=2.0), r"min_acceptance must be an acceptance rate in \[0, 1\), got 2.0"),
+    (lambda: RejectionABC(quantile="0.1"), r"quantile must be a number in \(0, 1\], got '0.1'"),
+    (lambda: RejectionABC(chunk_size=0), "chunk_size must be a positive integer, got 0"),
+    (lambda: SMCABC(alpha=float("nan")), r"alpha must be a quantile in \(0, 1\), got nan"),
+], ids=["adapt_every", "min_acceptance<0", "min_acceptance>1", "quantile-text", "chunk_size", "alpha-nan"])
+def test_settings_are_refused_at_construction(make, message):
+    with pytest.raises(ABCError, match=message):
+        make()
+
+
+def test_an_smc_store_made_for_another_observation_is_refused_up_front(tmp_path):
+    run = lambda x_o: galton.infer(GAUSS, x_o, key=jax.random.key(15), method=SMCABC(population=50, generations=2), budget=400,  # noqa: E731
+                                   store=tmp_path / "smc", progress=False)
+    run(X_O)
+    with pytest.raises(galton.StoreMismatchError, match="the observation x_o differs from the one the store at .* was made for"):
+        run(X_O + 1.0)

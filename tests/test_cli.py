@@ -91,3 +91,26 @@ def test_demo_is_a_run_of_two_moons_with_every_run_option(tmp_path, monkeypatch)
     assert main(["demo", "--out", str(tmp_path)]) == 0
     expected = build_parser().parse_args(["run", "two_moons", "--budget", "5000", "--out", str(tmp_path)])
     assert vars(seen[0]) == vars(expected) and seen[0].settings == []
+
+
+def test_bad_out_and_set_values_fail_before_anything_is_simulated(tmp_path, capsys, monkeypatch):
+    import sys
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("the run should have stopped before inferring")
+
+    monkeypatch.setattr(sys.modules["galton.infer"], "infer", no_inference)
+    (tmp_path / "afile").write_text("not a directory")
+    under_a_file = str(tmp_path / "afile" / "sub")
+    cases = [
+        (["run", "two_moons", "--out", under_a_file], f"--out {under_a_file} cannot be made a directory: Not a directory"),
+        (["demo", "--out", under_a_file], f"--out {under_a_file} cannot be made a directory"),
+        (["run", "two_moons", "--method", "rejection_abc", "--set", "quantile=abc"], "rejection_abc's quantile takes a number"),
+        (["run", "two_moons", "--method", "mcmc_abc", "--set", "adapt_every=0"], "adapt_every must be a positive integer"),
+        (["run", "two_moons", "--set", "training=3"], "npe's training is a Training settings object, which --set cannot build"),
+        (["muse", "funnel", "--dim", "-1"], "dim must be an integer of at least 1, got -1"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -503,6 +503,26 @@ def test_bad_inputs_are_named():
         muse(problem, funnel_data(1000), jacobian="exact", key=jax.random.key(0))
 
 
+@pytest.mark.parametrize("setting, message", [
+    (dict(chunk_size=0), "chunk_size must be a positive integer or None, got 0"),
+    (dict(map_memory=0), "map_memory must be a positive integer, got 0"),
+    (dict(nsims=10.5), "nsims must be a positive integer or None, got 10.5"),
+    (dict(step_scale=-1.0), "step_scale must be a positive finite number, got -1.0"),
+])
+def test_settings_are_refused_before_anything_runs(setting, message):
+    with pytest.raises(ValueError, match=message):
+        muse(GAUSSIAN, gaussian_x_obs(), key=jax.random.key(0), progress=False, **setting)
+
+
+@pytest.mark.parametrize("theta_start, message", [
+    ({"mu": 0.0, "log_var": 1.0, "sigma": 2.0}, r"theta_start has blocks \['sigma'\] that 'gaussian' does not have"),
+    ([0.0, 1.0, 2.0], r"theta_start has shape \(3,\); 'gaussian' takes 2 values for \['mu', 'log_var'\], flat or as the blocks"),
+])
+def test_a_theta_start_of_another_structure_is_refused_naming_the_expected_one(theta_start, message):
+    with pytest.raises(ProblemError, match=message):
+        muse(GAUSSIAN, gaussian_x_obs(), theta_start=theta_start, key=jax.random.key(0), progress=False)
+
+
 def test_cli_prints_the_result_and_the_reference(capsys):
     import argparse
 

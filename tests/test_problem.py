@@ -7,7 +7,9 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+import galton
 from galton import Prior, ProblemError, Program, Simulator, check_theta
+from galton.problem import check_observation
 
 
 def test_prior_of_named_blocks_flattens_and_names_columns():
@@ -45,6 +47,21 @@ def test_check_theta_names_shape_and_support_problems():
         check_theta(prior, np.array([[0, 0], [0.5, 0.5], [0, 3]]))
     with pytest.raises(ProblemError, match="non-finite"):
         check_theta(prior, np.array([[0, np.nan]]))
+
+
+@pytest.mark.parametrize("x_obs, message", [
+    (None, r"x_obs must be numbers of shape \(2,\), got NoneType"),
+    ("abc", r"x_obs must be numbers of shape \(2,\), got str of dtype <U3"),
+    ({"x": [0.0, 1.0]}, "got dict"),
+    (np.zeros((0, 2)), r"x_obs has shape \(0, 2\): an empty set of iid observations"),
+])
+def test_an_observation_that_is_not_numbers_or_holds_none_is_named(x_obs, message):
+    simulator = Simulator(dist.Normal(jnp.zeros(2), 1.0), lambda key, theta: theta + jax.random.normal(key, (2,)), name="shift")
+    with pytest.raises(ProblemError, match=message):
+        check_observation(simulator, x_obs, (2,), iid=True)
+    if x_obs is None:  # through infer too, before anything is simulated
+        with pytest.raises(ProblemError, match=message):
+            galton.infer(simulator, x_obs, key=jax.random.key(0), budget=10, progress=False)
 
 
 def test_simulator_detects_backend():

@@ -85,13 +85,71 @@ def test_store_equals_memory_and_resumes_missing_chunks(tmp_path):
 def test_mismatched_store_is_an_error(tmp_path):
     path = tmp_path / "sims.zarr"
     simulate(JAX_SIM, 100, key=jax.random.key(0), store=path, progress=False)
-    with pytest.raises(StoreMismatchError, match="key: stored"):
+    with pytest.raises(StoreMismatchError, match="the random key differs from the one the store was made with"):
         simulate(JAX_SIM, 100, key=jax.random.key(1), store=path, progress=False)
-    with pytest.raises(StoreMismatchError, match="problem: stored"):
+    with pytest.raises(StoreMismatchError, match="holds simulations of Simulator:shifted_noise, this run's problem is Simulator:numpy_noise"):
         simulate(NUMPY_SIM, 100, key=jax.random.key(0), store=path, progress=False)
     wider = Simulator(dist.Uniform(-2 * jnp.ones(2), 2 * jnp.ones(2)), shifted_noise, names=["a", "b"])
-    with pytest.raises(StoreMismatchError, match="prior: stored"):
+    with pytest.raises(StoreMismatchError, match="the prior differs from the one the store was made with"):
         simulate(wider, 100, key=jax.random.key(0), store=path, progress=False)
+    with pytest.raises(StoreMismatchError, match="this run gives the parameters theta to simulate at where the store draws them"):
+        simulate(JAX_SIM, key=jax.random.key(0), theta=np.zeros((100, 2)), store=path, progress=False)
+    # a later round's θ come from the earlier rounds' posterior: the message says what changes them
+    round_1 = tmp_path / "round_1"
+    simulate(JAX_SIM, key=jax.random.key(0), theta=np.zeros((10, 2)), store=round_1, progress=False)
+    with pytest.raises(StoreMismatchError, match="the parameters theta to simulate at differ .* a different observation x_o"):
+        simulate(JAX_SIM, key=jax.random.key(0), theta=np.full((10, 2), 0.5), store=round_1, progress=False)
+
+
+def scaled(c):
+    return Simulator(PRIOR, lambda key, theta: c * theta + jax.random.normal(key, (2,)), names=["a", "b"])
+
+
+def test_a_store_is_matched_on_the_simulators_code_not_its_name(tmp_path):
+    path = tmp_path / "sims.zarr"
+    first = simulate(scaled(1.0), 100, key=jax.random.key(0), store=path, progress=False)
+    np.testing.assert_array_equal(simulate(scaled(1.0), 100, key=jax.random.key(0), store=path, progress=False).x, first.x)
+    # every lambda is named "<lambda>": other code, or another value in its closure, is another simulator
+    other_code = Simulator(PRIOR, lambda key, theta: theta - jax.random.normal(key, (2,)), names=["a", "b"])
+    for changed in (other_code, scaled(10.0)):
+        with pytest.raises(StoreMismatchError, match="the simulator's code changed since the store was written.*new store directory"):
+            simulate(changed, 100, key=jax.random.key(0), store=path, progress=False)
+
+
+def test_a_store_written_before_code_fingerprints_still_resumes(tmp_path):
+    path = tmp_path / "sims.zarr"
+    first = simulate(JAX_SIM, 100, key=jax.random.key(0), chunk_size=50, store=path, progress=False)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["galton"] = {k: v for k, v in group.attrs["galton"].items() if k != "code"}
+    group["done"][1] = 0
+    resumed = simulate(JAX_SIM, 100, key=jax.random.key(0), chunk_size=50, store=path, progress=False)
+    np.testing.assert_array_equal(resumed.x, first.x)
+
+
+@pytest.mark.parametrize("returns, named", [
+    (lambda key, theta: {"x": theta}, "dict"), (lambda key, theta: None, "NoneType"),
+], ids=["dict", "None"])
+def test_a_jax_simulator_returning_no_array_is_named(returns, named):
+    with pytest.raises(SimulationError, match=f"the simulator returned {named}; simulate\\(key, theta\\) must return x as one numeric array"):
+        simulate(Simulator(PRIOR, returns), 10, key=jax.random.key(0), progress=False)
+
+
+def text(key, theta):
+    return "abc"
+
+
+def two_or_three(key, theta):
+    return np.zeros(2 if float(theta[0]) > 0 else 3)
+
+
+def test_a_python_simulator_returning_text_or_changing_shape_is_named(tmp_path):
+    with cf.ThreadPoolExecutor(1) as pool:
+        with pytest.raises(SimulationError, match=r"the simulator returned str \(dtype <U3\)"):
+            simulate(Simulator(PRIOR, text), 4, key=jax.random.key(0), executor=pool, progress=False)
+        # one row per chunk: the shapes differ between chunks, which is the simulator's fault, not the store's
+        with pytest.raises(SimulationError, match=r"returned x of shape \(2,\) in simulations 1 to 1, but of shape \(3,\) in earlier ones"):
+            simulate(Simulator(PRIOR, two_or_three), key=jax.random.key(0), theta=np.array([[-0.5, 0.0], [0.5, 0.0]]),
+                     chunk_size=1, store=tmp_path / "shapes.zarr", executor=pool, progress=False)
 
 
 KILLED_RUN = textwrap.dedent(

@@ -47,6 +47,20 @@ def test_registry_lists_every_task():
         tasks.get("nope")
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("funnel", {"dim": -1}, "dim must be an integer of at least 1, got -1"),
+    ("funnel", {"dim": 0}, "dim must be an integer of at least 1, got 0"),
+    ("funnel", {"dim": 2.5}, "dim must be an integer of at least 1, got 2.5"),
+    ("state_space", {"steps": 2}, "steps must be an integer of at least 3, got 2"),
+    ("lognormal_field", {"noise": 0.0}, "noise must be a positive finite standard deviation, got 0.0"),
+    ("two_moons", {"dim": 3}, "task 'two_moons' has no option dim; it takes no options"),
+    ("funnel", {"size": 3}, "task 'funnel' has no option size; its options are dim"),
+])
+def test_task_options_are_checked_before_a_model_is_built(name, options, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.get(name, **options)
+
+
 @pytest.mark.parametrize("name", sorted(X_DIM))
 def test_task_simulates_under_jit_and_vmap(name):
     task = tasks.get(name)

@@ -31,10 +31,13 @@ def add_command(subparsers) -> argparse.ArgumentParser:
 def run(args) -> int:
     """Handler of ``galton muse``: run, print the result (and the reference posterior where known)."""
     from galton import tasks
+    from galton.cli.run import output_directory
     from galton.muse import muse
 
     options = {} if args.dim is None else {"dim": args.dim}
     task = tasks.get(args.task, **options)
+    if args.save:
+        output_directory(args.save, "--save")
     x_obs = task.observation(args.observation)
     start = time.perf_counter()
     result = muse(

@@ -4,8 +4,10 @@ reference, write samples (NetCDF), plots and a summary; ``galton demo`` is one s
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
+from pathlib import Path
 
 import jax
 
@@ -63,13 +65,58 @@ def _settings(pairs: list[str]) -> dict:
     return settings
 
 
+def output_directory(path: str, option: str = "--out") -> Path:
+    """``path`` created (or found) and writable, checked before any simulation so that a bad
+    path fails at once instead of after the fit, sampling and C2ST."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{option} {path} cannot be made a directory: {err.strerror or err}") from err
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path} is a directory this process cannot write to")
+    return out
+
+
+def _check_types(method: str, settings: dict, defaults) -> None:
+    """Refuse ``--set`` values the command line cannot mean: text for a numeric setting, or any literal
+    for one whose default is a settings object (``training``), which would otherwise fail only
+    after the simulations."""
+    import numbers
+
+    for name, value in settings.items():
+        default = getattr(defaults, name)
+        if dataclasses.is_dataclass(default) and not isinstance(value, type(default)):
+            raise ValueError(f"--set {name}={value!r}: {method}'s {name} is a {type(default).__name__} settings object, "
+                             "which --set cannot build" + ("; --max-epochs caps its epochs" if name == "training" else ""))
+        if isinstance(default, numbers.Number) and not isinstance(value, numbers.Number):
+            wanted = "True or False" if isinstance(default, bool) else "a number"
+            raise ValueError(f"--set {name}={value!r}: {method}'s {name} takes {wanted} (default {default!r})")
+
+
+def _method(name: str, settings: dict):
+    """The method ``name`` with the ``--set`` settings, refused by name before anything is simulated."""
+    from galton import methods
+
+    defaults = methods.get(name)
+    known = {f.name for f in dataclasses.fields(type(defaults)) if f.init}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"{name} has no setting {', '.join(unknown)}; its settings are {', '.join(sorted(known))}")
+    _check_types(name, settings, defaults)
+    try:
+        return methods.get(name, **settings)
+    except TypeError as err:  # a check comparing a value of the wrong kind; ValueErrors pass as they are
+        given = ", ".join(f"{k}={v!r}" for k, v in settings.items())
+        raise ValueError(f"{name} refused the settings {given}: {err}") from err
+
+
 def run_inference(args) -> int:
     import json
-    from pathlib import Path
 
     import numpy as np
 
-    from galton import methods, plot, tasks
+    from galton import plot, tasks
     from galton.diagnostics import c2st
     from galton.infer import infer
     from galton.posteriors import samples_to_arviz
@@ -77,14 +124,10 @@ def run_inference(args) -> int:
     task = tasks.get(args.task)
     x_obs, truth = task.observation(args.observation), task.true_parameters(args.observation)
     key_fit, key_sample, key_ref = jax.random.split(jax.random.key(args.seed), 3)
-    settings = _settings(args.settings)
-    known = {f.name for f in dataclasses.fields(type(methods.get(args.method))) if f.init}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ValueError(f"{args.method} has no setting {', '.join(unknown)}; its settings are {', '.join(sorted(known))}")
-    method = methods.get(args.method, **settings)
+    method = _method(args.method, _settings(args.settings))
     if args.max_epochs is not None:
         method = _cap_epochs(method, args.max_epochs)
+    out = output_directory(args.out)
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:  # printed as notes below, and kept in summary.json
         warnings.simplefilter("always")
@@ -94,7 +137,7 @@ def run_inference(args) -> int:
     for note in notes:
         print(f"  warning: {note}")
     if getattr(posterior, "marginals", None) is not None:  # TMNRE: marginals, not a joint
-        return _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref)
+        return _write_marginals(args, out, task, posterior, fit_seconds, key_sample, key_ref)
     start = time.perf_counter()
     samples = np.asarray(posterior.sample(args.samples, key=key_sample))
     sample_seconds = time.perf_counter() - start
@@ -116,8 +159,6 @@ def run_inference(args) -> int:
     if task.reference is not None:
         reference = np.asarray(task.reference_posterior(x_obs, args.samples, key=key_ref))
         summary["c2st"] = round(float(c2st(reference, samples)), 4)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     samples_to_arviz(samples, task.names).to_netcdf(out / "samples.nc")
     plot.corner(samples, names=task.names, reference=reference, truth=np.asarray(truth)).savefig(out / "corner.png", dpi=100)
     written = ["samples.nc", "corner.png"]
@@ -142,11 +183,10 @@ def run_inference(args) -> int:
     return 0
 
 
-def _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref) -> int:
+def _write_marginals(args, out: Path, task, posterior, fit_seconds, key_sample, key_ref) -> int:
     """TMNRE's outputs: every marginal's samples (marginals.npz, and each parameter's in samples.nc),
     the corner plot from the estimators, the truncation history and marginal C2ST."""
     import json
-    from pathlib import Path
 
     import numpy as np
 
@@ -173,8 +213,6 @@ def _write_marginals(args, task, posterior, fit_seconds, key_sample, key_ref) ->
         "truncation": [{k: r[k] for k in ("round", "new", "reused", "pooled", "volume", "box", "region_share_of_box") if k in r} for r in posterior.rounds],
         "marginal_c2st": scores,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "marginals.npz", **{",".join(m): v for m, v in draws.items()})
     posterior.to_arviz(n=args.samples, key=key_sample).to_netcdf(out / "samples.nc")
     plot.marginals(posterior, reference=reference, truth=truth).savefig(out / "corner.png", dpi=100)

@@ -43,9 +43,9 @@ from galton.muse.kernels import Rows, _compiled
 from galton.muse.models import FlatModel, as_flat_model
 from galton.muse.result import MuseError, MuseResult, _record, _record_breakdown
 from galton.muse.root import PRIOR_STEP, _RootFinder
-from galton.problem import ProblemError, Program
+from galton.muse.settings import check_settings
+from galton.problem import ProblemError
 
-JACOBIAN_METHODS = ("implicit", "finite_difference")
 PILOT_ITERATIONS = 20  # L-BFGS iterations of the first solve, before the scores' spread is known
 SUPERLINEAR_BELOW = 0.1  # secant steps shorter than this (in σ) are taken to converge superlinearly
 JACOBIAN_AHEAD = 10.0  # compute H along with the MAPs once the last step was below this × theta_rtol
@@ -126,14 +126,12 @@ def muse(
         ProblemError: the problem or the inputs are not usable by MUSE.
         MuseError: a score became NaN or inf (the message names the simulation).
     """
-    if jacobian not in JACOBIAN_METHODS:
-        raise ValueError(f"jacobian must be one of {JACOBIAN_METHODS}, got {jacobian!r}")
-    if max_iterations < 1:
-        raise ValueError(f"max_iterations must be at least 1, got {max_iterations}")
-    if check not in (None, "nuts"):
-        raise ValueError(f"check must be 'nuts' or None, got {check!r}")
-    if check and not isinstance(problem, Program):
-        raise ProblemError("check='nuts' needs a galton Program (a HierarchicalModel has no NumPyro model to run NUTS on)")
+    check_settings(
+        problem, jacobian=jacobian, check=check, nsims=nsims, chunk_size=chunk_size, max_iterations=max_iterations,
+        theta_rtol=theta_rtol, step_scale=step_scale, finite_difference_step=finite_difference_step,
+        map_max_iterations=map_max_iterations, map_gtol=map_gtol, map_score_rtol=map_score_rtol, map_memory=map_memory,
+        cg_max_iterations=cg_max_iterations, cg_rtol=cg_rtol,
+    )
     start = _start(problem, x_obs, theta_start, nsims, key, result)
     model, nsims, history = start.model, start.nsims, start.history
     keys = _simulation_keys(start.key, nsims)

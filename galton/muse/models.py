@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -131,9 +131,22 @@ class _ProgramModel(FlatModel):
         return self.prior.log_prob(self.prior.to_constrained(u)) + self.prior.log_abs_det_jacobian(u)
 
     def flatten_theta(self, theta):
-        if isinstance(theta, dict) or np.ndim(theta) == 0 or np.shape(theta)[-1:] != (self.theta_dim,):
-            return np.asarray(self.prior.flatten(theta), np.float64).reshape(self.theta_dim)
-        return np.asarray(theta, np.float64).reshape(self.theta_dim)
+        shapes = self.prior.blocks.shapes
+        wanted = f"{self.theta_dim} values for {self.names}, flat or as the blocks {dict(shapes)}"
+        if isinstance(theta, Mapping):
+            unknown = sorted(set(theta) - set(shapes), key=str)
+            if unknown:  # (a misspelt block would otherwise be dropped unseen)
+                raise ProblemError(f"theta_start has blocks {unknown} that {self.name!r} does not have; it takes {wanted}")
+            flat = np.asarray(self.prior.flatten(theta), np.float64)
+        else:
+            try:
+                flat = np.asarray(theta, np.float64)
+            except (TypeError, ValueError):
+                flat = None
+        if flat is None or flat.size != self.theta_dim:
+            given = f"shape {flat.shape}" if flat is not None else f"a {type(theta).__name__}"
+            raise ProblemError(f"theta_start has {given}; {self.name!r} takes {wanted}")
+        return flat.reshape(self.theta_dim)
 
     def unflatten_theta(self, flat):
         return {k: np.asarray(v) for k, v in self.prior.blocks.unflatten(np.asarray(flat)).items()} \

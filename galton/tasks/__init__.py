@@ -7,6 +7,7 @@ reference posteriors and C2ST figures apply to galton's results.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from galton.tasks.base import Task
 
@@ -41,6 +42,11 @@ def get(name: str, **options) -> Task:
     if name not in _REGISTRY:
         raise KeyError(f"unknown task {name!r}; available: {', '.join(names())}")
     module = importlib.import_module(f"galton.tasks.{_REGISTRY[name]}")
+    known = inspect.signature(module.task).parameters
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        takes = f"its options are {', '.join(known)}" if known else "it takes no options"
+        raise ValueError(f"task {name!r} has no option {', '.join(unknown)}; {takes}")
     return module.task(**options)
 
 

@@ -17,6 +17,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from galton.problem import Program
+from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 LOG_DROP = 60.0  # the grid spans where log p(θ | x) is within this of its maximum (density ratio e^-60)
@@ -97,6 +98,7 @@ def _program(dim: int) -> Program:
 
 
 def task(dim: int = 512) -> Task:
+    dim = check_size(dim, "dim")
     return Task(
         name="funnel",
         problem=_program(dim),

@@ -27,6 +27,7 @@ import numpyro.distributions as dist
 from numpyro.contrib.control_flow import scan
 
 from galton.problem import Program
+from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 PRIOR_LOW, PRIOR_HIGH = -1.0, 1.0
@@ -108,8 +109,7 @@ def task(n_rows: int = 20, n_balls: int = 1) -> Task:
 
     Observation k is simulated with key k at θ_k drawn from the prior with key 1000 + k.
     """
-    if n_rows < 2 or n_balls < 1:
-        raise ValueError(f"need n_rows >= 2 and n_balls >= 1, got n_rows={n_rows}, n_balls={n_balls}")
+    n_rows, n_balls = check_size(n_rows, "n_rows", 2), check_size(n_balls, "n_balls")
     program = _program(n_rows, n_balls)
     return Task(
         name="galton_board",

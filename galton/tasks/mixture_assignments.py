@@ -18,6 +18,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from galton.problem import Program
+from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 LOCATION_PRIOR = dist.Normal(0.0, 2.0)
@@ -83,9 +84,8 @@ def _true_theta(k: int) -> jax.Array:
 def task(n: int = 16) -> Task:
     """The mixture observed through ``n`` points (x ``(n,)``); observation k is simulated with key k
     at θ_k = (m, δ) drawn from the prior with key 1000 + k."""
-    if int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    program = _program(int(n))
+    n = check_size(n, "n")
+    program = _program(n)
     return Task(
         name="mixture_assignments",
         problem=program,

@@ -24,6 +24,7 @@ import numpyro.distributions as dist
 from numpyro.contrib.control_flow import scan
 
 from galton.problem import Program
+from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 LOW = jnp.array([0.0, 0.3, 0.3])
@@ -132,8 +133,7 @@ def _true_theta(k: int) -> jax.Array:
 def task(steps: int = 20) -> Task:
     """The model over ``steps`` time steps (x ``(steps,)``); observation 1 is at θ = (0.7, 0.8, 0.5),
     observation k > 1 at θ_k drawn from the prior with key 1000 + k, simulated with key k."""
-    if steps < 3:
-        raise ValueError(f"need steps >= 3, got {steps}")
+    steps = check_size(steps, "steps", 3)
     problem = program(steps)
     return Task(
         name="state_space",

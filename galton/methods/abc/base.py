@@ -9,6 +9,7 @@ started again with the same key walks the same path and reads back what was simu
 from __future__ import annotations
 
 import functools
+import numbers
 from pathlib import Path
 from typing import ClassVar
 
@@ -36,6 +37,14 @@ class ABCMethod:
     def _check_run(self, rounds: int) -> None:
         if rounds != 1:
             raise ABCError(f"rounds={rounds} does not apply to {self.name}; it sets its own schedule (budget= bounds it)")
+
+
+def check_setting(name: str, value, wanted: str, within=lambda v: True, *, integer: bool = False) -> None:
+    """Refuse a setting that is not a number (an integer with ``integer``) or that ``within`` rejects:
+    text such as ``"0.1"`` would otherwise reach a comparison as a TypeError, a zero a division."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not within(value):
+        raise ABCError(f"{name} must be {wanted}, got {value!r}")
 
 
 def simulate_batch(problem, theta: np.ndarray, *, key, store: Path | None, name: str, chunk: int, on_invalid: str) -> Simulations:
@@ -68,4 +77,4 @@ def log_prior(prior, theta: np.ndarray, chunk: int) -> np.ndarray:
     return in_chunks(_log_prob_function(prior), theta, chunk).astype(np.float64)
 
 
-__all__ = ["ABCMethod", "check_budget", "log_prior", "numpy_rng", "prior_draws", "simulate_batch"]
+__all__ = ["ABCMethod", "check_budget", "check_setting", "log_prior", "numpy_rng", "prior_draws", "simulate_batch"]

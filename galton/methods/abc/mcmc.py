@@ -22,8 +22,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from galton.methods.abc.base import ABCMethod, check_budget, log_prior, numpy_rng, prior_draws, simulate_batch
-from galton.methods.abc.distances import ABCError, discrepancy
+from galton.methods.abc.base import ABCMethod, check_budget, check_setting, log_prior, numpy_rng, prior_draws, simulate_batch
+from galton.methods.abc.distances import discrepancy
 from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
 from galton.progress import Progress
@@ -66,16 +66,14 @@ class MCMCABC(ABCMethod):
 
     def __post_init__(self):
         self._check_common()
-        if int(self.chains) != self.chains or self.chains < 1:
-            raise ABCError(f"chains must be a positive integer, got {self.chains!r}")
-        if not 0 < self.pilot < 1:
-            raise ABCError(f"pilot must be a fraction of the budget in (0, 1), got {self.pilot!r}")
-        if not 0 < self.quantile <= 1:
-            raise ABCError(f"quantile must be in (0, 1], got {self.quantile!r}")
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise ABCError(f"epsilon must be a positive distance, got {self.epsilon!r}")
-        if not 0 <= self.warmup < 1:
-            raise ABCError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
+        check_setting("chains", self.chains, "a positive integer", lambda v: v >= 1, integer=True)
+        check_setting("pilot", self.pilot, "a fraction of the budget in (0, 1)", lambda v: 0 < v < 1)
+        check_setting("quantile", self.quantile, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        if self.epsilon is not None:
+            check_setting("epsilon", self.epsilon, "a positive distance", lambda v: 0 < v < math.inf)
+        check_setting("warmup", self.warmup, "a fraction in [0, 1)", lambda v: 0 <= v < 1)
+        check_setting("adapt_every", self.adapt_every, "a positive integer number of steps", lambda v: v >= 1, integer=True)
+        check_setting("min_acceptance", self.min_acceptance, "an acceptance rate in [0, 1)", lambda v: 0 <= v < 1)
 
     def run(self, problem, x_obs, *, key, budget: int, rounds: int = 1, simulations=None, store=None, progress=True) -> SamplesPosterior:
         """MCMC-ABC at ``x_obs``; `galton.infer` calls this for ``method="mcmc_abc"``.

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from galton.methods.abc.base import ABCMethod
+from galton.methods.abc.base import ABCMethod, check_setting
 from galton.methods.abc.distances import ABCError, discrepancy
 from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
@@ -69,14 +69,14 @@ class RejectionABC(ABCMethod):
 
     def __post_init__(self):
         self._check_common()
-        if self.epsilon is None and not 0 < self.quantile <= 1:
-            raise ABCError(f"quantile must be in (0, 1], got {self.quantile!r}")
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise ABCError(f"epsilon must be a positive distance, got {self.epsilon!r}")
+        if self.epsilon is None:  # with epsilon set, quantile is unused
+            check_setting("quantile", self.quantile, "a number in (0, 1]", lambda v: 0 < v <= 1)
+        else:
+            check_setting("epsilon", self.epsilon, "a positive distance", lambda v: 0 < v < math.inf)
         if self.adjustment not in ADJUSTMENTS:
             raise ABCError(f"adjustment must be one of {ADJUSTMENTS}, got {self.adjustment!r}")
-        if int(self.min_accepted) != self.min_accepted or self.min_accepted < 1:
-            raise ABCError(f"min_accepted must be a positive integer, got {self.min_accepted!r}")
+        check_setting("min_accepted", self.min_accepted, "a positive integer", lambda v: v >= 1, integer=True)
+        check_setting("chunk_size", self.chunk_size, "a positive integer", lambda v: v >= 1, integer=True)
 
     def accept(self, d: np.ndarray) -> tuple[np.ndarray, float, str | None]:
         """Indices of the accepted simulations (nearest first), the ε used, and a warning or None."""

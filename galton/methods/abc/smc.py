@@ -33,9 +33,11 @@ wasted up to a third of the budget; keeping the N nearest instead of the N/2 nea
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -43,12 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.chunks import pad_rows
-from galton.methods.abc.base import ABCMethod, check_budget, log_prior, numpy_rng, prior_draws, simulate_batch
+from galton.methods.abc.base import ABCMethod, check_budget, check_setting, log_prior, numpy_rng, prior_draws, simulate_batch
 from galton.methods.abc.distances import ABCError, discrepancy, weighted_quantile
 from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
 from galton.problem import support_mask
 from galton.progress import Progress
+from galton.store import StoreMismatchError, fingerprint_of
 
 KERNELS = ("olcm", "beaumont", "silverman")
 
@@ -105,6 +108,20 @@ def _log_mixture_chunks(theta, parents, weights, chol_inv, log_det, chunk: int) 
     return np.concatenate([np.asarray(_log_mixture(jnp.asarray(padded[i : i + chunk]), *args)) for i in range(0, len(padded), chunk)])[:m].astype(np.float64)
 
 
+def _claim_store(store, x_obs) -> None:
+    """Refuse at once a store made for another observation: every generation after the first follows
+    from x_o, so the run would otherwise fail there, as a batch size that differs from the stored one."""
+    if store is None:
+        return
+    path, stamp = Path(store) / "observation.json", fingerprint_of(np.asarray(x_obs, np.float64))
+    if path.exists() and json.loads(path.read_text()).get("x_obs") != stamp:
+        raise StoreMismatchError(
+            f"the observation x_o differs from the one the store at {store} was made for; use a new store directory for this observation"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"x_obs": stamp}))
+
+
 @register("smc_abc")
 @dataclass(frozen=True)
 class SMCABC(ABCMethod):
@@ -138,20 +155,17 @@ class SMCABC(ABCMethod):
 
     def __post_init__(self):
         self._check_common()
-        if self.population is not None and (int(self.population) != self.population or self.population < 2):
-            raise ABCError(f"population must be an integer ≥ 2, got {self.population!r}")
-        if not 0 < self.alpha < 1:
-            raise ABCError(f"alpha must be a quantile in (0, 1), got {self.alpha!r}")
+        if self.population is not None:
+            check_setting("population", self.population, "an integer ≥ 2 or None", lambda v: v >= 2, integer=True)
+        check_setting("alpha", self.alpha, "a quantile in (0, 1)", lambda v: 0 < v < 1)
         if self.kernel not in KERNELS:
             raise ABCError(f"kernel must be one of {KERNELS}, got {self.kernel!r}")
-        if self.epsilon is not None and not self.epsilon > 0:
-            raise ABCError(f"epsilon must be a positive distance, got {self.epsilon!r}")
-        if self.generations is not None and (int(self.generations) != self.generations or self.generations < 1):
-            raise ABCError(f"generations must be a positive integer or None, got {self.generations!r}")
-        if not 0 <= self.min_acceptance < 1:
-            raise ABCError(f"min_acceptance must be in [0, 1), got {self.min_acceptance!r}")
-        if not 0 <= self.min_ess <= 1:
-            raise ABCError(f"min_ess must be a fraction in [0, 1], got {self.min_ess!r}")
+        if self.epsilon is not None:
+            check_setting("epsilon", self.epsilon, "a positive distance", lambda v: 0 < v < math.inf)
+        if self.generations is not None:
+            check_setting("generations", self.generations, "a positive integer or None", lambda v: v >= 1, integer=True)
+        check_setting("min_acceptance", self.min_acceptance, "an acceptance rate in [0, 1)", lambda v: 0 <= v < 1)
+        check_setting("min_ess", self.min_ess, "a fraction in [0, 1]", lambda v: 0 <= v <= 1)
 
     def _propose(self, key, m, theta, weights, chol, prior) -> np.ndarray:
         """``m`` candidates from the kernel mixture, inside the prior's support."""
@@ -176,6 +190,7 @@ class SMCABC(ABCMethod):
         self._check_run(rounds)
         if simulations is not None:
             raise ABCError("smc_abc draws its own generations; simulations= cannot be used with it")
+        _claim_store(store, x_obs)
         prior = problem.prior
         n = int(self.population) if self.population is not None else int(np.clip(budget // 50, 50, 1000))
         check_budget(budget, 2 * n, f"generation 0 and one more of population {n}")
