@@ -8,14 +8,15 @@ enable_compile_cache()
 
 from galton import augment, fisher, lrt, methods, nets, posteriors, summaries, tasks  # noqa: E402
 from galton.fisher import fisher_information  # noqa: E402
-from galton.population import population  # noqa: E402
-from galton.predictive import PredictiveCheck, predictive_check  # noqa: E402
 from galton.infer import infer  # noqa: E402
 from galton.keys import as_key  # noqa: E402
 from galton.methods import *  # noqa: E402,F403  (every registered method class: NPE, NLE, NRE, ...)
 from galton.muse import HierarchicalModel, MuseError, MuseResult, muse  # noqa: E402
+from galton.population import population  # noqa: E402
 from galton.posteriors import GaussianPosterior, Posterior, SamplesPosterior  # noqa: E402
-from galton.problem import Blocks, Prior, Problem, ProblemError, Program, Simulator, check_theta  # noqa: E402
+from galton.predictive import PredictiveCheck, predictive_check  # noqa: E402
+from galton.prior import Blocks, Prior, check_theta  # noqa: E402
+from galton.problem import Problem, ProblemError, Program, Simulator  # noqa: E402
 from galton.simulate import SimulationError, simulate  # noqa: E402
 from galton.store import Simulations, StoreMismatchError, load_simulations  # noqa: E402
 from galton.train import Training, TrainingError  # noqa: E402

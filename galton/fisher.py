@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, check_point
+from galton.prior import check_point
+from galton.problem import ProblemError, Program
 from galton.simulate import simulate
 
 METHODS = ("truth", "sally", "histogram")

@@ -15,7 +15,8 @@ import numpy as np
 
 from galton import methods
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, Simulator, check_observation, check_theta
+from galton.prior import check_theta
+from galton.problem import ProblemError, Program, Simulator, check_observation
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
 

@@ -28,7 +28,8 @@ from scipy import stats
 from galton.checks import check_count
 from galton.fisher import check_keep
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, Simulator, check_point
+from galton.prior import check_point
+from galton.problem import ProblemError, Program, Simulator
 from galton.simulate import simulate
 
 

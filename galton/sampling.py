@@ -17,9 +17,9 @@ import numpy as np
 from numpyro.diagnostics import split_gelman_rubin
 from numpyro.infer import ESS, MCMC
 
-from galton.keys import as_key
-from galton.problem import Prior
 from galton.checks import check_count
+from galton.keys import as_key
+from galton.prior import Prior
 
 METHODS = ("nuts", "slice")
 # settings of `mcmc` for posteriors sampled by MCMC, as hashable (name, value) pairs. 100 chains

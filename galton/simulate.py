@@ -22,8 +22,9 @@ import numpy as np
 from galton import _worker
 from galton import augment as _augment
 from galton.keys import as_key
+from galton.prior import check_point, check_theta
+from galton.problem import ProblemError, Program, Simulator
 from galton.progress import Progress
-from galton.problem import ProblemError, Program, Simulator, check_point, check_theta
 from galton.store import SimulationStore, Simulations, code_fingerprint, fingerprint_of, simulations_from_store
 
 POLICIES = ("raise", "drop", "keep")

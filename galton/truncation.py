@@ -20,7 +20,7 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import biject_to
 
 from galton.keys import as_key
-from galton.problem import Prior
+from galton.prior import Prior
 
 
 class TruncationError(ValueError):

@@ -108,7 +108,7 @@ def test_bad_out_and_set_values_fail_before_anything_is_simulated(tmp_path, caps
         (["run", "two_moons", "--method", "rejection_abc", "--set", "quantile=abc"], "rejection_abc's quantile takes a number"),
         (["run", "two_moons", "--method", "mcmc_abc", "--set", "adapt_every=0"], "adapt_every must be a positive integer"),
         (["run", "two_moons", "--set", "training=3"], "npe's training is a Training settings object, which --set cannot build"),
-        (["muse", "funnel", "--dim", "-1"], "dim must be an integer of at least 1, got -1"),
+        (["muse", "funnel", "--dim", "-1"], "dim must be a positive integer, got -1"),
     ]
     for argv, message in cases:
         assert main(argv) == 2

@@ -131,7 +131,7 @@ def test_calibration_checks_x_against_the_posteriors_observations():
 
     from galton import flows
     from galton.posteriors import FlowPosterior
-    from galton.problem import Prior
+    from galton.prior import Prior
 
     theta, x = _pairs()
     network = flows.conditional_flow(theta, x, key=jax.random.key(0), transforms=1, hidden=8)  # untrained: shapes only

@@ -254,9 +254,9 @@ def test_an_ensemble_averages_its_members_and_beats_their_typical_error_on_the_g
     members = [_board_ratio_mse(m) for m in ensemble.members]
     # the members differ (their own keys), and their mean errs less than the median member
     assert len(set(np.round(members, 6))) == 4 and _board_ratio_mse(ensemble) < np.median(members), (_board_ratio_mse(ensemble), members)
-    with pytest.raises(ValueError, match="ensemble must be a positive number"):
+    with pytest.raises(ValueError, match="ensemble must be a positive integer number of networks"):
         gold.ALICES(ensemble=0)
-    with pytest.raises(ValueError, match="ensemble must be a positive number"):
+    with pytest.raises(ValueError, match="ensemble must be a positive integer number of networks"):
         gold.ALICES(ensemble=2.0)
 
 
@@ -272,9 +272,9 @@ def test_partners_make_alices_need_fewer_simulations_on_the_galton_board():
         errors[partners] = _board_ratio_mse(m.fit(sims, prior, key=jax.random.key(1), progress=False)[0])
     assert errors[16] < 0.7 * errors[1], errors
     for bad in (0, None, 2.5):
-        with pytest.raises(ValueError, match="partners must be a positive number"):
+        with pytest.raises(ValueError, match="partners must be a positive integer number of rows per simulation"):
             gold.ALICES(partners=bad)
-    with pytest.raises(ValueError, match="mixture_size must be a positive number"):
+    with pytest.raises(ValueError, match="mixture_size must be a positive integer number of mixture components"):
         gold.ALICES(partners=4, mixture_size=0)
     with pytest.raises(ValueError, match="partners > 1 weights rows by the joint density"):
         gold.CASCAL(partners=4)

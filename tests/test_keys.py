@@ -11,7 +11,7 @@ import galton
 from galton import calibration, sampling
 from galton.keys import as_key
 from galton.posteriors import GaussianPosterior, SamplesPosterior
-from galton.problem import Prior
+from galton.prior import Prior
 from galton.train import Training, train
 
 PRIOR = Prior(dist.Normal(jnp.zeros(2), 1.0))

@@ -504,10 +504,10 @@ def test_bad_inputs_are_named():
 
 
 @pytest.mark.parametrize("setting, message", [
-    (dict(chunk_size=0), "chunk_size must be a positive integer or None, got 0"),
+    (dict(chunk_size=0), "chunk_size must be a positive integer, got 0"),
     (dict(map_memory=0), "map_memory must be a positive integer, got 0"),
-    (dict(nsims=10.5), "nsims must be a positive integer or None, got 10.5"),
-    (dict(step_scale=-1.0), "step_scale must be a positive finite number, got -1.0"),
+    (dict(nsims=10.5), "nsims must be a positive integer, got 10.5"),
+    (dict(step_scale=-1.0), "step_scale must be a positive number, got -1.0"),
 ])
 def test_settings_are_refused_before_anything_runs(setting, message):
     with pytest.raises(ValueError, match=message):

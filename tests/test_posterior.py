@@ -11,8 +11,9 @@ from galton import flows
 from galton.muse import MuseResult
 from galton.posteriors import FlowPosterior, GaussianPosterior, SamplesPosterior, load
 from galton.posteriors.base import PosteriorFileError
+from galton.prior import Prior
+from galton.problem import ProblemError
 from galton.transforms import ElementwiseBijection
-from galton.problem import Prior, ProblemError
 
 COV = np.array([[0.5, 0.2], [0.2, 0.3]])
 

@@ -6,7 +6,7 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 
-from galton.problem import Prior
+from galton.prior import Prior
 from galton.sampling import SamplingError, initial_points
 
 PRIOR = Prior(dist.Uniform(-jnp.ones(2), jnp.ones(2)))

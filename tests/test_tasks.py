@@ -48,9 +48,9 @@ def test_registry_lists_every_task():
 
 
 @pytest.mark.parametrize("name, options, message", [
-    ("funnel", {"dim": -1}, "dim must be an integer of at least 1, got -1"),
-    ("funnel", {"dim": 0}, "dim must be an integer of at least 1, got 0"),
-    ("funnel", {"dim": 2.5}, "dim must be an integer of at least 1, got 2.5"),
+    ("funnel", {"dim": -1}, "dim must be a positive integer, got -1"),
+    ("funnel", {"dim": 0}, "dim must be a positive integer, got 0"),
+    ("funnel", {"dim": 2.5}, "dim must be a positive integer, got 2.5"),
     ("state_space", {"steps": 2}, "steps must be an integer of at least 3, got 2"),
     ("lognormal_field", {"noise": 0.0}, "noise must be a positive finite standard deviation, got 0.0"),
     ("two_moons", {"dim": 3}, "task 'two_moons' has no option dim; it takes no options"),

@@ -17,11 +17,11 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from galton.checks import check_count
 from galton.flows import FLOWS
-from galton.problem import Prior
+from galton.prior import Prior
 from galton.sampling import check_sampler
 from galton.store import Simulations
-from galton.checks import check_count
 from galton.train import Training, train
 
 REGISTRY: dict[str, type] = {}

@@ -14,7 +14,7 @@ import jax
 from galton.flows import ConditionalFlow, conditional_flow
 from galton.methods.base import NeuralMethod, register
 from galton.posteriors import DensityPosterior
-from galton.problem import Prior
+from galton.prior import Prior
 from galton.sampling import MCMC_DEFAULTS
 from galton.store import Simulations
 from galton.train import Training

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from galton.flows import ConditionalFlow, conditional_flow
 from galton.methods.base import NeuralMethod, bind, register
 from galton.posteriors import FlowPosterior
-from galton.problem import Prior
+from galton.prior import Prior
 from galton.train import Training
 
 

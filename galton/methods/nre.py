@@ -19,12 +19,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from galton.checks import check_real
 from galton.methods.base import NeuralMethod, bind, register
 from galton.posteriors import DensityPosterior
-from galton.problem import Prior
+from galton.prior import Prior
 from galton.ratio import RatioNetwork, ratio_network
 from galton.sampling import MCMC_DEFAULTS
-from galton.checks import check_real
 from galton.train import Training
 
 VARIANTS = ("a", "b", "c", "balanced")

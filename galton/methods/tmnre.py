@@ -41,12 +41,13 @@ from galton.checks import check_real
 from galton.methods.base import NeuralMethod, bind, register
 from galton.methods.nre import balance_penalty
 from galton.posteriors.marginal import TMNREPosterior
-from galton.problem import Prior, check_observation
+from galton.prior import Prior
+from galton.problem import check_observation
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
+from galton.regions import Region
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
 from galton.train import Training
-from galton.regions import Region
 from galton.truncation import TruncatedPrior, TruncationError, shrink, tail_level
 
 TRUNCATIONS = ("box", "correlated")

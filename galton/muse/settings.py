@@ -4,23 +4,13 @@ as an index error inside JAX, and a fractional count would be truncated without 
 
 from __future__ import annotations
 
-import math
-import numbers
-
+from galton.checks import check_count, check_real
 from galton.problem import ProblemError, Program
 
 JACOBIAN_METHODS = ("implicit", "finite_difference")
 COUNTS = ("max_iterations", "map_max_iterations", "map_memory", "cg_max_iterations")  # integers ≥ 1
 POSITIVE = ("theta_rtol", "step_scale", "finite_difference_step", "map_gtol", "cg_rtol")  # finite, > 0
 NON_NEGATIVE = ("map_score_rtol",)  # finite, ≥ 0 (0: a MAP converges on its gradient alone)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_settings(problem, *, jacobian: str, check: str | None, nsims, chunk_size, **settings) -> None:
@@ -33,12 +23,12 @@ def check_settings(problem, *, jacobian: str, check: str | None, nsims, chunk_si
     if check and not isinstance(problem, Program):
         raise ProblemError("check='nuts' needs a galton Program (a HierarchicalModel has no NumPyro model to run NUTS on)")
     for name, value in {"nsims": nsims, "chunk_size": chunk_size}.items():
-        if value is not None and not _is_count(value):
-            raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if value is not None:  # None: muse's own choice
+            check_count(value, name)
     for name, value in settings.items():
-        if name in COUNTS and not _is_count(value):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if name in POSITIVE and not (_is_number(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if name in NON_NEGATIVE and not (_is_number(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number of at least 0, got {value!r}")
+        if name in COUNTS:
+            check_count(value, name)
+        if name in POSITIVE:
+            check_real(value, name)
+        if name in NON_NEGATIVE:
+            check_real(value, name, low_inclusive=True)

@@ -10,7 +10,8 @@ import jax
 from galton import flows, ratio
 from galton.posteriors.base import check_draws, check_theta_width
 from galton.posteriors.network import NetworkPosterior, check_x
-from galton.problem import Prior, ProblemError
+from galton.prior import Prior
+from galton.problem import ProblemError
 from galton.sampling import MCMC_DEFAULTS, check_sampler, mcmc
 
 

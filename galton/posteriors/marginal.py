@@ -23,7 +23,8 @@ import numpy as np
 from galton.keys import as_key
 from galton.posteriors.base import check_draws, samples_to_arviz
 from galton.posteriors.network import NetworkPosterior, check_x, check_xs
-from galton.problem import Prior, ProblemError
+from galton.prior import Prior
+from galton.problem import ProblemError
 from galton.ratio import MarginalRatioNetwork, marginal_skeleton
 from galton.regions import DrawnRegion
 from galton.truncation import Quantiles, TruncatedPrior

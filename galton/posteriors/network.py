@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.posteriors.base import Posterior
-from galton.problem import Prior, ProblemError
+from galton.prior import Prior
+from galton.problem import ProblemError
 
 
 def check_x(x, shape: tuple[int, ...], *, iid: bool) -> jax.Array:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import numbers
 from typing import Callable, Sequence
 
 import jax
@@ -44,14 +43,6 @@ def sbibm_task(
         n_observations=10,
         description=description,
     )
-
-
-def check_size(value, name: str, minimum: int = 1) -> int:
-    """A task's size option (``dim``, ``steps``, ...) as an int: refused unless an integer of at least
-    ``minimum``, before it reaches a model as a negative or empty array shape."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    return int(value)
 
 
 @functools.cache

@@ -20,8 +20,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from galton.checks import check_count
 from galton.problem import Program
-from galton.tasks._common import check_size, nuts
+from galton.tasks._common import nuts
 from galton.tasks.base import Task
 
 PRIOR_SCALE = 3.0
@@ -72,7 +73,7 @@ def _program(groups: int, per_group: int, coupling: float) -> Program:
 
 
 def task(groups: int = 20, per_group: int = 500, coupling: float = 0.5) -> Task:
-    groups, per_group = check_size(groups, "groups", 2), check_size(per_group, "per_group")
+    groups, per_group = check_count(groups, "groups", minimum=2), check_count(per_group, "per_group")
     if not np.isfinite(coupling) or abs(coupling) >= 1:
         raise ValueError(f"coupling must lie in (−1, 1) so that η = Bθ is invertible for any G, got {coupling!r}")
     problem = _program(int(groups), int(per_group), float(coupling))

@@ -16,8 +16,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from galton.checks import check_count
 from galton.problem import Program
-from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 LOG_DROP = 60.0  # the grid spans where log p(θ | x) is within this of its maximum (density ratio e^-60)
@@ -98,7 +98,7 @@ def _program(dim: int) -> Program:
 
 
 def task(dim: int = 512) -> Task:
-    dim = check_size(dim, "dim")
+    dim = check_count(dim, "dim")
     return Task(
         name="funnel",
         problem=_program(dim),

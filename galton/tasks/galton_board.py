@@ -26,8 +26,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.control_flow import scan
 
+from galton.checks import check_count
 from galton.problem import Program
-from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 PRIOR_LOW, PRIOR_HIGH = -1.0, 1.0
@@ -109,7 +109,7 @@ def task(n_rows: int = 20, n_balls: int = 1) -> Task:
 
     Observation k is simulated with key k at θ_k drawn from the prior with key 1000 + k.
     """
-    n_rows, n_balls = check_size(n_rows, "n_rows", 2), check_size(n_balls, "n_balls")
+    n_rows, n_balls = check_count(n_rows, "n_rows", minimum=2), check_count(n_balls, "n_balls")
     program = _program(n_rows, n_balls)
     return Task(
         name="galton_board",

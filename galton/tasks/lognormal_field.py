@@ -22,8 +22,8 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
+from galton.checks import check_count
 from galton.problem import Program
-from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 TRUE_THETA = jnp.array([0.6, 3.0])
@@ -92,7 +92,7 @@ def nuts_posterior(x: jax.Array, n: int, key: jax.Array, *, size: int = 32, nois
 
 
 def task(size: int = 32, noise: float = 0.2) -> Task:
-    size = check_size(size, "size", 2)
+    size = check_count(size, "size", minimum=2)
     if isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating)) or not 0 < noise < np.inf:
         raise ValueError(f"noise must be a positive finite standard deviation, got {noise!r}")
     problem = program(size, float(noise))

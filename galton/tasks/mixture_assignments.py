@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from galton.checks import check_count
 from galton.problem import Program
-from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 LOCATION_PRIOR = dist.Normal(0.0, 2.0)
@@ -84,7 +84,7 @@ def _true_theta(k: int) -> jax.Array:
 def task(n: int = 16) -> Task:
     """The mixture observed through ``n`` points (x ``(n,)``); observation k is simulated with key k
     at θ_k = (m, δ) drawn from the prior with key 1000 + k."""
-    n = check_size(n, "n")
+    n = check_count(n, "n")
     program = _program(n)
     return Task(
         name="mixture_assignments",

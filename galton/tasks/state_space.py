@@ -23,8 +23,8 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro.contrib.control_flow import scan
 
+from galton.checks import check_count
 from galton.problem import Program
-from galton.tasks._common import check_size
 from galton.tasks.base import Task
 
 LOW = jnp.array([0.0, 0.3, 0.3])
@@ -133,7 +133,7 @@ def _true_theta(k: int) -> jax.Array:
 def task(steps: int = 20) -> Task:
     """The model over ``steps`` time steps (x ``(steps,)``); observation 1 is at θ = (0.7, 0.8, 0.5),
     observation k > 1 at θ_k drawn from the prior with key 1000 + k, simulated with key k."""
-    steps = check_size(steps, "steps", 3)
+    steps = check_count(steps, "steps", minimum=3)
     problem = program(steps)
     return Task(
         name="state_space",

@@ -49,7 +49,7 @@ from galton.methods.abc.base import ABCMethod, check_budget, check_setting, log_
 from galton.methods.abc.distances import ABCError, discrepancy, weighted_quantile
 from galton.methods.base import register
 from galton.posteriors.samples import SamplesPosterior
-from galton.problem import support_mask
+from galton.prior import support_mask
 from galton.progress import Progress
 from galton.store import StoreMismatchError, fingerprint_of
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from galton import augment
 from galton.keys import as_key
-from galton.problem import ProblemError, Program, check_point
+from galton.prior import check_point
+from galton.problem import ProblemError, Program
 from galton.simulate import SimulationError, simulate
 from galton.store import Simulations
 

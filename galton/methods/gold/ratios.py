@@ -38,7 +38,8 @@ from galton.methods.base import NeuralMethod, bind, register, require_program
 from galton.methods.gold import mixture
 from galton.methods.gold.pairs import COLUMNS, pair_simulations
 from galton.posteriors import DensityPosterior
-from galton.problem import ProblemError, Prior
+from galton.prior import Prior
+from galton.problem import ProblemError
 from galton.ratio import RatioEnsemble, RatioNetwork, ratio_ensemble, ratio_network
 from galton.sampling import MCMC_DEFAULTS
 from galton.store import Simulations

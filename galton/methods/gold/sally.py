@@ -27,7 +27,7 @@ from galton import nets, summaries
 from galton.checks import check_real
 from galton.methods.base import check_training, register, require_program
 from galton.methods.nre import NRE
-from galton.problem import check_point
+from galton.prior import check_point
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
 from galton.train import Training

@@ -27,7 +27,8 @@ from galton.methods.base import bind, register, require_program
 from galton.methods.gold.ratios import score_weights
 from galton.methods.nle import NLE
 from galton.methods.npe import NPE
-from galton.problem import ProblemError, Prior
+from galton.prior import Prior
+from galton.problem import ProblemError
 from galton.simulate import simulate
 from galton.store import Simulations
 from galton.train import train

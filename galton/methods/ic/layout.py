@@ -12,7 +12,8 @@ import numpy as np
 from numpyro import handlers
 from numpyro.distributions import constraints
 
-from galton.problem import Blocks, ProblemError, Program
+from galton.prior import Blocks
+from galton.problem import ProblemError, Program
 from galton.transforms import SupportBijection
 
 
