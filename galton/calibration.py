@@ -119,7 +119,7 @@ def expected_coverage(posterior, theta, x, *, key: jax.Array, n_samples: int = 1
         ``(levels (k,), coverage (k,))``: coverage equals the level for a calibrated posterior,
         lies above it for a conservative one and below for an overconfident one.
     """
-    levels = np.linspace(0, 1, 101) if levels is None else np.asarray(levels)
+    levels = _levels(levels)
     needed = credible_levels(posterior, theta, x, key=key, n_samples=n_samples, progress=progress)
     return levels, (needed[None, :] <= levels[:, None]).mean(axis=1)
 
@@ -136,6 +136,7 @@ def tarp(posterior, theta, x, *, key: jax.Array, n_samples: int = 1000, referenc
         correct posterior.
     """
     theta, x = check_pairs(posterior, theta, x, references)
+    levels = _levels(levels)
     theta, key = theta.astype(np.float64), as_key(key)
     draws = posterior_draws(posterior, x, n_samples, key=key, progress=progress).astype(np.float64)
     mean, std = theta.mean(0), theta.std(0) + 1e-12
@@ -148,8 +149,20 @@ def tarp(posterior, theta, x, *, key: jax.Array, n_samples: int = 1000, referenc
     truth_distance = np.linalg.norm(theta - references, axis=-1)
     draw_distance = np.linalg.norm(draws - references[:, None], axis=-1)
     f = (draw_distance < truth_distance[:, None]).mean(axis=1)
-    levels = np.linspace(0, 1, 101) if levels is None else np.asarray(levels)
     return levels, (f[None, :] < levels[:, None]).mean(axis=1)
+
+
+def _levels(levels) -> np.ndarray:
+    """Nominal levels ``(k,)`` in [0, 1] (default 0, 0.01, ..., 1), checked before any draw is made."""
+    if levels is None:
+        return np.linspace(0, 1, 101)
+    try:  # (NumPy would read the text "0.9" as a number)
+        out = None if isinstance(levels, (str, bytes)) else np.asarray(levels, np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or out.size == 0 or not np.all((out >= 0) & (out <= 1)):  # NaN fails too
+        raise ValueError(f"levels must be one or more numbers in [0, 1], such as (0.68, 0.95), got {levels!r}")
+    return out
 
 
 def marginal_coverage(posterior, theta, x, *, key: jax.Array, n_samples: int = 500, levels=None, progress: bool = False) -> dict:

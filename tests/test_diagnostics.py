@@ -149,3 +149,18 @@ def test_calibration_refuses_a_posterior_fitted_to_one_observation(name):
     fitted = GaussianPosterior(np.zeros(2), np.eye(2), ["a", "b"], x_obs=np.zeros(3))
     with pytest.raises(ValueError, match="fitted to one observation; SBC and coverage .* need an amortized posterior"):
         _calibrations()[name](fitted, *_pairs())
+
+
+@pytest.mark.parametrize("levels", [(0.5, 1.5), (), "0.9", (np.nan,)])
+def test_coverage_levels_outside_the_unit_interval_are_refused(levels):
+    import jax
+
+    from galton import GaussianPosterior, calibration
+
+    prior = GaussianPosterior(np.zeros(2), np.eye(2), ["a", "b"])
+    theta, x = _pairs()
+    for coverage in (calibration.expected_coverage, calibration.tarp):
+        with pytest.raises(ValueError, match=r"levels must be one or more numbers in \[0, 1\]"):
+            coverage(prior, theta, x, key=jax.random.key(0), n_samples=10, levels=levels)
+    got, _ = calibration.expected_coverage(prior, theta, x, key=jax.random.key(0), n_samples=10, levels=0.9)
+    np.testing.assert_array_equal(got, [0.9])
