@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from galton.checks import check_count
+from galton.checks import check_count, check_real
 from galton.fisher import check_keep
 from galton.keys import as_key
 from galton.prior import check_point
@@ -235,8 +235,7 @@ def coverage(loglik: Callable, problem, theta_true, *, n_events: int, theta_grid
 
 
 def _check_level(level, what: str) -> None:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
-        raise ValueError(f"{what} must be a number in (0, 1) such as 0.95, got {level!r}")
+    check_real(level, what, high=1.0)
 
 
 def _check_events(x) -> jax.Array:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galton.checks import check_count
 from galton.keys import as_key
 from galton.problem import ProblemError
 
@@ -129,9 +130,7 @@ class Posterior(abc.ABC):
 
 def check_draws(n) -> int:
     """The number of draws ``n`` as an int: a positive integer (Python, NumPy or a JAX scalar)."""
-    if isinstance(n, (bool, np.bool_)) or np.ndim(n) != 0 or not np.issubdtype(np.asarray(n).dtype, np.integer) or n < 1:
-        raise ValueError(f"n must be a positive integer number of draws, got {n!r}")
-    return int(n)
+    return check_count(n, "n", what="draws")
 
 
 def check_theta_width(theta, d: int) -> tuple[jax.Array, bool]:
