@@ -17,7 +17,9 @@ from scipy import stats
 import galton
 from galton.calibration import marginal_coverage
 from galton.methods import TMNRE
+from galton.methods import nre
 from galton.methods.tmnre import loss as tmnre_loss
+from galton.methods.tmnre import loss_c as tmnre_loss_c
 from galton.posteriors import load
 from galton.problem import ProblemError
 from galton.train import Training
@@ -80,6 +82,48 @@ def test_more_negatives_average_the_marginal_term_over_other_rows():
     assert len(set(one)) > 1 and all(abs(v - exact) > 1e-4 for v in one)
     with pytest.raises(ValueError, match="negatives must be a positive integer"):
         TMNRE(negatives=0)
+
+
+class _OneRatio(eqx.Module):
+    """A joint NRE's `log_ratio` seen through one head: the same θ·x logit."""
+
+    def log_ratio(self, theta, x):
+        return (theta * x).sum(-1)
+
+
+def test_variant_c_is_nre_c_per_head():
+    theta = jnp.linspace(-1.0, 1.0, 16)[:, None]
+    x = jnp.sin(3.0 * jnp.arange(16.0))[:, None]
+    key = jax.random.key(4)
+    for k, gamma in [(1, 1.0), (5, 1.0), (7, 0.3)]:
+        per_head = tmnre_loss_c(_ProductHead(), (theta, x), key, negatives=k, gamma=gamma)
+        joint = nre.loss_c(_OneRatio(), (theta, x), key, num_atoms=k, gamma=gamma)
+        np.testing.assert_allclose(float(per_head), float(joint), rtol=1e-6)
+    # two heads: the mean of each head's loss
+    two = _FixedHeads()
+    pair = jnp.stack([theta[:, 0], -theta[:, 0]], -1)
+    both = tmnre_loss_c(two, (pair, x), key, negatives=5, gamma=1.0)
+    single = [tmnre_loss_c(_FixedHeads(), (pair[:, [h]], x), key, negatives=5, gamma=1.0) for h in (0, 1)]
+    np.testing.assert_allclose(float(both), np.mean([float(v) for v in single]), rtol=1e-6)
+
+
+def test_variant_c_heads_recover_the_gaussian_marginals(sims):  # noqa: F811
+    method = replace(METHOD, variant="c", negatives=5)
+    post = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+    for i, name in enumerate(post.names):
+        draws = np.asarray(post.marginal(name).sample(4000, key=jax.random.key(i)))[:, 0]
+        assert abs(draws.mean() - float(X_OBS[i]) / 2) < 0.25 * STD, (name, draws.mean())
+        assert abs(draws.std() / STD - 1) < 0.2, (name, draws.std())
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"variant": "b"}, "variant must be one of"),
+    ({"variant": "c", "balance": 10.0}, "apply to variant='a'"),
+    ({"variant": "c", "gamma": 0.0}, "gamma must be"),
+])
+def test_bad_variant_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        TMNRE(**settings)
 
 
 def test_the_balance_term_is_bnre_s_squared_gap_per_head():

@@ -30,14 +30,14 @@ from galton.train import Training
 VARIANTS = ("a", "b", "c", "balanced")
 
 
-def _other_rows(key, b: int, k: int) -> jax.Array:
+def other_rows(key, b: int, k: int) -> jax.Array:
     """``(b, k)`` row indices, row i never containing i itself (drawn without replacement)."""
     scores = jax.random.uniform(key, (b, b)) + 2.0 * jnp.eye(b)
     return jnp.argsort(scores, axis=1)[:, :k]
 
 
 def _binary_logits(model, theta, x, key):
-    marginal = theta[_other_rows(key, theta.shape[0], 1)[:, 0]]
+    marginal = theta[other_rows(key, theta.shape[0], 1)[:, 0]]
     return model.log_ratio(theta, x), model.log_ratio(marginal, x)
 
 
@@ -65,7 +65,7 @@ def loss_balanced(model, batch, key, *, strength: float):
 def loss_b(model, batch, key, *, num_atoms: int):
     theta, x = batch
     b = theta.shape[0]
-    atoms = jnp.concatenate([theta[:, None], theta[_other_rows(key, b, min(num_atoms, b) - 1)]], axis=1)
+    atoms = jnp.concatenate([theta[:, None], theta[other_rows(key, b, min(num_atoms, b) - 1)]], axis=1)
     logits = model.log_ratio(atoms, x[:, None])  # (b, K): atom 0 is the joint one
     return -(logits[:, 0] - jax.nn.logsumexp(logits, axis=1)).mean()
 
@@ -74,7 +74,7 @@ def loss_c(model, batch, key, *, num_atoms: int, gamma: float):
     theta, x = batch
     b = theta.shape[0]
     k = min(num_atoms, b - 1)
-    others = theta[_other_rows(key, b, k)]  # (b, k, d), none of them joint with x_i
+    others = theta[other_rows(key, b, k)]  # (b, k, d), none of them joint with x_i
     joint_set = jnp.concatenate([theta[:, None], others[:, : k - 1]], axis=1)
     log_w = jnp.log(gamma / k)
 

@@ -9,6 +9,11 @@ swyft; more marginal pairs per joint pair cost one embedding pass still, and ave
 noise of which θ' each x met. The second line is BNRE's balancing term (``balance=λ``, 0 by
 default as in swyft).
 
+``variant="c"``: NRE-C's loss per head (Miller et al. 2022; `galton.methods.nre.loss_c`), K
+(``negatives``) contrastive atoms from other rows and the class weight γ (``gamma``). The K
+atoms' logits serve both of its sets (the joint set is θ and K − 1 of them), so a head runs
+K + 1 times per x.
+
 Rounds: after each round a box per parameter from its 1-D head (where the log-ratio at x_obs
 exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
 the next proposal. Earlier simulations inside the new box are kept: they are draws from the
@@ -39,7 +44,7 @@ import numpy as np
 
 from galton.checks import check_real
 from galton.methods.base import NeuralMethod, bind, register
-from galton.methods.nre import balance_penalty
+from galton.methods.nre import other_rows, balance_penalty
 from galton.posteriors.marginal import TMNREPosterior
 from galton.prior import Prior
 from galton.problem import check_observation
@@ -51,6 +56,7 @@ from galton.train import Training
 from galton.truncation import TruncatedPrior, TruncationError, shrink, tail_level
 
 TRUNCATIONS = ("box", "correlated")
+VARIANTS = ("a", "c")
 REGION_DRAWS = 65_536
 
 
@@ -71,6 +77,25 @@ def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0, negat
     # BNRE's term per head: its gap vanishes in expectation for the exact ratio, and it pulls a
     # head that is too sure of itself towards a wider marginal
     return bce + balance * balance_penalty(joint, marginal) if balance else bce
+
+
+def loss_c(model: MarginalRatioNetwork, batch, key, *, negatives: int, gamma: float):
+    theta, x = batch
+    b = theta.shape[0]
+    k = min(negatives, b - 1)
+    features = model.embed(x)[:, None]  # (b, 1, e)
+    joint = model.head_log_ratios(theta[:, None], features)  # (b, 1, heads)
+    others = model.head_log_ratios(theta[other_rows(key, b, k)], features)  # (b, k, heads), none joint with x_i
+    log_w = jnp.log(gamma / k)
+
+    def log_q(logits):  # log q(y = j | x, Θ) per atom j and log q(y = 0 | x, Θ), per head
+        scaled = log_w + logits
+        norm = jnp.logaddexp(0.0, jax.nn.logsumexp(scaled, axis=1))
+        return scaled - norm[:, None], -norm
+
+    joint_class, _ = log_q(jnp.concatenate([joint, others[:, : k - 1]], axis=1))
+    _, marginal_class = log_q(others)
+    return -(gamma * joint_class[:, 0].mean() + marginal_class.mean()) / (1.0 + gamma)
 
 
 def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> list[tuple[int, ...]]:
@@ -127,7 +152,11 @@ class TMNRE(NeuralMethod):
             only; correlated truncation's 2-D cuts keep their thresholds.
         on_invalid: ``"raise"`` or ``"drop"``: what each round does with simulations whose x has NaN
             or inf (`galton.simulate`).
-        negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft).
+        variant: ``"a"`` (swyft's binary loss, with ``negatives`` marginal pairs per joint pair) or
+            ``"c"`` (NRE-C's, with ``negatives`` contrastive atoms and class weight ``gamma``).
+        negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft);
+            with ``variant="c"`` the contrastive atoms per x (at least 1).
+        gamma: NRE-C's class weight γ (``variant="c"``).
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
             embedding learnt about x carries over, instead of being learnt again from one round's
@@ -158,7 +187,9 @@ class TMNRE(NeuralMethod):
     cut_balance: float | None = None
     margin: float = 0.0
     carry_embedding: bool = False
+    variant: str = "a"
     negatives: int = 1
+    gamma: float = 1.0
     on_invalid: str = "raise"
     hidden: int = 64
     depth: int = 2
@@ -173,6 +204,11 @@ class TMNRE(NeuralMethod):
             check_real(self.tail_mass, "tail_mass", high=0.5)
         if not isinstance(self.carry_embedding, bool):
             raise ValueError(f"carry_embedding must be True or False, got {self.carry_embedding!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_real(self.gamma, "gamma")
+        if self.variant == "c" and (self.balance or self.cut_balance):
+            raise ValueError("balance and cut_balance apply to variant='a' (BNRE's term is for the binary loss)")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         for name in ("balance", "margin") + (("cut_balance",) if self.cut_balance is not None else ()):
@@ -181,6 +217,8 @@ class TMNRE(NeuralMethod):
 
     def loss(self, prior: Prior, sequential: bool):
         """The loss, the same in every round (each round's θ are draws from its own proposal)."""
+        if self.variant == "c":
+            return bind(loss_c, negatives=self.negatives, gamma=self.gamma)
         return bind(loss, balance=self.balance, negatives=self.negatives) if self.balance or self.negatives > 1 else loss
 
     def network(self, theta, x, key, columns) -> MarginalRatioNetwork:
