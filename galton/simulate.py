@@ -21,6 +21,7 @@ import numpy as np
 
 from galton import _worker
 from galton import augment as _augment
+from galton.checks import check_count
 from galton.keys import as_key
 from galton.prior import check_point, check_theta
 from galton.problem import ProblemError, Program, Simulator
@@ -232,11 +233,8 @@ def simulate(
         if n is not None and n != len(theta):
             raise ValueError(f"n={n} but theta has {len(theta)} rows")
         n = len(theta)
-    if n is None or int(n) != n or n < 1:
-        raise ValueError(f"n must be a positive integer number of simulations, got {n!r}")
-    if int(chunk_size) != chunk_size or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    n, chunk_size = int(n), int(min(chunk_size, n))
+    n = check_count(n, "n", what="simulations")
+    chunk_size = min(check_count(chunk_size, "chunk_size"), n)
     n_chunks = -(-n // chunk_size)
     draw = (proposal if proposal is not None else problem.prior).sample
 

@@ -27,6 +27,7 @@ import numpy as np
 import paramax
 
 from galton import nets
+from galton.checks import check_count
 from galton.flows import conditional_flow, standardisation
 from galton.store import Simulations
 from galton.train import Training, train
@@ -244,11 +245,12 @@ def fit(
             raise CompressorError("the sally loss regresses the joint score: simulate with galton.simulate(program, ..., augment='score')")
         theta = np.asarray(simulations.extras["score"], np.float32)  # the regression target, in θ's place
     d, x_shape = theta.shape[1], x.shape[1:]
-    k = d if summaries is None else int(summaries)
+    try:
+        k = d if summaries is None else check_count(summaries, "summaries")
+    except ValueError as err:
+        raise CompressorError(str(err)) from None
     if loss in ("mse", "mae", "gnll", "sally") and k != d:
         raise CompressorError(f"the {loss} loss regresses θ, so it gives {d} summaries (θ's dimension), not {k}")
-    if k < 1:
-        raise CompressorError(f"summaries must be a positive integer, got {summaries!r}")
     k_emb, k_comp, k_partner, k_train = jax.random.split(key, 4)
     embedding = nets.MLP(x_shape, 64, width=64, depth=2, key=k_emb) if embedding is None else embedding
     embedding_shape = tuple(getattr(embedding, "spec", {}).get("in_shape", ()))

@@ -169,6 +169,16 @@ def test_marginal_posterior_normalises_and_saves(amortized, tmp_path):
     assert set(idata.posterior.data_vars) == set(amortized.names)
 
 
+def test_marginal_log_prob_takes_any_batch_shape_and_names_a_wrong_width(amortized):
+    pair = amortized.marginal(("theta[0]", "theta[1]"))
+    theta = jax.random.normal(jax.random.key(5), (3, 4, 2)) * 0.2
+    flat = np.asarray(pair.log_prob(theta.reshape(12, 2)))
+    np.testing.assert_allclose(np.asarray(pair.log_prob(theta)), flat.reshape(3, 4), rtol=1e-6)
+    assert np.asarray(pair.log_prob(theta[0, 0])).shape == ()
+    with pytest.raises(ProblemError, match=r"theta has shape \(4, 3\); this posterior has 2 parameters"):
+        pair.log_prob(np.zeros((4, 3)))
+
+
 def test_each_marginal_is_calibrated(amortized):
     test = galton.simulate(PROBLEM, 150, key=jax.random.key(7), proposal=amortized.proposal, progress=False)
     for m, (levels, coverage) in marginal_coverage(amortized, test.theta, test.x, key=jax.random.key(8), n_samples=300, levels=[0.5, 0.68, 0.95]).items():

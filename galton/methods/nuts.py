@@ -20,6 +20,7 @@ from numpyro import handlers
 from numpyro.infer import MCMC, NUTS as NumPyroNUTS
 from numpyro.infer.reparam import LocScaleReparam
 
+from galton.checks import check_count
 from galton.methods.base import register, require_program
 from galton.posteriors import SamplesPosterior
 from galton.problem import ProblemError, Program
@@ -71,9 +72,7 @@ class NUTS:
         if self.reparam not in REPARAMS:
             raise ValueError(f"reparam must be one of {REPARAMS}, got {self.reparam!r}")
         for name in ("num_samples", "num_warmup", "num_chains"):
-            value = getattr(self, name)
-            if int(value) != value or value < (1 if name != "num_warmup" else 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_count(getattr(self, name), name, minimum=0 if name == "num_warmup" else 1)
 
     def _model(self, program: Program, x_obs):
         data = program.data.unflatten(jnp.asarray(x_obs, jnp.float32))

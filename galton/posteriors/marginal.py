@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.keys import as_key
-from galton.posteriors.base import check_draws, samples_to_arviz
+from galton.posteriors.base import check_draws, check_theta_width, samples_to_arviz
 from galton.posteriors.network import NetworkPosterior, check_x, check_xs
 from galton.prior import Prior
 from galton.problem import ProblemError
@@ -168,10 +168,9 @@ class MarginalPosterior(_OnMarginalHeads):
         return _log_prob(self.network, self.quantiles, *self._head(), box, self._region, theta, xs)
 
     def log_prob(self, theta, x=None) -> jax.Array:
-        theta = jnp.asarray(theta)
-        single = theta.ndim == 1
-        lp = self.log_prob_batch(jnp.atleast_2d(theta)[None], self._x(x)[None])[0]
-        return lp[0] if single else lp
+        theta, _ = check_theta_width(theta, len(self.columns))
+        lp = self.log_prob_batch(theta.reshape(1, -1, theta.shape[-1]), self._x(x)[None])[0]
+        return lp.reshape(theta.shape[:-1])
 
     def sample_batch(self, n: int, *, key: jax.Array, xs) -> jax.Array:
         """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, k)``."""
