@@ -5,7 +5,7 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
                          [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
                          [--fisher-seeds 5] [--fisher-sims 100000] [--skip-fisher] [--skip-c2st]
                          [--coverage-toys 500] [--coverage-budget 30000] [--coverage-methods wilks neyman]
-                         [--coverage-seeds 23 24 25] [--ensemble 1] [--partners 32]
+                         [--coverage-seeds 23 24 25] [--ensemble 1] [--partners 32] [--latent-steps 1000]
 
 1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
    the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
@@ -43,6 +43,7 @@ from _report import report
 import galton
 from galton import nets, summaries
 from galton.diagnostics import c2st
+from galton.latent_chains import averaged_scores
 from galton.methods import NLE, NPE, gold
 from galton.tasks import galton_board as gb
 from galton.tasks import state_space as ss
@@ -135,15 +136,21 @@ def make_method(name: str, budget: int, problem, board: bool, theta_ref, ensembl
     return NPE(training=t)
 
 
-def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, partners: int = 32):
+def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, partners: int = 32, latent_steps: int = 0):
     program = bench.task.problem
     board = bench.name == "galton_board"
+    chains = latent_steps and not board  # the board's latents (the ball's path) are discrete
     x_o = bench.task.observation(1)
     reference = np.asarray(bench.task.reference_posterior(x_o, 2000, key=jax.random.key(11))) if c2st_too else None
     for budget in budgets:
         pairs = gold.pair_simulations(program, budget, key=jax.random.key(budget), theta_ref=bench.theta_ref, progress=False) \
             if any(m in RATIO for m in methods) else None
-        plain = galton.simulate(program, budget, key=jax.random.key(budget + 1), augment="score", progress=False)
+        plain = galton.simulate(program, budget, key=jax.random.key(budget + 1), augment="score", keep_latents=bool(chains), progress=False)
+        if chains:  # the same simulations, their score labels averaged over z | x, θ
+            start = time.perf_counter()
+            plain = averaged_scores(program, plain, key=jax.random.key(budget + 2), steps=latent_steps, progress=False)
+            print(f"{bench.name:13s} chains of {latent_steps} steps on {budget} simulations: {time.perf_counter() - start:.0f} s, "
+                  f"acceptance {plain.extras['acceptance'].mean():.3f}", flush=True)
         for name in methods:
             if board and name == "nle":
                 continue  # a flow on integer slots without dequantisation is not a density
@@ -165,6 +172,8 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, par
                 draws = np.asarray(method.posterior(net, program.prior, [history]).condition(x_o).sample(2000, key=jax.random.key(12)))
                 score = float(c2st(reference, draws))
             extra = f", C2ST {score:.3f}" if score is not None else ""
+            if chains and name in ("scandal", "score_npe"):
+                name = f"{name}+chains{latent_steps}"
             print(f"{bench.name:13s} {name:9s} {budget:7d}: log-ratio MSE {mse:9.4f} ({mse / bench.variance:.4f} of Var log r){extra}"
                   f"  ({seconds:.0f} s, {history['epochs']} epochs)", flush=True)
             report("gold", f"{bench.name} {name} {budget}", mse=mse, c2st=score, galton_s=seconds)
@@ -249,6 +258,9 @@ def main():
     parser.add_argument("--ensemble", type=int, default=1, help="the ratio family trains this many networks each and averages them")
     parser.add_argument("--fisher-sims", type=int, default=100_000, help="simulations at θ that train SALLY's regressor")
     parser.add_argument("--skip-c2st", action="store_true")
+    parser.add_argument("--latent-steps", type=int, default=0,
+                        help="SCANDAL's and score-augmented NPE's labels averaged over this many NUTS draws of z | x, θ "
+                             "(galton.latent_chains; state_space only: the board's latents are discrete)")
     parser.add_argument("--coverage-toys", type=int, default=0, help="run the coverage check with this many toys (500 for the issue)")
     parser.add_argument("--coverage-budget", type=int, default=30_000)
     parser.add_argument("--coverage-calibration-toys", type=int, default=None, help="Neyman's calibration toys (default: --coverage-toys)")
@@ -264,7 +276,7 @@ def main():
         fisher(args.fisher_seeds, args.fisher_sims)
     for name in args.tasks:
         bench = Board() if name == "galton_board" else StateSpace()
-        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st, args.ensemble, args.partners)
+        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st, args.ensemble, args.partners, args.latent_steps)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ On simulations (θ, x, t) with t = t(x, z|θ) the joint score (`simulate(..., au
 Both minimisers are the true density: E[t | x, θ] = ∇θ log p(x|θ), and the posterior's score is
 the likelihood's plus the prior's. The flows are neural splines (rational-quadratic, C¹), so
 ∇θ log q is continuous and the score term is well posed.
+
+``latent_steps=K`` replaces each label t by its mean over K HMC draws of z | x, θ started at the
+simulation's own z (`galton.latent_chains`): the same expectation, less noise, for programs
+whose latents are continuous.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galton.checks import check_count, check_real
+from galton.latent_chains import averaged_scores, check_continuous_latents
 from galton.methods.base import bind, register, require_program
 from galton.methods.gold.ratios import score_weights
 from galton.methods.nle import NLE
@@ -50,6 +56,11 @@ def score_npe_loss(model, batch, key, *, alpha: float, weights: tuple, prior: Pr
 class _Scored:
     """Training on (θ, x, t) and `galton.infer`'s path for a score-trained flow."""
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_real(self.alpha, "alpha", low_inclusive=True)
+        check_count(self.latent_steps, "latent_steps", minimum=0)
+
     def _scored_arrays(self, sims: Simulations):
         if "score" not in sims.extras:
             raise ProblemError(
@@ -73,8 +84,14 @@ class _Scored:
     def run(self, problem, x_obs, *, key, budget, rounds, simulations=None, store=None, progress=True):
         """`galton.infer`'s path: ``budget`` simulations with their joint score, one fit."""
         require_program(problem, self.name, rounds, needs="the joint score")
+        if self.latent_steps:
+            check_continuous_latents(problem)
         key_sim, key_fit = jax.random.split(key)
-        sims = simulations if simulations is not None else simulate(problem, budget, key=key_sim, augment="score", store=store, progress=progress)
+        chains = bool(self.latent_steps)
+        sims = simulations if simulations is not None else simulate(problem, budget, key=key_sim, augment="score", keep_latents=chains,
+                                                                    store=store, progress=progress)
+        if chains:
+            sims = averaged_scores(problem, sims, key=jax.random.fold_in(key_sim, 1), steps=self.latent_steps, progress=progress)
         model, history = self.fit(sims, problem.prior, key=key_fit, progress=progress)
         return self.posterior(model, problem.prior, [history]).condition(x_obs)
 
@@ -82,7 +99,8 @@ class _Scored:
 @register("scandal")
 @dataclass(frozen=True)
 class SCANDAL(_Scored, NLE):
-    """NLE with the joint score (NLE's settings, and ``alpha`` the score weight).
+    """NLE with the joint score (NLE's settings, ``alpha`` the score weight, and ``latent_steps``
+    the HMC draws of z | x, θ each label is averaged over; 0: the simulation's own z only).
 
     ``dequantize`` adds U(−½, ½) noise to integer-valued x (counts, Galton-board slots) so a flow
     can model it: p(x + u|θ) = p(x|θ) on each unit cell, so the score is unchanged, and the
@@ -91,6 +109,7 @@ class SCANDAL(_Scored, NLE):
 
     flow: str = "nsf"
     alpha: float = 0.1
+    latent_steps: int = 0
     dequantize: bool = False
 
     def arrays(self, sims: Simulations):
@@ -107,9 +126,11 @@ class SCANDAL(_Scored, NLE):
 @register("score_npe")
 @dataclass(frozen=True)
 class ScoreNPE(_Scored, NPE):
-    """NPE with the joint score (NPE's settings, and ``alpha`` the score weight)."""
+    """NPE with the joint score (NPE's settings, ``alpha`` the score weight, and ``latent_steps``
+    as SCANDAL's)."""
 
     alpha: float = 0.1
+    latent_steps: int = 0
     iid: ClassVar[bool] = False
 
     def loss(self, prior: Prior, sequential: bool, weights: tuple = ()):
