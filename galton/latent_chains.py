@@ -44,9 +44,9 @@ def check_continuous_latents(program: Program) -> None:
         raise ProblemError(f"averaged labels need a galton Program (its joint density); got {type(program).__name__}")
     if not program.latents.dim:
         raise ProblemError(f"{program.name} has no latent sites: its joint score is already the score of p(x|θ)")
-    for name, support in program._supports.items():
-        if support.is_discrete:
-            raise ProblemError(f"latent site {name!r} is discrete: the chains over z | x, θ move continuous latents only")
+    discrete = program.discrete_latents()
+    if discrete:
+        raise ProblemError(f"latent site {discrete[0]!r} is discrete: the chains over z | x, θ move continuous latents only")
 
 
 @functools.lru_cache(maxsize=8)

@@ -177,6 +177,11 @@ class Program:
         """log p(θ) for flat θ ``(*batch, d)``."""
         return self.prior.log_prob(theta)
 
+    def discrete_latents(self) -> list[str]:
+        """Names of the latent sites with a discrete support: no gradient moves them (MUSE's
+        optimiser, the latent chains of `galton.latent_chains`)."""
+        return [k for k, support in self._supports.items() if getattr(support, "is_discrete", False)]
+
     def latents_to_unconstrained(self, z: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Map each latent to the unconstrained space of its support."""
         return self.latent_bijection.inverse(z)

@@ -84,3 +84,10 @@ def test_score_trained_flows_average_their_labels_through_infer():
         galton.infer(board, jnp.array([10.0]), key=jax.random.key(0), method=gold.SCANDAL(latent_steps=10), budget=100, progress=False)
     with pytest.raises(ValueError, match="latent_steps must be an integer of at least 0"):
         gold.ScoreNPE(latent_steps=-1)
+
+
+def test_discrete_latents_are_named_once_for_every_gradient_method():
+    board = galton.tasks.get("galton_board").problem
+    assert board.discrete_latents() and galton.tasks.get("state_space").problem.discrete_latents() == []
+    with pytest.raises(ProblemError, match=f"latent site '{board.discrete_latents()[0]}' is discrete .*MUSE"):
+        galton.muse(board, jnp.array([10.0]), nsims=10, key=jax.random.key(0), progress=False)

@@ -113,9 +113,10 @@ class _ProgramModel(FlatModel):
         check_density(program, "MUSE")
         if not program.latents.shapes:
             raise ProblemError(f"MUSE needs latent sites to marginalise, but {program.name!r} has none besides its params and observed sites")
-        for k, support in program._supports.items():
-            if getattr(support, "is_discrete", False):
-                raise ProblemError(f"latent site {k!r} is discrete ({support}); MUSE needs continuous latents to optimise over")
+        discrete = program.discrete_latents()
+        if discrete:
+            raise ProblemError(f"latent site {discrete[0]!r} is discrete ({program._supports[discrete[0]]}); "
+                               "MUSE needs continuous latents to optimise over")
         self.z_dim = program.latents.dim
         self.x_dim = program.data.dim
         self.bijection = ElementwiseBijection.from_prior(program.prior)
