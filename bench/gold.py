@@ -5,7 +5,8 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
                          [--methods carl rolr alice cascal rascal alices scandal npe score_npe]
                          [--fisher-seeds 5] [--fisher-sims 100000] [--skip-fisher] [--skip-c2st]
                          [--coverage-toys 500] [--coverage-budget 30000] [--coverage-methods wilks neyman]
-                         [--coverage-seeds 23 24 25] [--ensemble 1] [--partners 32] [--latent-steps 1000]
+                         [--coverage-seeds 23 24 25] [--ensemble 1] [--partners 32] [--latent-steps 100]
+                         [--c2st-seeds 4]
 
 1. Ratio error. Each method trains on ``budget`` simulations and estimates log r̂(x|θ0, θ_ref);
    the error is the mean squared difference from the exact log ratio over a fixed set of θ0 and
@@ -22,7 +23,10 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
    at the integer, the cell's centre. SCANDAL and NLE use neural splines on the board and MAF
    (affine) on the state-space model, whose x | θ is Gaussian.
 2. C2ST of NPE and score-augmented NPE against the exact posterior (grid / NUTS on the exact
-   likelihood) at observation 1, per budget.
+   likelihood) at observation 1, per budget, for ``--c2st-seeds`` training keys each.
+   ``--latent-steps K`` (state_space): SCANDAL's and score-augmented NPE's score labels are each
+   averaged over K NUTS draws of z | x, θ (`galton.latent_chains`) before training; the other
+   methods see the same simulations.
 3. Fisher information of state_space at θ = (0.7, 0.8, 0.5): "truth" (the joint score's
    covariance) against the exact information of (x, s), and SALLY (a score regressor trained on
    ``--fisher-sims`` simulations at θ) against the exact information of x; error per entry
@@ -136,7 +140,8 @@ def make_method(name: str, budget: int, problem, board: bool, theta_ref, ensembl
     return NPE(training=t)
 
 
-def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, partners: int = 32, latent_steps: int = 0):
+def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, partners: int = 32, latent_steps: int = 0,
+                 c2st_seeds: int = 1):
     program = bench.task.problem
     board = bench.name == "galton_board"
     chains = latent_steps and not board  # the board's latents (the ball's path) are discrete
@@ -157,26 +162,28 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, par
             if name == MIXTURE and budget > 10_000:
                 continue
             method = make_method(name, budget, program, board, bench.theta_ref, ensemble, partners)
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if name == MIXTURE:  # the same simulations as `pairs` (the same key), at partners θ0 each
-                    data = method.simulations(program, budget, key=jax.random.key(budget), progress=False)
-                else:
-                    data = pairs if name in RATIO else plain
-                net, history = method.fit(data, program.prior, key=jax.random.key(3), progress=False)
-            seconds = time.perf_counter() - start
-            mse = bench.error(log_ratio_of(name, method, net, program.prior, board and name == "scandal"))
-            score = None
-            if c2st_too and name in ("npe", "score_npe"):
-                draws = np.asarray(method.posterior(net, program.prior, [history]).condition(x_o).sample(2000, key=jax.random.key(12)))
-                score = float(c2st(reference, draws))
-            extra = f", C2ST {score:.3f}" if score is not None else ""
-            if chains and name in ("scandal", "score_npe"):
-                name = f"{name}+chains{latent_steps}"
-            print(f"{bench.name:13s} {name:9s} {budget:7d}: log-ratio MSE {mse:9.4f} ({mse / bench.variance:.4f} of Var log r){extra}"
-                  f"  ({seconds:.0f} s, {history['epochs']} epochs)", flush=True)
-            report("gold", f"{bench.name} {name} {budget}", mse=mse, c2st=score, galton_s=seconds)
+            label = f"{name}+chains{latent_steps}" if chains and name in ("scandal", "score_npe") else name
+            seeds = c2st_seeds if c2st_too and name in ("npe", "score_npe") else 1
+            for seed in range(seeds):  # seed 0: training key 3 and draws key 12, as with one seed
+                start = time.perf_counter()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    if name == MIXTURE:  # the same simulations as `pairs` (the same key), at partners θ0 each
+                        data = method.simulations(program, budget, key=jax.random.key(budget), progress=False)
+                    else:
+                        data = pairs if name in RATIO else plain
+                    net, history = method.fit(data, program.prior, key=jax.random.key(3 + 100 * seed), progress=False)
+                seconds = time.perf_counter() - start
+                mse = bench.error(log_ratio_of(name, method, net, program.prior, board and name == "scandal"))
+                score = None
+                if c2st_too and name in ("npe", "score_npe"):
+                    post = method.posterior(net, program.prior, [history]).condition(x_o)
+                    score = float(c2st(reference, np.asarray(post.sample(2000, key=jax.random.key(12 + seed)))))
+                extra = f", C2ST {score:.3f}" if score is not None else ""
+                seed_note = f" seed {seed}" if seeds > 1 else ""
+                print(f"{bench.name:13s} {label:9s} {budget:7d}{seed_note}: log-ratio MSE {mse:9.4f} ({mse / bench.variance:.4f} of Var log r)"
+                      f"{extra}  ({seconds:.0f} s, {history['epochs']} epochs)", flush=True)
+                report("gold", f"{bench.name} {label} {budget}" + (f" seed {seed}" if seeds > 1 else ""), mse=mse, c2st=score, galton_s=seconds)
 
 
 def _relative(estimate, exact):
@@ -258,6 +265,8 @@ def main():
     parser.add_argument("--ensemble", type=int, default=1, help="the ratio family trains this many networks each and averages them")
     parser.add_argument("--fisher-sims", type=int, default=100_000, help="simulations at θ that train SALLY's regressor")
     parser.add_argument("--skip-c2st", action="store_true")
+    parser.add_argument("--c2st-seeds", type=int, default=1,
+                        help="NPE and score-augmented NPE are trained with this many training keys each (3 + 100 s, draws key 12 + s)")
     parser.add_argument("--latent-steps", type=int, default=0,
                         help="SCANDAL's and score-augmented NPE's labels averaged over this many NUTS draws of z | x, θ "
                              "(galton.latent_chains; state_space only: the board's latents are discrete)")
@@ -276,7 +285,8 @@ def main():
         fisher(args.fisher_seeds, args.fisher_sims)
     for name in args.tasks:
         bench = Board() if name == "galton_board" else StateSpace()
-        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st, args.ensemble, args.partners, args.latent_steps)
+        ratio_errors(bench, args.methods, args.budgets, not args.skip_c2st, args.ensemble, args.partners, args.latent_steps,
+                     args.c2st_seeds)
 
 
 if __name__ == "__main__":
