@@ -104,16 +104,28 @@ def averaged_scores(program: Program, sims: Simulations, *, key: jax.Array, step
         `Simulations` like ``sims``, extras ``score`` averaged ``(n, d)``, ``score_single`` the
         simulations' own ``(n, d)``, and ``acceptance`` each chain's mean acceptance ``(n,)``.
     """
-    check_continuous_latents(program)
-    for name, value, minimum in (("steps", steps, 1), ("warmup", warmup, 0), ("max_tree_depth", max_tree_depth, 1)):
-        check_count(value, name, minimum=minimum)
     missing = [c for c in ("z", "score") if c not in sims.extras]
     if missing:
         raise ProblemError(f"averaged scores need the simulations' {' and '.join(missing)}: simulate with "
                            "galton.simulate(program, n, key=..., augment='score', keep_latents=True)")
-    n = len(sims)
-    x = np.asarray(sims.x, np.float32).reshape(n, -1)
-    z, theta = np.asarray(sims.extras["z"], np.float32), np.asarray(sims.theta, np.float32)
+    scores, acceptance = chain_scores(program, sims.x, sims.extras["z"], sims.theta, key=key, steps=steps, warmup=warmup,
+                                      max_tree_depth=max_tree_depth, progress=progress)
+    extras = {**sims.extras, "score": scores, "score_single": np.asarray(sims.extras["score"]), "acceptance": acceptance}
+    return Simulations(sims.theta, sims.x, extras, sims.names)
+
+
+def chain_scores(program: Program, x, z, theta, *, key: jax.Array, steps: int = 100, warmup: int = 200, max_tree_depth: int = 4,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The mean of t(x, z'|θ) over the row's z and ``steps`` NUTS draws z' of z | x, θ, row by
+    row: x ``(n, *x_shape)``, z ``(n, d_z)`` (a draw of z | x, θ, e.g. the simulation's own),
+    θ ``(n, d)`` -> scores ``(n, d)`` and each chain's mean acceptance ``(n,)``. The settings
+    are `averaged_scores`'s."""
+    check_continuous_latents(program)
+    for name, value, minimum in (("steps", steps, 1), ("warmup", warmup, 0), ("max_tree_depth", max_tree_depth, 1)):
+        check_count(value, name, minimum=minimum)
+    n = len(x)
+    x = np.asarray(x, np.float32).reshape(n, -1)
+    z, theta = np.asarray(z, np.float32), np.asarray(theta, np.float32)
     keys = jax.random.split(as_key(key), n)
     run = _chains(program, int(warmup), int(steps), int(max_tree_depth))
     scores, acceptance = [], []
@@ -128,9 +140,7 @@ def averaged_scores(program: Program, sims: Simulations, *, key: jax.Array, step
             bar.update(kept)
     finally:
         bar.close()
-    extras = {**sims.extras, "score": np.concatenate(scores), "score_single": np.asarray(sims.extras["score"]),
-              "acceptance": np.concatenate(acceptance)}
-    return Simulations(sims.theta, sims.x, extras, sims.names)
+    return np.concatenate(scores), np.concatenate(acceptance)
 
 
-__all__ = ["averaged_scores", "check_continuous_latents"]
+__all__ = ["averaged_scores", "chain_scores", "check_continuous_latents"]

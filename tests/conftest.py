@@ -21,6 +21,18 @@ if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("GALTON_COMPILE_CACH
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_compiled_programs():
+    """Drop every compiled program after each test module. An xdist worker that had loaded many
+    hundreds of them aborted inside XLA's CPU compiler (2026-12-06, clean-clone CI, in
+    test_neural_mcmc at 90 % of the run, the worker at 6 GB), which also left xdist hung; a worker
+    now holds one module's programs at a time."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
 # the sbibm reference posteriors live beside the repository, in CI and on developer machines
 REFERENCE = ROOT.parent / "shared" / "reference"
 

@@ -91,3 +91,23 @@ def test_discrete_latents_are_named_once_for_every_gradient_method():
     assert board.discrete_latents() and galton.tasks.get("state_space").problem.discrete_latents() == []
     with pytest.raises(ProblemError, match=f"latent site '{board.discrete_latents()[0]}' is discrete .*MUSE"):
         galton.muse(board, jnp.array([10.0]), nsims=10, key=jax.random.key(0), progress=False)
+
+
+def test_pairs_average_the_score_labels_the_losses_read():
+    from galton.methods import gold
+
+    program = galton.tasks.get("state_space").problem
+    ref = np.asarray((ss.LOW + ss.HIGH) / 2, np.float32)
+    pairs = gold.pair_simulations(program, 300, key=jax.random.key(5), theta_ref=ref, progress=False)
+    out = gold.pairs.averaged_pair_scores(program, pairs, key=jax.random.key(6), progress=False)
+    at0 = pairs.extras["y"] == 0
+    np.testing.assert_array_equal(out.extras["score1"][at0], pairs.extras["score1"][at0])  # labels no loss reads stay
+    np.testing.assert_array_equal(out.extras["score0"][~at0], pairs.extras["score0"][~at0])
+    np.testing.assert_array_equal(out.extras["log_ratio"], pairs.extras["log_ratio"])
+    drawn = np.where(at0[:, None], pairs.theta, pairs.extras["theta1"])
+    exact = np.asarray(jax.vmap(jax.grad(lambda t, x: ss.log_marginal_likelihood(x, t)))(jnp.asarray(drawn), jnp.asarray(pairs.x)))
+    label = lambda e: np.where(at0[:, None], e["score0"], e["score1"])  # noqa: E731
+    assert np.all((label(out.extras) - exact).var(0) < (label(pairs.extras) - exact).var(0) / 8)
+    for bad in (dict(method="carl"), dict(method="alices", partners=4)):
+        with pytest.raises(ValueError, match="latent_steps averages score labels"):
+            galton.methods.get(bad.pop("method"), latent_steps=10, **bad)

@@ -18,6 +18,7 @@ import numpy as np
 
 from galton import augment
 from galton.keys import as_key
+from galton.latent_chains import chain_scores
 from galton.prior import check_point
 from galton.problem import ProblemError, Program
 from galton.simulate import SimulationError, simulate
@@ -40,7 +41,8 @@ def pair_simulations(program: Program, n: int, *, key: jax.Array, theta_ref=None
 
     Returns:
         `Simulations` with θ = θ0 ``(n, d)``, x ``(n, *x_shape)`` and extras ``theta1 (n, d)``,
-        ``y (n,)``, ``log_ratio (n,)`` = log r(x, z|θ0, θ1), ``score0``, ``score1`` ``(n, d)``.
+        ``y (n,)``, ``log_ratio (n,)`` = log r(x, z|θ0, θ1), ``score0``, ``score1`` ``(n, d)``
+        and the latents ``z (n, d_z)``.
     """
     check_on_invalid(on_invalid)
     key = as_key(key)
@@ -61,11 +63,29 @@ def pair_simulations(program: Program, n: int, *, key: jax.Array, theta_ref=None
                 "log_ratio": np.asarray(augment.joint_log_ratio(program, x, z, theta0, theta1)),
                 "score0": np.asarray(augment.joint_score(program, x, z, theta0)),
                 "score1": np.asarray(augment.joint_score(program, x, z, theta1)),
+                "z": np.asarray(z),
             },
             program.names,
         ))
     out = Simulations.concatenate(rows)
     return keep_finite(out, program, ("log_ratio", "score0", "score1"), on_invalid, what="joint log ratio or score")
+
+
+def averaged_pair_scores(program: Program, pairs: Simulations, *, key: jax.Array, steps: int = 100, progress: bool = True) -> Simulations:
+    """``pairs`` whose score labels (t0 on rows drawn at θ0, t1 on rows drawn at θ1: the only
+    ones the losses read) are averaged over ``steps`` NUTS draws of z | x, θ
+    (`galton.latent_chains.chain_scores`). The score terms are linear in their labels, so each
+    loss keeps its minimiser; the ratio labels stay the simulations' own."""
+    if "z" not in pairs.extras:
+        raise ProblemError("averaged scores need the pairs' latents z: make them with pair_simulations")
+    e = pairs.extras
+    drawn_at_0 = np.asarray(e["y"]) == 0
+    theta = np.where(drawn_at_0[:, None], pairs.theta, e["theta1"])
+    scores, acceptance = chain_scores(program, pairs.x, e["z"], theta, key=key, steps=steps, progress=progress)
+    extras = {**e, "acceptance": acceptance,
+              "score0": np.where(drawn_at_0[:, None], scores, e["score0"]).astype(np.float32),
+              "score1": np.where(drawn_at_0[:, None], e["score1"], scores).astype(np.float32)}
+    return Simulations(pairs.theta, pairs.x, extras, pairs.names)
 
 
 def check_on_invalid(on_invalid: str) -> None:
