@@ -124,8 +124,14 @@ def chain_scores(program: Program, x, z, theta, *, key: jax.Array, steps: int = 
     for name, value, minimum in (("steps", steps, 1), ("warmup", warmup, 0), ("max_tree_depth", max_tree_depth, 1)):
         check_count(value, name, minimum=minimum)
     n = len(x)
+    if n == 0:
+        raise ProblemError("there are no simulations to average the scores of")
     x = np.asarray(x, np.float32).reshape(n, -1)
     z, theta = np.asarray(z, np.float32), np.asarray(theta, np.float32)
+    expected = {"x": (n, program.data.dim), "z": (n, program.latents.dim), "theta": (n, program.prior.dim)}
+    for name, array in (("x", x), ("z", z), ("theta", theta)):
+        if array.shape != expected[name]:
+            raise ProblemError(f"{name} has shape {array.shape}; {program.name} needs {expected[name]} for {n} simulations")
     keys = jax.random.split(as_key(key), n)
     run = _chains(program, int(warmup), int(steps), int(max_tree_depth))
     scores, acceptance = [], []
