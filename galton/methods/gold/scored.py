@@ -12,7 +12,7 @@ Both minimisers are the true density: E[t | x, θ] = ∇θ log p(x|θ), and the 
 the likelihood's plus the prior's. The flows are neural splines (rational-quadratic, C¹), so
 ∇θ log q is continuous and the score term is well posed.
 
-``latent_steps=K`` replaces each label t by its mean over K HMC draws of z | x, θ started at the
+``latent_steps=K`` replaces each label t by its mean over K NUTS draws of z | x, θ started at the
 simulation's own z (`galton.latent_chains`): the same expectation, less noise, for programs
 whose latents are continuous.
 """
@@ -100,7 +100,7 @@ class _Scored:
 @dataclass(frozen=True)
 class SCANDAL(_Scored, NLE):
     """NLE with the joint score (NLE's settings, ``alpha`` the score weight, and ``latent_steps``
-    the HMC draws of z | x, θ each label is averaged over; 0: the simulation's own z only).
+    the NUTS draws of z | x, θ each label is averaged over; 0: the simulation's own z only).
 
     ``dequantize`` adds U(−½, ½) noise to integer-valued x (counts, Galton-board slots) so a flow
     can model it: p(x + u|θ) = p(x|θ) on each unit cell, so the score is unchanged, and the
