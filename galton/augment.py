@@ -36,25 +36,27 @@ def _joint_functions(program: Program):
 
 def joint_score(program: Program, x, z, theta) -> jax.Array:
     """t(x, z|θ) = ∇θ log p(x, z|θ): x ``(n, d_x)``, z ``(n, d_z)``, θ ``(n, d)`` -> ``(n, d)``."""
-    x, z, theta = _rows(program, x, z, theta)
+    x, z, theta = check_rows(program, x, z, theta)
     return _joint_functions(program)[0](x, z, theta)
 
 
 def joint_log_density(program: Program, x, z, theta) -> jax.Array:
     """log p(x, z|θ): x ``(n, d_x)``, z ``(n, d_z)``, θ ``(n, d)`` or ``(d,)`` -> ``(n,)``."""
-    x, z, theta = _rows(program, x, z, theta)
+    x, z, theta = check_rows(program, x, z, theta)
     return _joint_functions(program)[1](x, z, theta)
 
 
 def joint_log_ratio(program: Program, x, z, theta0, theta1) -> jax.Array:
     """log p(x, z|θ0) − log p(x, z|θ1): x ``(n, d_x)``, z ``(n, d_z)``, θ0 and θ1 ``(n, d)`` or ``(d,)`` -> ``(n,)``."""
-    x, z, theta0 = _rows(program, x, z, theta0)
+    x, z, theta0 = check_rows(program, x, z, theta0)
     theta1 = jnp.broadcast_to(jnp.asarray(theta1, x.dtype), theta0.shape)
     value = _joint_functions(program)[1]
     return value(x, z, theta0) - value(x, z, theta1)
 
 
-def _rows(program: Program, x, z, theta):
+def check_rows(program: Program, x, z, theta):
+    """x ``(n, d_x)``, z ``(n, d_z)`` (None without latents) and θ ``(n, d)`` or ``(d,)`` as float32
+    JAX arrays, θ broadcast to n rows; a `ProblemError` names any that does not fit ``program``."""
     x = jnp.asarray(x, jnp.float32)
     n = x.shape[0]
     theta = jnp.asarray(theta, jnp.float32)

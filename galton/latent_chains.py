@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer.hmc import hmc
 
+from galton.augment import check_rows
 from galton.checks import check_count
 from galton.keys import as_key
 from galton.problem import ProblemError, Program
@@ -126,12 +127,7 @@ def chain_scores(program: Program, x, z, theta, *, key: jax.Array, steps: int = 
     n = len(x)
     if n == 0:
         raise ProblemError("there are no simulations to average the scores of")
-    x = np.asarray(x, np.float32).reshape(n, -1)
-    z, theta = np.asarray(z, np.float32), np.asarray(theta, np.float32)
-    expected = {"x": (n, program.data.dim), "z": (n, program.latents.dim), "theta": (n, program.prior.dim)}
-    for name, array in (("x", x), ("z", z), ("theta", theta)):
-        if array.shape != expected[name]:
-            raise ProblemError(f"{name} has shape {array.shape}; {program.name} needs {expected[name]} for {n} simulations")
+    x, z, theta = (np.asarray(a) for a in check_rows(program, np.asarray(x).reshape(n, -1), z, theta))
     keys = jax.random.split(as_key(key), n)
     run = _chains(program, int(warmup), int(steps), int(max_tree_depth))
     scores, acceptance = [], []

@@ -117,7 +117,7 @@ def test_rows_that_do_not_align_are_named(labels):
     program, sims, _, _ = labels
     from galton.latent_chains import chain_scores
 
-    with pytest.raises(ProblemError, match=r"z has shape \(5, 3\)"):
+    with pytest.raises(ProblemError, match=r"z must have shape \(5, 20\) .*; got \(5, 3\)"):
         chain_scores(program, sims.x[:5], np.zeros((5, 3)), sims.theta[:5], key=jax.random.key(0))
     with pytest.raises(ProblemError, match="no simulations"):
         chain_scores(program, sims.x[:0], sims.extras["z"][:0], sims.theta[:0], key=jax.random.key(0))

@@ -70,22 +70,28 @@ def loss_b(model, batch, key, *, num_atoms: int):
     return -(logits[:, 0] - jax.nn.logsumexp(logits, axis=1)).mean()
 
 
-def loss_c(model, batch, key, *, num_atoms: int, gamma: float):
-    theta, x = batch
-    b = theta.shape[0]
-    k = min(num_atoms, b - 1)
-    others = theta[other_rows(key, b, k)]  # (b, k, d), none of them joint with x_i
-    joint_set = jnp.concatenate([theta[:, None], others[:, : k - 1]], axis=1)
+def nre_c_loss(joint: jax.Array, others: jax.Array, gamma: float) -> jax.Array:
+    """NRE-C's loss on logits: the joint pair's ``(b, 1, ...)`` and K marginal atoms' ``(b, K, ...)``
+    (axis 1 the atoms; trailing axes, such as TMNRE's heads, averaged over). The joint set is the
+    joint atom and the first K − 1 marginal ones, so K + 1 logits per x serve both sets."""
+    k = others.shape[1]
     log_w = jnp.log(gamma / k)
 
-    def log_q(atoms):  # log q(y = k | x, Θ) for each atom k, and log q(y = 0 | x, Θ)
-        scaled = log_w + model.log_ratio(atoms, x[:, None])
+    def log_q(logits):  # log q(y = j | x, Θ) for each atom j, and log q(y = 0 | x, Θ)
+        scaled = log_w + logits
         norm = jnp.logaddexp(0.0, jax.nn.logsumexp(scaled, axis=1))
         return scaled - norm[:, None], -norm
 
-    joint_class, _ = log_q(joint_set)
+    joint_class, _ = log_q(jnp.concatenate([joint, others[:, : k - 1]], axis=1))
     _, marginal_class = log_q(others)
     return -(gamma * joint_class[:, 0].mean() + marginal_class.mean()) / (1.0 + gamma)
+
+
+def loss_c(model, batch, key, *, num_atoms: int, gamma: float):
+    theta, x = batch
+    b = theta.shape[0]
+    others = theta[other_rows(key, b, min(num_atoms, b - 1))]  # (b, k, d), none of them joint with x_i
+    return nre_c_loss(model.log_ratio(theta[:, None], x[:, None]), model.log_ratio(others, x[:, None]), gamma)
 
 
 @register("nre")

@@ -9,10 +9,9 @@ swyft; more marginal pairs per joint pair cost one embedding pass still, and ave
 noise of which θ' each x met. The second line is BNRE's balancing term (``balance=λ``, 0 by
 default as in swyft).
 
-``variant="c"``: NRE-C's loss per head (Miller et al. 2022; `galton.methods.nre.loss_c`), K
-(``negatives``) contrastive atoms from other rows and the class weight γ (``gamma``). The K
-atoms' logits serve both of its sets (the joint set is θ and K − 1 of them), so a head runs
-K + 1 times per x.
+``variant="c"``: NRE-C's loss per head (Miller et al. 2022; `galton.methods.nre.nre_c_loss`), K
+(``negatives``) contrastive atoms from other rows and the class weight γ (``gamma``); a head
+runs K + 1 times per x.
 
 Rounds: after each round a box per parameter from its 1-D head (where the log-ratio at x_obs
 exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
@@ -44,7 +43,7 @@ import numpy as np
 
 from galton.checks import check_real
 from galton.methods.base import NeuralMethod, bind, register
-from galton.methods.nre import other_rows, balance_penalty
+from galton.methods.nre import balance_penalty, nre_c_loss, other_rows
 from galton.posteriors.marginal import TMNREPosterior
 from galton.prior import Prior
 from galton.problem import check_observation
@@ -86,16 +85,7 @@ def loss_c(model: MarginalRatioNetwork, batch, key, *, negatives: int, gamma: fl
     features = model.embed(x)[:, None]  # (b, 1, e)
     joint = model.head_log_ratios(theta[:, None], features)  # (b, 1, heads)
     others = model.head_log_ratios(theta[other_rows(key, b, k)], features)  # (b, k, heads), none joint with x_i
-    log_w = jnp.log(gamma / k)
-
-    def log_q(logits):  # log q(y = j | x, Θ) per atom j and log q(y = 0 | x, Θ), per head
-        scaled = log_w + logits
-        norm = jnp.logaddexp(0.0, jax.nn.logsumexp(scaled, axis=1))
-        return scaled - norm[:, None], -norm
-
-    joint_class, _ = log_q(jnp.concatenate([joint, others[:, : k - 1]], axis=1))
-    _, marginal_class = log_q(others)
-    return -(gamma * joint_class[:, 0].mean() + marginal_class.mean()) / (1.0 + gamma)
+    return nre_c_loss(joint, others, gamma)
 
 
 def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> list[tuple[int, ...]]:
