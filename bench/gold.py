@@ -25,9 +25,9 @@ score-augmented NPE against NPE, and Fisher information against the exact one.
 2. C2ST of NPE and score-augmented NPE against the exact posterior (grid / NUTS on the exact
    likelihood) at observation 1, per budget, for ``--c2st-seeds`` training keys each.
    ``--latent-steps K`` (state_space): SCANDAL's, score-augmented NPE's, CASCAL's, RASCAL's and
-   ALICES's score labels are each
-   averaged over K NUTS draws of z | x, θ (`galton.latent_chains`) before training; the other
-   methods see the same simulations.
+   ALICES's score labels and ROLR's, RASCAL's, ALICE's and ALICES's ratio labels are each
+   averaged over K NUTS draws of z | x, θ (`galton.latent_chains`, `gold.pairs.averaged_pair_labels`)
+   before training; CARL and NLE see the same simulations.
 3. Fisher information of state_space at θ = (0.7, 0.8, 0.5): "truth" (the joint score's
    covariance) against the exact information of (x, s), and SALLY (a score regressor trained on
    ``--fisher-sims`` simulations at θ) against the exact information of x; error per entry
@@ -55,7 +55,9 @@ from galton.tasks import state_space as ss
 from galton.train import Training
 
 RATIO = ("carl", "rolr", "alice", "cascal", "rascal", "alices")
-SCORED = ("cascal", "rascal", "alices")  # the ratio estimators with a score term
+# the ratio estimators whose labels the chains average, and which ratio label each reads (CASCAL's
+# loss reads none: it trains on either set, whose score labels are the same chains' with the same key)
+AVERAGED = {"rolr": "rolr", "rascal": "rolr", "alice": "alice", "alices": "alice", "cascal": None}
 MIXTURE = "alices+"  # ALICES with partners: every simulation weighted at many θ0
 
 
@@ -152,10 +154,15 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, par
     for budget in budgets:
         pairs = gold.pair_simulations(program, budget, key=jax.random.key(budget), theta_ref=bench.theta_ref, progress=False) \
             if any(m in RATIO for m in methods) else None
-        if chains and pairs is not None and any(m in SCORED for m in methods):  # the pairs' score labels averaged likewise
+        averaged_pairs = {}  # the pairs' labels averaged likewise, per ratio label (the chains are the same: the same key)
+        kinds = dict.fromkeys(AVERAGED[m] for m in methods if m in AVERAGED)
+        kinds = [k for k in kinds if k] or list(kinds)
+        for ratio in kinds if chains and pairs is not None else ():
             start = time.perf_counter()
-            averaged_pairs = gold.pairs.averaged_pair_scores(program, pairs, key=jax.random.key(budget + 3), steps=latent_steps, progress=False)
-            print(f"{bench.name:13s} chains of {latent_steps} steps on {budget} pairs: {time.perf_counter() - start:.0f} s", flush=True)
+            averaged_pairs[ratio] = gold.pairs.averaged_pair_labels(program, pairs, key=jax.random.key(budget + 3), steps=latent_steps,
+                                                                    ratio=ratio, progress=False)
+            print(f"{bench.name:13s} chains of {latent_steps} steps on {budget} pairs ({ratio or 'scores'}): "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
         plain = galton.simulate(program, budget, key=jax.random.key(budget + 1), augment="score", keep_latents=bool(chains), progress=False)
         if chains and any(m in ("scandal", "score_npe") for m in methods):  # the same simulations, their labels averaged over z | x, θ
             start = time.perf_counter()
@@ -168,7 +175,7 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, par
             if name == MIXTURE and budget > 10_000:
                 continue
             method = make_method(name, budget, program, board, bench.theta_ref, ensemble, partners)
-            label = f"{name}+chains{latent_steps}" if chains and name in ("scandal", "score_npe", *SCORED) else name
+            label = f"{name}+chains{latent_steps}" if chains and name in ("scandal", "score_npe", *AVERAGED) else name
             seeds = c2st_seeds if c2st_too and name in ("npe", "score_npe") else 1
             for seed in range(seeds):  # seed 0: training key 3 and draws key 12, as with one seed
                 start = time.perf_counter()
@@ -177,7 +184,8 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, par
                     if name == MIXTURE:  # the same simulations as `pairs` (the same key), at partners θ0 each
                         data = method.simulations(program, budget, key=jax.random.key(budget), progress=False)
                     else:
-                        data = (averaged_pairs if chains and name in SCORED else pairs) if name in RATIO else plain
+                        averaged = averaged_pairs.get(AVERAGED.get(name), next(iter(averaged_pairs.values()), None))
+                        data = (averaged if chains and name in AVERAGED else pairs) if name in RATIO else plain
                     net, history = method.fit(data, program.prior, key=jax.random.key(3 + 100 * seed), progress=False)
                 seconds = time.perf_counter() - start
                 mse = bench.error(log_ratio_of(name, method, net, program.prior, board and name == "scandal"))

@@ -1,4 +1,4 @@
-"""Joint-score labels with less noise: average t(x, z|θ) over draws of z | x, θ.
+"""Joint labels with less noise: average t(x, z|θ), or the joint ratio, over draws of z | x, θ.
 
 The joint score t(x, z|θ) = ∇θ log p(x, z|θ) is an unbiased label for the score of the
 likelihood, E[t | x, θ] = ∇θ log p(x|θ), with z ~ p(z|x, θ). Its noise is the spread of t over
@@ -7,6 +7,9 @@ x's 21). A simulation's own z is an exact draw of z | x, θ, so a Markov chain t
 p(z|x, θ) invariant and starts there gives more draws of it, each exact in distribution. The
 mean of t over the chain is then a label with the same expectation and less noise: a
 Rao-Blackwellisation bought with gradient evaluations of the joint density, not simulations.
+The same holds for the joint ratio: E[p(x, z|θ') / p(x, z|θ) | x, θ] = p(x|θ') / p(x|θ), so
+`chain_labels` also returns log p(x, z'|θ') − log p(x, z'|θ) along each chain, from which
+`galton.methods.gold.pairs.averaged_pair_labels` makes ROLR's and ALICE's ratio labels.
 
 The chain is NumPyro's NUTS (`numpyro.infer.hmc.hmc`, tree depth 4 by default) on the
 unconstrained latents, one chain per simulation (vmapped). Its step size and diagonal mass are
@@ -52,19 +55,22 @@ def check_continuous_latents(program: Program) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _chains(program: Program, warmup: int, steps: int, depth: int):
-    """Jitted ``(keys (n,), x (n, d_x), z (n, d_z), θ (n, d)) -> (mean score (n, d), acceptance (n,))``."""
+    """Jitted ``(keys (n,), x (n, d_x), z (n, d_z), θ (n, d), partner (n, d)) -> (mean score
+    (n, d), log p(x, z'|partner) − log p(x, z'|θ) at the row's z and each draw (n, steps + 1),
+    acceptance (n,))``."""
     blocks = program.latents
 
     def log_density(u, x, theta):  # of the unconstrained latents, flat
         return program.log_joint_unconstrained(x, blocks.unflatten(u), theta)
 
-    def score(u, x, theta):  # t(x, z|θ) at the constrained z(u), held fixed
+    def labels(u, x, theta, partner):  # t(x, z|θ) and the partner's log ratio at the constrained z(u)
         z = program.latents_to_constrained(blocks.unflatten(u))
-        return jax.grad(lambda th: program.log_joint(x, z, th))(theta)
+        value, score = jax.value_and_grad(lambda th: program.log_joint(x, z, th))(theta)
+        return score, program.log_joint(x, z, partner) - value
 
     init_kernel, sample_kernel = hmc(potential_fn_gen=lambda x, theta: lambda u: -log_density(u, x, theta), algo="NUTS")
 
-    def one(key, x, z, theta):
+    def one(key, x, z, theta, partner):
         args = (x, theta)
         u0 = blocks.flatten(program.latents_to_unconstrained(blocks.unflatten(z)))
         k_warm, k_kept = jax.random.split(key)
@@ -76,10 +82,11 @@ def _chains(program: Program, warmup: int, steps: int, depth: int):
 
         def step(s, _):
             s = sample_kernel(s, model_args=args)
-            return s, (score(s.z, x, theta), s.accept_prob)
+            return s, (*labels(s.z, x, theta, partner), s.accept_prob)
 
-        _, (scores, accept) = jax.lax.scan(step, state, None, length=steps)
-        return (score(u0, x, theta) + scores.sum(0)) / (steps + 1), accept.mean()
+        _, (scores, log_ratios, accept) = jax.lax.scan(step, state, None, length=steps)
+        score0, log_ratio0 = labels(u0, x, theta, partner)
+        return (score0 + scores.sum(0)) / (steps + 1), jnp.concatenate([log_ratio0[None], log_ratios]), accept.mean()
 
     return jax.jit(jax.vmap(one))
 
@@ -121,28 +128,52 @@ def chain_scores(program: Program, x, z, theta, *, key: jax.Array, steps: int = 
     row: x ``(n, *x_shape)``, z ``(n, d_z)`` (a draw of z | x, θ, e.g. the simulation's own),
     θ ``(n, d)`` -> scores ``(n, d)`` and each chain's mean acceptance ``(n,)``. The settings
     are `averaged_scores`'s."""
+    scores, _, acceptance = chain_labels(program, x, z, theta, None, key=key, steps=steps, warmup=warmup,
+                                         max_tree_depth=max_tree_depth, progress=progress)
+    return scores, acceptance
+
+
+def chain_labels(program: Program, x, z, theta, partner, *, key: jax.Array, steps: int = 100, warmup: int = 200,
+                 max_tree_depth: int = 4, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`chain_scores`, and along the same chains the joint log ratio against ``partner``.
+
+    Args:
+        partner: ``(n, d)`` a second θ per row, or None (the log ratios are then zeros).
+        The others as `chain_scores`.
+
+    Returns:
+        The mean scores ``(n, d)``; l = log p(x, z'|partner) − log p(x, z'|θ) at the row's z
+        and each draw ``(n, steps + 1)``, whose mean of exp l is an unbiased estimate of the
+        ratio p(x|partner) / p(x|θ); and each chain's mean acceptance ``(n,)``.
+    """
     check_continuous_latents(program)
     for name, value, minimum in (("steps", steps, 1), ("warmup", warmup, 0), ("max_tree_depth", max_tree_depth, 1)):
         check_count(value, name, minimum=minimum)
     n = len(x)
     if n == 0:
-        raise ProblemError("there are no simulations to average the scores of")
+        raise ProblemError("there are no simulations to average the labels of")
     x, z, theta = (np.asarray(a) for a in check_rows(program, np.asarray(x).reshape(n, -1), z, theta))
+    if partner is None:
+        partner = theta
+    elif np.shape(partner) != np.shape(theta):
+        raise ProblemError(f"partner must have the shape of theta, {np.shape(theta)}; got {np.shape(partner)}")
+    partner = np.asarray(partner, theta.dtype)
     keys = jax.random.split(as_key(key), n)
     run = _chains(program, int(warmup), int(steps), int(max_tree_depth))
-    scores, acceptance = [], []
+    outputs = []
     bar = Progress(n, unit="simulation", desc="latent chains", enabled=progress, leave=False)
     size = min(CHUNK, n)
     try:
         for start in range(0, n, size):
             rows = np.minimum(np.arange(start, start + size), n - 1)  # the last chunk padded: one compiled shape
-            s, a = run(keys[rows], jnp.asarray(x[rows]), jnp.asarray(z[rows]), jnp.asarray(theta[rows]))
+            out = run(keys[rows], *(jnp.asarray(a[rows]) for a in (x, z, theta, partner)))
             kept = min(size, n - start)
-            scores.append(np.asarray(s)[:kept]), acceptance.append(np.asarray(a)[:kept])
+            outputs.append([np.asarray(o)[:kept] for o in out])
             bar.update(kept)
     finally:
         bar.close()
-    return np.concatenate(scores), np.concatenate(acceptance)
+    scores, log_ratios, acceptance = (np.concatenate(parts) for parts in zip(*outputs))
+    return scores, log_ratios, acceptance
 
 
-__all__ = ["averaged_scores", "chain_scores", "check_continuous_latents"]
+__all__ = ["averaged_scores", "chain_labels", "chain_scores", "check_continuous_latents"]

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from scipy.special import logsumexp
 
 from galton import augment
 from galton.keys import as_key
-from galton.latent_chains import chain_scores
+from galton.latent_chains import chain_labels
 from galton.prior import check_point
 from galton.problem import ProblemError, Program
 from galton.simulate import SimulationError, simulate
@@ -71,21 +72,55 @@ def pair_simulations(program: Program, n: int, *, key: jax.Array, theta_ref=None
     return keep_finite(out, program, ("log_ratio", "score0", "score1"), on_invalid, what="joint log ratio or score")
 
 
-def averaged_pair_scores(program: Program, pairs: Simulations, *, key: jax.Array, steps: int = 100, progress: bool = True) -> Simulations:
-    """``pairs`` whose score labels (t0 on rows drawn at θ0, t1 on rows drawn at θ1: the only
-    ones the losses read) are averaged over ``steps`` NUTS draws of z | x, θ
-    (`galton.latent_chains.chain_scores`). The score terms are linear in their labels, so each
-    loss keeps its minimiser; the ratio labels stay the simulations' own."""
+RATIO_LABELS = ("rolr", "alice")  # the losses whose ratio labels averaging over z | x, θ keeps unbiased
+
+
+def averaged_pair_labels(program: Program, pairs: Simulations, *, key: jax.Array, steps: int = 100, ratio: str | None = None,
+                         progress: bool = True) -> Simulations:
+    """``pairs`` whose labels are averaged over ``steps`` NUTS draws of z | x, θ at the θ each
+    row's x was drawn at (`galton.latent_chains.chain_labels`).
+
+    Every loss is linear in its labels, and a row's z is a draw of z | x, θ_drawn, so each label
+    may be replaced by its mean over more such draws without moving any loss's minimiser:
+    - the score labels the losses read (t0 on rows drawn at θ0, t1 on rows drawn at θ1);
+    - with ``ratio="rolr"``, the ratio ROLR and RASCAL regress: r = p(x, z|θ0) / p(x, z|θ1) on
+      rows drawn at θ1 and 1/r on rows drawn at θ0, both the mean of exp l with l the other θ's
+      joint log density minus the drawn one's; ``log_ratio`` becomes log E[r] and −log E[1/r];
+    - with ``ratio="alice"``, ALICE's and ALICES's soft label s = 1 / (1 + r): ``log_ratio``
+      becomes log((1 − E s) / E s), whose σ(−·) in the loss is E s.
+    With ``ratio=None`` the ratio labels stay the simulations' own (CASCAL's loss reads none).
+
+    Returns:
+        `Simulations` like ``pairs`` with those columns replaced, plus ``log_ratio_single`` (the
+        simulations' own) and ``acceptance`` (each chain's mean, ``(n,)``).
+    """
     if "z" not in pairs.extras:
-        raise ProblemError("averaged scores need the pairs' latents z: make them with pair_simulations")
+        raise ProblemError("averaged labels need the pairs' latents z: make them with pair_simulations")
+    if ratio not in (None, *RATIO_LABELS):
+        raise ValueError(f"ratio must be None or one of {RATIO_LABELS}, got {ratio!r}")
     e = pairs.extras
     drawn_at_0 = np.asarray(e["y"]) == 0
-    theta = np.where(drawn_at_0[:, None], pairs.theta, e["theta1"])
-    scores, acceptance = chain_scores(program, pairs.x, e["z"], theta, key=key, steps=steps, progress=progress)
-    extras = {**e, "acceptance": acceptance,
-              "score0": np.where(drawn_at_0[:, None], scores, e["score0"]).astype(np.float32),
-              "score1": np.where(drawn_at_0[:, None], e["score1"], scores).astype(np.float32)}
+    at0 = drawn_at_0[:, None]
+    theta, other = np.where(at0, pairs.theta, e["theta1"]), np.where(at0, e["theta1"], pairs.theta)
+    scores, l, acceptance = chain_labels(program, pairs.x, e["z"], theta, other if ratio else None, key=key, steps=steps,
+                                         progress=progress)
+    log_ratio = np.asarray(e["log_ratio"])
+    l = l.astype(np.float64)
+    if ratio == "rolr":  # log E[exp l]: the log of the mean ratio of the other θ to the drawn one
+        mean = logsumexp(l, axis=1) - np.log(l.shape[1])
+        log_ratio = np.where(drawn_at_0, -mean, mean)
+    elif ratio == "alice":  # s = σ(a) with a = l on rows drawn at θ0 (log r = −l), −l on rows at θ1
+        a = np.where(at0, l, -l)
+        log_ratio = logsumexp(_log_sigmoid(-a), axis=1) - logsumexp(_log_sigmoid(a), axis=1)
+    extras = {**e, "acceptance": acceptance, "log_ratio_single": np.asarray(e["log_ratio"]),
+              "log_ratio": np.asarray(log_ratio, np.float32),
+              "score0": np.where(at0, scores, e["score0"]).astype(np.float32),
+              "score1": np.where(at0, e["score1"], scores).astype(np.float32)}
     return Simulations(pairs.theta, pairs.x, extras, pairs.names)
+
+
+def _log_sigmoid(a: np.ndarray) -> np.ndarray:
+    return -np.logaddexp(0.0, -a)
 
 
 def check_on_invalid(on_invalid: str) -> None:

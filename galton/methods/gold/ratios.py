@@ -37,7 +37,7 @@ from galton.checks import check_count
 from galton.methods.base import NeuralMethod, bind, register, require_program
 from galton.methods.gold import mixture
 from galton.latent_chains import check_continuous_latents
-from galton.methods.gold.pairs import COLUMNS, averaged_pair_scores, pair_simulations
+from galton.methods.gold.pairs import COLUMNS, RATIO_LABELS, averaged_pair_labels, pair_simulations
 from galton.posteriors import DensityPosterior
 from galton.prior import Prior
 from galton.problem import ProblemError
@@ -127,9 +127,10 @@ class ParameterizedRatio(NeuralMethod):
             With ``partners`` rows per simulation, batches about 50 × ``partners`` keep the steps per
             epoch, and a patience of 50 rides out the weighted validation loss's noise.
         mixture_size: at most this many simulated θ are that density's components (`mixture_pairs`).
-        latent_steps: for CASCAL, RASCAL and ALICES, each score label is averaged over this many
-            NUTS draws of z | x, θ from the row's own z (`pairs.averaged_pair_scores`; continuous
-            latents only); 0: the row's own z only.
+        latent_steps: each label a loss reads is averaged over this many NUTS draws of z | x, θ
+            from the row's own z (`pairs.averaged_pair_labels`; continuous latents only): the
+            score labels of CASCAL, RASCAL and ALICES, the ratio labels of ROLR, RASCAL, ALICE
+            and ALICES (partners=1); 0: the row's own z only.
         ensemble: train this many networks from different keys and average their log ratios
             (a `galton.ratio.RatioEnsemble`). On the Galton board at 3,000 pairs, 8 ALICES
             networks erred 0.09–0.12 where single ones erred 0.085–0.56 (typically 0.15–0.3).
@@ -164,9 +165,9 @@ class ParameterizedRatio(NeuralMethod):
         if not self.uses_score and self.alpha:
             raise ValueError(f"{type(self).__name__} uses no score; its score-augmented form is {_AUGMENTED[self.base]}")
         check_count(self.latent_steps, "latent_steps", minimum=0)
-        if self.latent_steps and not (self.uses_score and self.partners == 1):
-            raise ValueError(f"latent_steps averages score labels: CASCAL, RASCAL and ALICES (partners=1) use them, "
-                             f"{type(self).__name__}{' with partners > 1' if self.uses_score else ''} does not")
+        if self.latent_steps and not ((self.uses_score or self.base in RATIO_LABELS) and self.partners == 1):
+            raise ValueError(f"latent_steps averages labels: ROLR, CASCAL, RASCAL, ALICE and ALICES (partners=1) read them, "
+                             f"{type(self).__name__}{' with partners > 1' if self.partners > 1 else ''} does not")
         if self.theta_ref is not None:
             object.__setattr__(self, "theta_ref", tuple(float(v) for v in np.ravel(self.theta_ref)))
 
@@ -242,7 +243,8 @@ class ParameterizedRatio(NeuralMethod):
         key_sim, key_fit = jax.random.split(key)
         sims = simulations if simulations is not None else self.simulations(problem, budget, key=key_sim, store=store, progress=progress)
         if self.latent_steps:
-            sims = averaged_pair_scores(problem, sims, key=jax.random.fold_in(key_sim, 1), steps=self.latent_steps, progress=progress)
+            sims = averaged_pair_labels(problem, sims, key=jax.random.fold_in(key_sim, 1), steps=self.latent_steps,
+                                        ratio=self.base if self.base in RATIO_LABELS else None, progress=progress)
         model, history = self.fit(sims, problem.prior, key=key_fit, progress=progress)
         return self.posterior(model, problem.prior, [history]).condition(x_obs)
 
