@@ -16,7 +16,7 @@ import numpy as np
 from galton import methods
 from galton.keys import as_key
 from galton.prior import check_theta
-from galton.problem import ProblemError, Program, Simulator, check_observation
+from galton.problem import ProblemError, Program, Simulator, check_observation, check_simulated_observation
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
 
@@ -71,6 +71,8 @@ def infer(
     if problem.backend == "jax":
         x_shape = jax.eval_shape(problem.simulate_flat, jax.random.key(0), jnp.zeros(problem.prior.dim)).shape
         x_obs = check_observation(problem, x_obs, x_shape, iid=method.iid)
+    else:  # x's shape is known after the first simulations; its type and finiteness are checked now
+        check_observation(problem, x_obs, np.shape(x_obs), iid=False)
     if simulations is not None:
         simulations = _given(problem, simulations, x_shape)
     if hasattr(method, "run"):  # a method with rounds of its own (TMNRE's truncation)
@@ -90,7 +92,7 @@ def infer(
                            progress=progress)
         sims = new if sims is None or (r == 0 and simulations is not None) else Simulations.concatenate([sims, new])
         if r == 0 and problem.backend != "jax":
-            x_obs = check_observation(problem, x_obs, sims.x.shape[1:], iid=method.iid)
+            x_obs = check_simulated_observation(problem, x_obs, sims, iid=method.iid)
         model, round_history = method.fit(sims, problem.prior, key=key_fit, sequential=r > 0, init=model, progress=progress)
         history.append(round_history)
         posterior = method.posterior(model, problem.prior, history).condition(x_obs)

@@ -36,6 +36,18 @@ def check_observation(problem, x_obs, x_shape, *, iid: bool) -> jax.Array:
     raise ProblemError(f"x_obs has shape {x_obs.shape}, but {problem.name} simulates x of shape {expected}")
 
 
+def check_simulated_observation(problem, x_obs, sims, *, iid: bool) -> jax.Array:
+    """`check_observation` against the shape of x in ``sims``, the first simulations of a
+    simulator whose shape was unknown before them (a Python one); the error carries ``sims``
+    as ``err.simulations``, so that a wrong x_obs loses nothing already simulated."""
+    try:
+        return check_observation(problem, x_obs, sims.x.shape[1:], iid=iid)
+    except ProblemError as err:
+        err.args = (f"{err} (the {len(sims)} simulations made before the check are in err.simulations)",)
+        err.simulations = sims
+        raise
+
+
 def _detect_backend(fn: Callable, key: jax.Array, theta: jax.Array) -> str:
     try:
         jax.eval_shape(fn, key, theta)
@@ -206,4 +218,4 @@ def _on_real_line(support) -> bool:
 Problem = Simulator | Program
 
 
-__all__ = ["Simulator", "Program", "ProblemError", "Problem", "check_observation"]
+__all__ = ["Simulator", "Program", "ProblemError", "Problem", "check_observation", "check_simulated_observation"]

@@ -251,3 +251,18 @@ def test_simulator_exception_names_the_theta():
     with cf.ThreadPoolExecutor(1) as pool:
         with pytest.raises(SimulationError, match=r"simulation 1 with a=0.9, b=-0.3:\nRuntimeError: solver diverged"):
             simulate(sim, key=jax.random.key(0), theta=theta, executor=pool, progress=False)
+
+
+def test_a_python_simulators_observation_is_checked_before_and_after_its_first_simulations():
+    import galton
+
+    def never(key, theta):
+        raise AssertionError("simulated before x_obs was checked")
+
+    sim = Simulator(PRIOR, never, names=["a", "b"], backend="python")
+    for bad, message in ((np.array([0.1, np.nan]), "NaN or inf"), ("text", "x_obs must be numbers")):
+        with pytest.raises(ProblemError, match=message):
+            galton.infer(sim, bad, key=jax.random.key(0), method="npe", budget=50, progress=False)
+    with pytest.raises(ProblemError, match=r"x_obs has shape \(3,\), but .* \(2,\) \(the 40 simulations made before the check") as err:
+        galton.infer(NUMPY_SIM, np.zeros(3), key=jax.random.key(0), method="npe", budget=40, progress=False)
+    assert err.value.simulations.x.shape == (40, 2)

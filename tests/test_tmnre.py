@@ -263,13 +263,16 @@ def test_epsilon_outside_the_unit_interval_is_refused(epsilon):
     assert TMNRE(epsilon=np.float32(1e-4)).epsilon == TMNRE(epsilon=jnp.float32(1e-4)).epsilon
 
 
-def test_a_nan_observation_is_refused_before_any_round_cuts_a_box():
+def test_a_bad_observation_is_refused_before_any_round_cuts_a_box():
     rng = lambda key: np.random.default_rng(np.asarray(jax.random.key_data(key)))  # noqa: E731
     numpy_sim = galton.Simulator(dist.Normal(jnp.zeros(DIM), 1.0), lambda key, t: np.asarray(t) + 0.1 * rng(key).normal(size=DIM), name="numpy")
-    assert numpy_sim.backend == "python"  # galton.infer checks x_obs up front only for JAX simulators
+    assert numpy_sim.backend == "python"  # x's shape is known only once it has simulated
     method = TMNRE(marginals=[("theta[0]",)], hidden=8, training=Training(max_epochs=2, patience=1, batch_size=50))
     with pytest.raises(ProblemError, match="NaN or inf"):
         galton.infer(numpy_sim, np.full(DIM, np.nan), key=jax.random.key(0), method=method, budget=200, rounds=2, progress=False)
+    with pytest.raises(ProblemError, match=r"x_obs has shape \(4,\), but numpy simulates x of shape \(3,\) \(the 100 simulations made before the check") as err:
+        galton.infer(numpy_sim, np.zeros(DIM + 1), key=jax.random.key(0), method=method, budget=200, rounds=2, progress=False)
+    assert len(err.value.simulations) == 100 and np.isfinite(err.value.simulations.x).all()
 
 
 def test_a_collapsing_box_names_the_parameter():

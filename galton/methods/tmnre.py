@@ -46,7 +46,7 @@ from galton.methods.base import NeuralMethod, bind, register
 from galton.methods.nre import balance_penalty, nre_c_loss, other_rows
 from galton.posteriors.marginal import TMNREPosterior
 from galton.prior import Prior
-from galton.problem import check_observation
+from galton.problem import check_simulated_observation
 from galton.ratio import MarginalRatioNetwork, marginal_ratio_network
 from galton.regions import Region
 from galton.simulate import simulate
@@ -258,7 +258,7 @@ class TMNRE(NeuralMethod):
                 new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=round_store(store, r), progress=progress,
                                on_invalid=self.on_invalid)
             if r == 0:  # before any round cuts a box with it (galton.infer checks only JAX simulators up front)
-                x_obs = check_observation(problem, x_obs, new.x.shape[1:], iid=False)
+                x_obs = check_simulated_observation(problem, x_obs, new, iid=False)
             inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
             last = r == len(per_round) - 1
