@@ -113,6 +113,7 @@ class Program:
     Attributes:
         prior: the `Prior` over θ read from the model.
         latents: `Blocks` of the latent sites (name -> shape); `data`: `Blocks` of the observed sites.
+        latent_supports: each latent site's NumPyro support (name -> constraint).
     """
 
     model: Callable
@@ -142,8 +143,8 @@ class Program:
         latent = {k: tuple(jnp.shape(s["value"])) for k, s in sites.items() if k not in params + observed and not s["is_observed"]}
         object.__setattr__(self, "latents", Blocks(latent))
         object.__setattr__(self, "data", Blocks({k: tuple(jnp.shape(sites[k]["value"])) for k in observed}))
-        object.__setattr__(self, "_supports", {k: sites[k]["fn"].support for k in latent})
-        object.__setattr__(self, "latent_bijection", SupportBijection(self._supports))
+        object.__setattr__(self, "latent_supports", {k: sites[k]["fn"].support for k in latent})
+        object.__setattr__(self, "latent_bijection", SupportBijection(self.latent_supports))
         if self.name is None:
             object.__setattr__(self, "name", getattr(self.model, "__name__", "program"))
 
@@ -192,7 +193,7 @@ class Program:
     def discrete_latents(self) -> list[str]:
         """Names of the latent sites with a discrete support: no gradient moves them (MUSE's
         optimiser, the latent chains of `galton.latent_chains`)."""
-        return [k for k, support in self._supports.items() if getattr(support, "is_discrete", False)]
+        return [k for k, support in self.latent_supports.items() if getattr(support, "is_discrete", False)]
 
     def latents_to_unconstrained(self, z: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Map each latent to the unconstrained space of its support."""

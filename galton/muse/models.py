@@ -115,7 +115,7 @@ class _ProgramModel(FlatModel):
             raise ProblemError(f"MUSE needs latent sites to marginalise, but {program.name!r} has none besides its params and observed sites")
         discrete = program.discrete_latents()
         if discrete:
-            raise ProblemError(f"latent site {discrete[0]!r} is discrete ({program._supports[discrete[0]]}); "
+            raise ProblemError(f"latent site {discrete[0]!r} is discrete ({program.latent_supports[discrete[0]]}); "
                                "MUSE needs continuous latents to optimise over")
         self.z_dim = program.latents.dim
         self.x_dim = program.data.dim
