@@ -6,6 +6,12 @@
   (x, z) together ("parton level" in madminer's words), an upper bound on that of x alone.
 - ``"sally"``: E[t̂ t̂ᵀ] with t̂(x) a SALLY score regressor (`galton.summaries.fit(...,
   loss="sally")`) trained at this θ: the information of x, as t̂(x) → E[t | x] = ∇θ log p(x|θ).
+- ``"chains"``: the information of x alone without training anything: each simulation's score
+  E[t | x, θ] = ∇θ log p(x|θ) estimated twice, by the mean of t over each half of a NUTS chain
+  on z | x, θ started at its own z (`galton.latent_chains.chain_labels`), and
+  I = E[(s₁ s₂ᵀ + s₂ s₁ᵀ) / 2]. The halves' errors are nearly independent given x, so their
+  product is not inflated by the chains' noise, as E[s̄ s̄ᵀ] of one mean would be. Continuous
+  latents only; ``latent_steps`` transitions per chain.
 - ``"histogram"``: the information in a histogram of a scalar observable h(x),
   Σ_b ∂p_b ∂p_bᵀ / p_b, with the bin probabilities' gradients ∂p_b = E[1_b(h(x)) t] taken from
   the joint score (no finite differences, no simulations at other θ).
@@ -21,12 +27,14 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from galton.checks import check_count
 from galton.keys import as_key
+from galton.latent_chains import chain_labels, check_continuous_latents
 from galton.prior import check_point
 from galton.problem import ProblemError, Program
 from galton.simulate import simulate
 
-METHODS = ("truth", "sally", "histogram")
+METHODS = ("truth", "sally", "chains", "histogram")
 
 
 def fisher_information(
@@ -39,6 +47,7 @@ def fisher_information(
     estimator: Callable | None = None,
     observable: Callable | None = None,
     bins: int = 20,
+    latent_steps: int = 100,
     progress: bool = False,
 ) -> np.ndarray:
     """The Fisher information matrix ``(d, d)`` at θ ``(d,)``, from ``n`` simulations at θ.
@@ -47,10 +56,11 @@ def fisher_information(
         program: a `Program`.
         theta: ``(d,)`` parameters inside the prior's support.
         key: a ``jax.random`` key.
-        method: ``"truth"``, ``"sally"`` or ``"histogram"`` (see the module).
+        method: ``"truth"``, ``"sally"``, ``"chains"`` or ``"histogram"`` (see the module).
         estimator: for ``"sally"``, the score regressor x ``(*x_shape)`` -> ``(d,)`` (a `Compressor`).
         observable: for ``"histogram"``, h: one x -> a scalar; x itself when x has one value.
         bins: histogram bins, at quantiles of h over the simulations (a discrete h gets one bin per value when it has fewer).
+        latent_steps: for ``"chains"``, NUTS transitions per simulation (at least 2).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -64,11 +74,21 @@ def fisher_information(
             raise ValueError(f"{name} must be a function of one x, got {type(fn).__name__}")
     if method == "histogram" and (isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2):
         raise ValueError(f"bins must be an integer of at least 2 (one bin holds every x at every θ: no information), got {bins!r}")
-    key = as_key(key)
-    sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment="score", progress=progress)
+    if method == "chains":
+        check_continuous_latents(program)
+        check_count(latent_steps, "latent_steps", minimum=2)
+    key, key_chains = jax.random.split(as_key(key))
+    sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment="score", keep_latents=method == "chains",
+                    progress=progress)
     t = np.asarray(sims.extras["score"], np.float64)
     if method == "truth":
         return t.T @ t / len(t)
+    if method == "chains":
+        halves, _, _ = chain_labels(program, sims.x, sims.extras["z"], sims.theta, None, key=key_chains, steps=int(latent_steps),
+                                    split=True, progress=progress)
+        first, second = np.asarray(halves[:, 0], np.float64), np.asarray(halves[:, 1], np.float64)
+        cross = first.T @ second / len(first)
+        return (cross + cross.T) / 2
     if method == "sally":
         if estimator is None:
             raise ValueError("method='sally' needs estimator=, a score regressor fitted with galton.summaries.fit(..., loss='sally')")

@@ -55,9 +55,9 @@ def check_continuous_latents(program: Program) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _chains(program: Program, warmup: int, steps: int, depth: int):
-    """Jitted ``(keys (n,), x (n, d_x), z (n, d_z), θ (n, d), partner (n, d)) -> (mean score
-    (n, d), log p(x, z'|partner) − log p(x, z'|θ) at the row's z and each draw (n, steps + 1),
-    acceptance (n,))``."""
+    """Jitted ``(keys (n,), x (n, d_x), z (n, d_z), θ (n, d), partner (n, d)) -> (mean scores
+    over the first and the second half of the row's z and its draws (n, 2, d), log p(x, z'|partner)
+    − log p(x, z'|θ) at the row's z and each draw (n, steps + 1), acceptance (n,))``."""
     blocks = program.latents
 
     def log_density(u, x, theta):  # of the unconstrained latents, flat
@@ -86,9 +86,16 @@ def _chains(program: Program, warmup: int, steps: int, depth: int):
 
         _, (scores, log_ratios, accept) = jax.lax.scan(step, state, None, length=steps)
         score0, log_ratio0 = labels(u0, x, theta, partner)
-        return (score0 + scores.sum(0)) / (steps + 1), jnp.concatenate([log_ratio0[None], log_ratios]), accept.mean()
+        scores = jnp.concatenate([score0[None], scores])
+        half = _half(steps)
+        return jnp.stack([scores[:half].mean(0), scores[half:].mean(0)]), jnp.concatenate([log_ratio0[None], log_ratios]), accept.mean()
 
     return jax.jit(jax.vmap(one))
+
+
+def _half(steps: int) -> int:
+    """Draws in the first half of a chain's ``steps + 1`` (its start and its draws)."""
+    return (steps + 1) // 2
 
 
 def averaged_scores(program: Program, sims: Simulations, *, key: jax.Array, steps: int = 100, warmup: int = 200,
@@ -134,17 +141,21 @@ def chain_scores(program: Program, x, z, theta, *, key: jax.Array, steps: int = 
 
 
 def chain_labels(program: Program, x, z, theta, partner, *, key: jax.Array, steps: int = 100, warmup: int = 200,
-                 max_tree_depth: int = 4, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 max_tree_depth: int = 4, split: bool = False, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`chain_scores`, and along the same chains the joint log ratio against ``partner``.
 
     Args:
         partner: ``(n, d)`` a second θ per row, or None (the log ratios are then zeros).
+        split: return the mean scores of each half of the chain ``(n, 2, d)`` (the row's z and
+            the first draws, then the rest) instead of their mean: two nearly independent
+            estimates of E[t | x, θ], whose product is one of the score's outer product
+            (`galton.fisher_information`'s ``"chains"``).
         The others as `chain_scores`.
 
     Returns:
-        The mean scores ``(n, d)``; l = log p(x, z'|partner) − log p(x, z'|θ) at the row's z
-        and each draw ``(n, steps + 1)``, whose mean of exp l is an unbiased estimate of the
-        ratio p(x|partner) / p(x|θ); and each chain's mean acceptance ``(n,)``.
+        The mean scores ``(n, d)`` (with ``split``, ``(n, 2, d)``); l = log p(x, z'|partner) −
+        log p(x, z'|θ) at the row's z and each draw ``(n, steps + 1)``, whose mean of exp l is an
+        unbiased estimate of the ratio p(x|partner) / p(x|θ); and each chain's mean acceptance ``(n,)``.
     """
     check_continuous_latents(program)
     for name, value, minimum in (("steps", steps, 1), ("warmup", warmup, 0), ("max_tree_depth", max_tree_depth, 1)):
@@ -172,8 +183,10 @@ def chain_labels(program: Program, x, z, theta, partner, *, key: jax.Array, step
             bar.update(kept)
     finally:
         bar.close()
-    scores, log_ratios, acceptance = (np.concatenate(parts) for parts in zip(*outputs))
-    return scores, log_ratios, acceptance
+    halves, log_ratios, acceptance = (np.concatenate(parts) for parts in zip(*outputs))
+    half = _half(int(steps))
+    scores = (half * halves[:, 0] + (int(steps) + 1 - half) * halves[:, 1]) / (int(steps) + 1)
+    return (halves if split else scores), log_ratios, acceptance
 
 
 __all__ = ["averaged_scores", "chain_labels", "chain_scores", "check_continuous_latents"]

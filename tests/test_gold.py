@@ -15,7 +15,7 @@ import numpyro.distributions as dist
 import pytest
 
 import galton
-from galton import fisher, nets, summaries
+from galton import ProblemError, fisher, nets, summaries
 from galton.methods import gold
 from galton.methods.gold.ratios import gold_loss, mixture_loss
 from galton.posteriors import load
@@ -309,6 +309,20 @@ def test_fisher_information_truth_histogram_and_sally_match_the_exact_values():
     dp = jax.jacfwd(gb.slot_probabilities)(jnp.float32(0.0))
     hist = galton.fisher_information(board, [0.0], key=jax.random.key(5), n=40_000, method="histogram")
     np.testing.assert_allclose(hist[0, 0], float((dp**2 / p).sum()), rtol=0.05)
+
+
+def test_fisher_information_of_x_from_chains_without_training():
+    task = galton.tasks.get("state_space")
+    theta = np.asarray(task.true_parameters(1))
+    chains = galton.fisher_information(task.problem, theta, key=jax.random.key(6), n=2_000, method="chains")
+    exact = ss.fisher_information(theta)  # of x: σ_v's 21 against the joint's 160
+    scale = np.sqrt(np.outer(np.diag(exact), np.diag(exact)))
+    assert np.all(np.abs(chains - exact) / scale < 0.12), np.abs(chains - exact) / scale  # measured 0.003–0.07 over 4 runs
+    board = galton.tasks.get("galton_board").problem
+    with pytest.raises(ProblemError, match="is discrete"):
+        galton.fisher_information(board, [0.0], key=jax.random.key(0), method="chains")
+    with pytest.raises(ValueError, match="latent_steps must be an integer of at least 2"):
+        galton.fisher_information(task.problem, theta, key=jax.random.key(0), method="chains", latent_steps=1)
 
 
 def test_project_and_profile():
