@@ -150,7 +150,10 @@ class TMNRE(NeuralMethod):
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
             embedding learnt about x carries over, instead of being learnt again from one round's
-            simulations.
+            simulations. Pair it with ``min_shrink=0``: a first round that hardly shrinks the box
+            otherwise sends the rest of the budget to one last round, with nothing left to carry
+            (slcp_distractors, 10,000 simulations: 0.611 / 0.692 marginal C2ST with it, 0.635 /
+            0.721 without carrying).
         truncation: ``"box"`` (swyft's) or ``"correlated"`` (the box cut further by the 2-D heads;
             see the module).
         min_shrink: when a round shrinks the box by less than this fraction per parameter (its
