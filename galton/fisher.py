@@ -77,14 +77,14 @@ def fisher_information(
     if method == "chains":
         check_continuous_latents(program)
         check_count(latent_steps, "latent_steps", minimum=2)
-    key, key_chains = jax.random.split(as_key(key))
+    key = as_key(key)
     sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment="score", keep_latents=method == "chains",
                     progress=progress)
     t = np.asarray(sims.extras["score"], np.float64)
     if method == "truth":
         return t.T @ t / len(t)
     if method == "chains":
-        halves, _, _ = chain_labels(program, sims.x, sims.extras["z"], sims.theta, None, key=key_chains, steps=int(latent_steps),
+        halves, _, _ = chain_labels(program, sims.x, sims.extras["z"], sims.theta, None, key=jax.random.fold_in(key, 1), steps=int(latent_steps),
                                     split=True, progress=progress)
         first, second = np.asarray(halves[:, 0], np.float64), np.asarray(halves[:, 1], np.float64)
         cross = first.T @ second / len(first)

@@ -180,9 +180,14 @@ def test_rolr_and_alice_average_their_labels_through_infer(normal_pairs):
 
     program = normal_pairs[0]
     tiny = Training(max_epochs=3, patience=3, batch_size=50)
-    for method in (gold.ROLR(theta_ref=(0.5,), latent_steps=5, training=tiny), gold.ALICES(theta_ref=(0.5,), latent_steps=5, training=tiny)):
+    for method in (gold.ROLR(theta_ref=(0.5,), latent_steps=5, training=tiny), gold.ALICES(theta_ref=(0.5,), latent_steps=5, training=tiny),
+                   gold.SALLY(latent_steps=5, summary_training=tiny, ratio=galton.methods.NRE(training=tiny))):
         post = galton.infer(program, jnp.array([0.3]), key=jax.random.key(0), method=method, budget=100, progress=False)
         assert np.isfinite(np.asarray(post.log_prob(jnp.array([[0.1], [0.4]])))).all()
+    board = galton.tasks.get("galton_board").problem
+    for method in (gold.SALLY(latent_steps=5), gold.SALLINO(latent_steps=5)):  # refused before anything is simulated
+        with pytest.raises(ProblemError, match="is discrete"):
+            galton.infer(board, jnp.array([10.0]), key=jax.random.key(0), method=method, budget=100, progress=False)
 
 
 def test_rows_that_do_not_align_are_named(labels):

@@ -88,8 +88,8 @@ class SALLINO:
     """Settings of SALLINO.
 
     Attributes:
-        theta_ref, local_fraction, embedding, summary_training: as `SALLY`'s (the score
-            regressor t̂ at θ_ref, from ``local_fraction × budget`` simulations there).
+        theta_ref, local_fraction, embedding, summary_training, latent_steps: as `SALLY`'s (the
+            score regressor t̂ at θ_ref, from ``local_fraction × budget`` simulations there).
         density: the `NLE` settings of the 1-D flow q(h | θ) trained on the rest of the budget,
             from the prior; its sampler samples the posterior.
     """
@@ -98,6 +98,7 @@ class SALLINO:
     local_fraction: float = 0.5
     embedding: eqx.Module | None = None
     summary_training: Training = field(default_factory=lambda: Training(learning_rate=1e-3, batch_size=128, patience=20))
+    latent_steps: int = 0
     density: NLE = field(default_factory=lambda: NLE(flow="nsf", transforms=3, hidden=32, sampler=MCMC_DEFAULTS,
                                                      training=Training(learning_rate=1e-3, batch_size=128, patience=20)))
     iid = True
@@ -107,7 +108,7 @@ class SALLINO:
 
     def _summaries(self) -> SALLY:
         return SALLY(theta_ref=self.theta_ref, local_fraction=self.local_fraction, embedding=self.embedding,
-                     summary_training=self.summary_training)
+                     summary_training=self.summary_training, latent_steps=self.latent_steps)
 
     def fit(self, local: Simulations, compressor, sims: Simulations, prior, *, key, progress: bool = True):
         """Train q(h | θ, u) on ``sims`` from the prior and on ``local`` (the simulations at θ_ref

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 
 from galton import nets, summaries
-from galton.checks import check_real
+from galton.checks import check_count, check_real
+from galton.latent_chains import averaged_scores, check_continuous_latents
 from galton.methods.base import check_training, register, require_program
 from galton.methods.nre import NRE
 from galton.prior import check_point
@@ -47,6 +48,9 @@ class SALLY:
         summary_training: `Training` of the regressor.
         ratio: the `NRE` settings of the estimator on the summaries (its embedding is replaced
             by the frozen regressor).
+        latent_steps: each score label at θ_ref is averaged over this many NUTS draws of
+            z | x, θ_ref from the simulation's own z (`galton.latent_chains.averaged_scores`;
+            continuous latents only): the regressor's target E[t | x] is the same, its noise smaller.
     """
 
     theta_ref: tuple | None = None
@@ -54,10 +58,12 @@ class SALLY:
     embedding: eqx.Module | None = None
     summary_training: Training = field(default_factory=lambda: Training(learning_rate=1e-3, batch_size=128, patience=20))
     ratio: NRE = field(default_factory=NRE)
+    latent_steps: int = 0
     iid = True
 
     def __post_init__(self):
         check_real(self.local_fraction, "local_fraction", high=1.0)
+        check_count(self.latent_steps, "latent_steps", minimum=0)
         check_training(self.summary_training, "summary_training")
         if self.theta_ref is not None:
             object.__setattr__(self, "theta_ref", tuple(float(v) for v in np.ravel(self.theta_ref)))
@@ -71,9 +77,13 @@ class SALLY:
     def fit_summaries(self, program, n: int, *, key, store=None, progress: bool = True) -> tuple[Simulations, summaries.Compressor]:
         """``n`` simulations at θ_ref with their joint score, and the score regressor t̂(x) fitted on them."""
         theta_ref = self.reference_point(program.prior)
+        if self.latent_steps:
+            check_continuous_latents(program)
         key_sim, key_net, key_fit = jax.random.split(key, 3)
         local = simulate(program, key=key_sim, theta=np.tile(theta_ref, (int(n), 1)).astype(np.float32), augment="score",
-                         store=store, progress=progress)
+                         keep_latents=bool(self.latent_steps), store=store, progress=progress)
+        if self.latent_steps:
+            local = averaged_scores(program, local, key=jax.random.fold_in(key_sim, 1), steps=self.latent_steps, progress=progress)
         x_shape = tuple(local.x.shape[1:])
         body = self.embedding if self.embedding is not None else nets.MLP(x_shape, 64, width=64, depth=2, activation="tanh", key=key_net)
         return local, summaries.fit(local, key=key_fit, loss="sally", embedding=body, training=self.summary_training,
