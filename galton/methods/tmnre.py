@@ -260,7 +260,7 @@ class TMNRE(NeuralMethod):
             else:
                 new = simulate(problem, n, key=key_sim, proposal=proposal if r > 0 else None, store=round_store(store, r), progress=progress,
                                on_invalid=self.on_invalid)
-            if r == 0:  # before any round cuts a box with it (galton.infer checks only JAX simulators up front)
+            if r == 0:  # before any round cuts a box with it (a Python simulator's x shape is known only now)
                 x_obs = check_simulated_observation(problem, x_obs, new, iid=False)
             inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
