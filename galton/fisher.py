@@ -78,17 +78,18 @@ def fisher_information(
         check_continuous_latents(program)
         check_count(latent_steps, "latent_steps", minimum=2)
     key = as_key(key)
-    sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment="score", keep_latents=method == "chains",
+    chains = method == "chains"  # the chains take each score themselves, from the latents
+    sims = simulate(program, key=key, theta=np.tile(theta, (int(n), 1)), augment=() if chains else "score", keep_latents=chains,
                     progress=progress)
-    t = np.asarray(sims.extras["score"], np.float64)
-    if method == "truth":
-        return t.T @ t / len(t)
-    if method == "chains":
-        halves, _, _ = chain_labels(program, sims.x, sims.extras["z"], sims.theta, None, key=jax.random.fold_in(key, 1), steps=int(latent_steps),
-                                    split=True, progress=progress)
+    if chains:
+        halves, _, _ = chain_labels(program, sims.x, sims.extras["z"], sims.theta, None, key=jax.random.fold_in(key, 1),
+                                    steps=int(latent_steps), split=True, progress=progress)
         first, second = np.asarray(halves[:, 0], np.float64), np.asarray(halves[:, 1], np.float64)
         cross = first.T @ second / len(first)
         return (cross + cross.T) / 2
+    t = np.asarray(sims.extras["score"], np.float64)
+    if method == "truth":
+        return t.T @ t / len(t)
     if method == "sally":
         if estimator is None:
             raise ValueError("method='sally' needs estimator=, a score regressor fitted with galton.summaries.fit(..., loss='sally')")

@@ -148,7 +148,7 @@ def chain_labels(program: Program, x, z, theta, partner, *, key: jax.Array, step
         partner: ``(n, d)`` a second θ per row, or None (the log ratios are then zeros).
         split: return the mean scores of each half of the chain ``(n, 2, d)`` (the row's z and
             the first draws, then the rest) instead of their mean: two nearly independent
-            estimates of E[t | x, θ], whose product is one of the score's outer product
+            estimates of E[t | x, θ], whose product estimates the score's outer product
             (`galton.fisher_information`'s ``"chains"``).
         The others as `chain_scores`.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from scipy.special import logsumexp
+from scipy.special import log_expit, logsumexp
 
 from galton import augment
 from galton.keys import as_key
@@ -111,16 +111,12 @@ def averaged_pair_labels(program: Program, pairs: Simulations, *, key: jax.Array
         log_ratio = np.where(drawn_at_0, -mean, mean)
     elif ratio == "alice":  # s = σ(a) with a = l on rows drawn at θ0 (log r = −l), −l on rows at θ1
         a = np.where(at0, l, -l)
-        log_ratio = logsumexp(_log_sigmoid(-a), axis=1) - logsumexp(_log_sigmoid(a), axis=1)
+        log_ratio = logsumexp(log_expit(-a), axis=1) - logsumexp(log_expit(a), axis=1)
     extras = {**e, "acceptance": acceptance, "log_ratio_single": np.asarray(e["log_ratio"]),
               "log_ratio": np.asarray(log_ratio, np.float32),
               "score0": np.where(at0, scores, e["score0"]).astype(np.float32),
               "score1": np.where(at0, e["score1"], scores).astype(np.float32)}
     return Simulations(pairs.theta, pairs.x, extras, pairs.names)
-
-
-def _log_sigmoid(a: np.ndarray) -> np.ndarray:
-    return -np.logaddexp(0.0, -a)
 
 
 def check_on_invalid(on_invalid: str) -> None:
