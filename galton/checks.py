@@ -27,8 +27,11 @@ def check_count(value, name: str, *, minimum: int = 1, what: str = "") -> int:
     ``minimum``, else a ValueError naming ``name`` (and ``what`` it counts, when given)."""
     number = _scalar(value)
     if not isinstance(number, int) or number < minimum:
-        wanted = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
-        raise ValueError(f"{name} must be {wanted}{f' number of {what}' if what else ''}, got {value!r}")
+        if minimum == 1:
+            wanted = f"a positive integer number of {what}" if what else "a positive integer"
+        else:
+            wanted = f"an integer of at least {minimum}{f' {what}' if what else ''}"
+        raise ValueError(f"{name} must be {wanted}, got {value!r}")
     return number
 
 

@@ -67,8 +67,7 @@ def fisher_information(
     if not isinstance(program, Program):
         raise ProblemError(f"fisher_information needs a Program (its joint score), got {type(program).__name__}")
     theta = check_point(program.prior, theta).astype(np.float32)
-    if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
+    n = check_count(n, "n", minimum=2, what="simulations")
     for name, fn in (("estimator", estimator), ("observable", observable)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be a function of one x, got {type(fn).__name__}")

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from galton.checks import check_count
 from galton.keys import as_key
 from galton.problem import Problem, ProblemError
 
@@ -98,8 +99,7 @@ def predictive_check(
     from galton.simulate import simulate
 
     key = as_key(key, "key")
-    if int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 replications, got {n!r}")
+    n = check_count(n, "n", minimum=2, what="replications")
     x_flat = np.asarray(x_obs, np.float64).reshape(-1)
     if not np.all(np.isfinite(x_flat)):
         raise ValueError("x_obs has NaN or inf values")

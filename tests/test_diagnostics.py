@@ -67,6 +67,8 @@ def test_predictive_check_of_a_simulator_reads_each_value_of_a_short_x():
         predictive_check(exact, PROBLEM, X_OBS, key=jax.random.key(0), n=10, statistics={"both": lambda x: x[:2]})
     with pytest.raises(ValueError, match="NaN"):
         predictive_check(exact, PROBLEM, jnp.array([np.nan, 0.0, 0.0]), key=jax.random.key(0), n=10)
+    with pytest.raises(ValueError, match="n must be an integer of at least 2 replications, got 1"):
+        predictive_check(exact, PROBLEM, X_OBS, key=jax.random.key(0), n=1)
 
 
 # ---- calibration's inputs -----------------------------------------------------------------------

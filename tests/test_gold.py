@@ -183,7 +183,9 @@ def test_mixture_rows_with_a_reference_have_unbiased_weights_and_scores(monkeypa
     # the mixture density does not depend on how its evaluations are chunked
     from galton.methods.gold import mixture
     sims = galton.simulate(program, 30, key=jax.random.key(6), keep_latents=True, progress=False)
-    args = (program, sims.x.reshape(30, 1), sims.extras["z"], sims.theta[:20], np.zeros(1, np.float32), 8, jax.random.key(7))
+    x, z = sims.x.reshape(30, 1), sims.extras["z"]
+    at_ref = np.asarray(galton.augment.joint_log_density(program, x, z, np.zeros((30, 1), np.float32)))
+    args = (program, x, z, sims.theta[:20], at_ref, 8, jax.random.key(7))
     whole = mixture._log_mixture(*args)
     monkeypatch.setattr(mixture, "CHUNK", 7)
     np.testing.assert_allclose(mixture._log_mixture(*args), whole, rtol=1e-5)
@@ -491,7 +493,8 @@ def _confidence_set(**settings):
     (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, [5, 5]), "points has 2 counts; give one per parameter"),
     (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, 5, bounds=[(1, -1)]), r"bounds for theta are \(1.0, -1.0\)"),
     (lambda: fisher.profile(np.eye(2), [2]), r"keep has indices \[2\] outside 0..1"),
-    (lambda: fisher.profile(np.diag([1.0, 1.0, 0.0]), [0]), r"profiled parameters \[1, 2\] is singular"),
+    (lambda: fisher.profile(np.diag([1.0, 1.0, 0.0]), [0]), r"profiled parameters \[1, 2\] is singular"),    (lambda: galton.fisher_information(GAUSSIAN_MEAN, [0.4], key=jax.random.key(0), n=1), "n must be an integer of at least 2 simulations, got 1"),
+    (lambda: gold.pairs.pair_simulations(GAUSSIAN_MEAN, 1.5, key=jax.random.key(0)), "n must be an integer of at least 2 simulations, got 1.5"),
 ])
 def test_lrt_and_fisher_name_a_bad_argument(call, match):
     with pytest.raises(ValueError, match=match):

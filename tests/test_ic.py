@@ -92,6 +92,8 @@ def test_inference_compilation_bad_inputs_name_the_problem():
         galton.infer(poisson, np.zeros(3), method="ic", budget=100, key=jax.random.key(0), progress=False)
     with pytest.raises(ValueError, match="discrete must be one of"):
         IC(discrete="made")
+    with pytest.raises(ValueError, match="draws must be an integer of at least 2, got 1"):
+        IC(draws=1)
     task = galton.tasks.get("funnel", dim=3)
     sims = galton.simulate(task.problem, 50, key=jax.random.key(0), progress=False)
     with pytest.raises(galton.ProblemError, match="keep_latents=True"):

@@ -22,7 +22,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from galton.checks import check_count
+from galton.checks import check_count, check_real
 from galton.problem import Program
 from galton.tasks.base import Task
 
@@ -93,9 +93,8 @@ def nuts_posterior(x: jax.Array, n: int, key: jax.Array, *, size: int = 32, nois
 
 def task(size: int = 32, noise: float = 0.2) -> Task:
     size = check_count(size, "size", minimum=2)
-    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating)) or not 0 < noise < np.inf:
-        raise ValueError(f"noise must be a positive finite standard deviation, got {noise!r}")
-    problem = program(size, float(noise))
+    noise = check_real(noise, "noise")  # a standard deviation
+    problem = program(size, noise)
     return Task(
         name="lognormal_field",
         problem=problem,

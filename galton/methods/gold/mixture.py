@@ -72,7 +72,8 @@ def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, th
     sims = Simulations.concatenate([num, den])
     x, z = sims.x.reshape(len(sims), -1), sims.extras["z"]
     from_prior = len(sims) if ref is None else len(num)  # the first rows: their θ were drawn from the prior
-    log_q = _log_mixture(program, x, z, np.asarray(sims.theta[:from_prior], np.float32), ref, int(mixture_size), key_mix)
+    at_ref = None if ref is None else _chunked(augment.joint_log_density, program, x, z, np.tile(ref, (len(x), 1)))
+    log_q = _log_mixture(program, x, z, np.asarray(sims.theta[:from_prior], np.float32), at_ref, int(mixture_size), key_mix)
 
     k = int(partners)
     rows = len(sims) * k
@@ -83,7 +84,7 @@ def mixture_pairs(program: Program, n: int, *, key: jax.Array, partners: int, th
     extras = {"theta1": theta1}
     for i, theta in ((0, theta0), (1, theta1)):
         if i == 1 and ref is not None:  # one θ1 for all: once per simulation, not per partner
-            log_p = np.repeat(_chunked(augment.joint_log_density, program, x, z, theta1[: len(x)]), k)
+            log_p = np.repeat(at_ref, k)
             score = np.repeat(_chunked(augment.joint_score, program, x, z, theta1[: len(x)]), k, 0)
         else:
             log_p = _chunked(augment.joint_log_density, program, xr, zr, theta)
@@ -102,9 +103,10 @@ def _chunked(fn, program, x, z, theta) -> np.ndarray:
                            for i in range(0, len(x), CHUNK)])
 
 
-def _log_mixture(program, x, z, thetas, ref, size: int, key) -> np.ndarray:
+def _log_mixture(program, x, z, thetas, at_ref, size: int, key) -> np.ndarray:
     """log q(x, z) ``(n,)`` for the n simulations, whose first ``len(thetas)`` were drawn at
-    ``thetas`` from the prior and the rest at ``ref``."""
+    ``thetas`` from the prior and the rest at θ_ref; ``at_ref`` ``(n,)``: log p(x, z | θ_ref), or
+    None without θ_ref."""
     n, m = len(x), len(thetas)
     chosen = np.arange(m) if m <= size else np.sort(np.asarray(jax.random.choice(key, m, (size,), replace=False)))
     total = np.full(n, -np.inf)
@@ -124,10 +126,9 @@ def _log_mixture(program, x, z, thetas, ref, size: int, key) -> np.ndarray:
         total[own] = np.logaddexp(total[own], np.asarray(augment.joint_log_density(program, x[own], z[own], thetas[own])))
         count[own] += 1
     log_prior_part = total - np.log(count)
-    if ref is None:
+    if at_ref is None:
         return log_prior_part
     share_ref = (n - m) / n
-    at_ref = np.asarray(augment.joint_log_density(program, x, z, ref))
     return np.logaddexp(np.log1p(-share_ref) + log_prior_part, np.log(share_ref) + at_ref)
 
 

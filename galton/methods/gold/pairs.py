@@ -18,6 +18,7 @@ import numpy as np
 from scipy.special import log_expit, logsumexp
 
 from galton import augment
+from galton.checks import check_count
 from galton.keys import as_key
 from galton.latent_chains import chain_labels
 from galton.prior import check_point
@@ -154,8 +155,7 @@ def simulate_classes(program: Program, n: int, *, keys: tuple, theta_ref=None, s
     """
     if not isinstance(program, Program):
         raise ProblemError(f"the gold-mining estimators need a Program (a joint density to differentiate), got {type(program).__name__}")
-    if isinstance(n, bool) or int(n) != n or n < 2:
-        raise ValueError(f"n must be an integer of at least 2 simulations, got {n!r}")
+    n = check_count(n, "n", minimum=2, what="simulations")
     augment.check_scorable(program)
     key_num, key_den = keys
     n_num, n_den = n - n // 2, n // 2

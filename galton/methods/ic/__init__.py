@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import paramax
 
+from galton.checks import check_count
 from galton.methods.base import register, require_program
 from galton.methods.ic.layout import Layout, layout
 from galton.methods.ic.proposal import CategoricalHead, ConditionalAffine, Proposal, build_proposal, proposal_loss
@@ -96,8 +97,7 @@ class IC:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.discrete not in DISCRETE_HEADS:
             raise ValueError(f"discrete must be one of {DISCRETE_HEADS}, got {self.discrete!r}")
-        if int(self.draws) != self.draws or self.draws < 2:
-            raise ValueError(f"draws must be an integer of at least 2, got {self.draws!r}")
+        check_count(self.draws, "draws", minimum=2)
 
     def fit(self, program: Program, sims, *, key, progress: bool = True) -> tuple[Proposal, dict]:
         """Train the `Proposal` on joint simulations with latents (``simulate(..., keep_latents=True)``)."""
