@@ -7,7 +7,7 @@ than their priors.
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
-                          [--cut-balance 100] [--carry-embedding] [--key-offset 1000]
+                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000]
                           [--negatives 4] [--variant a|c] [--gamma 1]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
@@ -21,7 +21,7 @@ linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--negatives``, ``--variant`` and ``--gamma`` set TMNRE's options of those names; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant`` and ``--gamma`` set TMNRE's options of those names; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -96,6 +96,7 @@ def settings_name(args) -> str:
         args.margin and f"margin{args.margin:g}",
         args.cut_balance is not None and f"cutbalance{args.cut_balance:g}",
         args.carry_embedding and "carry",
+        args.calibrate and "calibrate",
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
         args.key_offset and f"keys+{args.key_offset}",
@@ -110,7 +111,7 @@ def part_one(args) -> None:
         embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)))
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
-                           margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, embedding=embedding,
+                           margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
                            negatives=args.negatives, variant=args.variant, gamma=args.gamma,
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
@@ -195,6 +196,7 @@ def main():
     parser.add_argument("--variant", choices=["a", "c"], default="a", help="TMNRE's variant: a (swyft's binary loss) or c (NRE-C)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
+    parser.add_argument("--calibrate", action="store_true", help="TMNRE's calibrate: the last round's heads temperature-scaled on held-out rows")
     parser.add_argument("--key-offset", type=int, default=0,
                         help="observation k runs with key k + this (simulations and training): another draw of the same settings")
     parser.add_argument("--margin", type=float, default=0.0, help="TMNRE's margin: each new box widened by this share of its width a side")

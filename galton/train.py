@@ -99,6 +99,14 @@ def check_training_data(arrays: Sequence[np.ndarray], names: Sequence[str]) -> N
             )
 
 
+def held_out_rows(n: int, *, key: jax.Array, settings: Training) -> np.ndarray:
+    """The indices ``(n_val,)`` of the rows that `train` with this ``key`` and ``settings`` holds out
+    for validation, of ``n`` rows given without ``groups``: where a trained model can be checked
+    on rows it was not fitted to."""
+    n_val = max(1, int(round(settings.validation_fraction * n)))
+    return np.asarray(jax.random.permutation(jax.random.split(as_key(key), 3)[0], n))[n - n_val:]  # as `_start` and `_split` draw them
+
+
 def _split(arrays, fraction, batch_size, key, groups=None, shuffled=None):
     """Training and validation rows: the first and last of ``shuffled`` (the n row indices in an
     order `_start` drew from ``key``), or, with ``groups``, whole groups drawn from ``key``."""

@@ -195,3 +195,22 @@ def test_infer_drops_invalid_simulations_in_every_round_when_asked():
     assert len([w for w in caught if "dropped" in str(w.message)]) == 2 and len(posterior.history) == 2
     with pytest.raises(ValueError, match="kept NaN or inf simulations cannot be trained on"):
         NPE(on_invalid="keep")
+
+
+def test_held_out_rows_are_the_rows_training_validates_on():
+    import equinox as eqx
+
+    from galton.train import held_out_rows, train
+
+    class Constant(eqx.Module):
+        p: jax.Array
+
+    values = np.random.default_rng(0).normal(size=(200, 1)).astype(np.float32)
+    settings = Training(max_epochs=1, batch_size=64)
+    # the loss is the batch's mean whatever the weights: the validation loss is the held-out rows' mean
+    _, history = train(Constant(jnp.zeros(())), lambda m, batch, key: m.p * 0 + batch[0].mean(), (values,), key=jax.random.key(3),
+                       settings=settings, progress=False)
+    held = held_out_rows(200, key=jax.random.key(3), settings=settings)
+    assert len(held) == 20 and len(set(held.tolist())) == 20
+    np.testing.assert_allclose(history["validation_loss"][0], values[held].mean(), rtol=1e-5)
+    assert abs(values[held].mean() - values[np.setdiff1d(np.arange(200), held)].mean()) > 1e-3

@@ -151,6 +151,41 @@ def test_a_bad_balance_is_refused(balance):
         TMNRE(balance=balance)
 
 
+class _Overconfident(eqx.Module):
+    """Twice the exact marginal log-ratios of analytic.py's problem: heads twice too sure of themselves."""
+
+    marginals = [(0,), (1,), (2,)]
+
+    def embed(self, x):
+        return x
+
+    def head_log_ratios(self, theta, features, heads=None):
+        post = -0.5 * (theta - features / 2) ** 2 / 0.05 - 0.5 * jnp.log(0.05)
+        prior = -0.5 * theta**2 / 0.1 - 0.5 * jnp.log(0.1)
+        return 2.0 * (post - prior)
+
+
+def test_calibration_finds_the_temperature_of_over_confident_heads():
+    from galton.methods.tmnre import temperatures
+
+    sims = galton.simulate(PROBLEM, 4000, key=jax.random.key(20), progress=False)
+    factors = temperatures(_Overconfident(), sims.theta, sims.x, key=jax.random.key(21))
+    np.testing.assert_allclose(factors, 0.5, atol=0.05)
+
+
+def test_calibrate_scales_each_head_of_the_last_round(amortized, sims):  # noqa: F811
+    calibrated = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=replace(METHOD, calibrate=True), simulations=sims,
+                              budget=len(sims), progress=False)
+    factors = np.asarray(calibrated.rounds[-1]["temperatures"])
+    assert factors.shape == (4,) and np.all((factors > 0.05) & (factors < 5)) and "temperatures" not in amortized.rounds[-1]
+    theta = np.asarray(PROBLEM.prior.sample(jax.random.key(22), (50,)))
+    x = np.repeat(np.asarray(X_OBS)[None], 50, 0)
+    # the same network (the same key) before the factors: each head's log-ratio scaled by its own
+    np.testing.assert_allclose(calibrated.network.log_ratios(theta, x), amortized.network.log_ratios(theta, x) * factors, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="calibrate must be True or False"):
+        TMNRE(calibrate="yes")
+
+
 def test_marginal_posterior_normalises_and_saves(amortized, tmp_path):
     theta, density = amortized.marginal("theta[1]").grid()
     assert abs(np.trapezoid(density, theta[:, 0]) - 1) < 0.01
