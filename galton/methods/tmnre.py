@@ -169,9 +169,9 @@ class TMNRE(NeuralMethod):
             loses posterior mass for good, while in the last round balancing only widens the result.
         calibrate: after the last round, each head's log-ratio d is replaced by a·d, with a > 0 the
             factor that minimises the head's binary loss on the rows training held out
-            (temperature scaling): the heads of a round err over-confident, and a head too sure of
-            itself gives too narrow a marginal. The factors are in the last round's record
-            (``posterior.rounds[-1]["temperatures"]``).
+            (temperature scaling). A head too sure of itself gives too narrow a marginal; on slcp
+            at 10,000 simulations every head came out so (a = 0.71–0.98). The factors are in the
+            last round's record (``posterior.rounds[-1]["temperatures"]``).
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
