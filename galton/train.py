@@ -103,16 +103,19 @@ def held_out_rows(n: int, *, key: jax.Array, settings: Training) -> np.ndarray:
     """The indices ``(n_val,)`` of the rows that `train` with this ``key`` and ``settings`` holds out
     for validation, of ``n`` rows given without ``groups``: where a trained model can be checked
     on rows it was not fitted to."""
-    n_val = max(1, int(round(settings.validation_fraction * n)))
+    n_val = _validation_count(settings.validation_fraction, n)
     return np.asarray(jax.random.permutation(jax.random.split(as_key(key), 3)[0], n))[n - n_val:]  # as `_start` and `_split` draw them
+
+
+def _validation_count(fraction: float, n: int) -> int:
+    return max(1, int(round(fraction * n)))
 
 
 def _split(arrays, fraction, batch_size, key, groups=None, shuffled=None):
     """Training and validation rows: the first and last of ``shuffled`` (the n row indices in an
     order `_start` drew from ``key``), or, with ``groups``, whole groups drawn from ``key``."""
     n = len(arrays[0])
-    n_val = max(1, int(round(fraction * n)))
-    n_train = n - n_val
+    n_train = n - _validation_count(fraction, n)
     if n_train < 2:
         raise TrainingError(
             f"cannot train on {n} simulations with validation_fraction={fraction}: "
@@ -125,7 +128,7 @@ def _split(arrays, fraction, batch_size, key, groups=None, shuffled=None):
             raise TrainingError(f"groups must label each of the {n} rows, got shape {np.shape(groups)}")
         labels, index = np.unique(np.asarray(groups), return_inverse=True)
         held = np.zeros(len(labels), bool)
-        k = max(1, int(round(fraction * len(labels))))
+        k = _validation_count(fraction, len(labels))
         held[np.asarray(jax.random.permutation(key, len(labels)))[:k]] = True
         order = np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), n))
         out = held[index[order]]

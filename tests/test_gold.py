@@ -493,7 +493,8 @@ def _confidence_set(**settings):
     (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, [5, 5]), "points has 2 counts; give one per parameter"),
     (lambda: galton.lrt.grid(GAUSSIAN_MEAN.prior, 5, bounds=[(1, -1)]), r"bounds for theta are \(1.0, -1.0\)"),
     (lambda: fisher.profile(np.eye(2), [2]), r"keep has indices \[2\] outside 0..1"),
-    (lambda: fisher.profile(np.diag([1.0, 1.0, 0.0]), [0]), r"profiled parameters \[1, 2\] is singular"),    (lambda: galton.fisher_information(GAUSSIAN_MEAN, [0.4], key=jax.random.key(0), n=1), "n must be an integer of at least 2 simulations, got 1"),
+    (lambda: fisher.profile(np.diag([1.0, 1.0, 0.0]), [0]), r"profiled parameters \[1, 2\] is singular"),
+    (lambda: galton.fisher_information(GAUSSIAN_MEAN, [0.4], key=jax.random.key(0), n=1), "n must be an integer of at least 2 simulations, got 1"),
     (lambda: gold.pairs.pair_simulations(GAUSSIAN_MEAN, 1.5, key=jax.random.key(0)), "n must be an integer of at least 2 simulations, got 1.5"),
 ])
 def test_lrt_and_fisher_name_a_bad_argument(call, match):

@@ -74,6 +74,11 @@ def get(method, **options):
     return method
 
 
+def fit_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The keys `NeuralMethod.fit` builds its network with and trains with, from its ``key``."""
+    return tuple(jax.random.split(key))
+
+
 def require_program(problem, method: str, rounds: int, needs: str = "the joint density") -> None:
     """Raise unless ``problem`` is a `Program` and ``rounds`` is 1: the methods that use a
     program's joint density (gold mining, NUTS, inference compilation) are one-shot."""
@@ -159,7 +164,7 @@ class NeuralMethod:
         Returns:
             The trained network and its training history.
         """
-        key_init, key_train = jax.random.split(key)
+        key_init, key_train = fit_keys(key)
         theta, x = self.arrays(sims)
         model = init if init is not None else self.network(theta, x, key_init)
         loss = self.loss(prior, sequential)

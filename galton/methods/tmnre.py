@@ -43,7 +43,7 @@ import numpy as np
 from scipy.special import log_expit
 
 from galton.checks import check_real
-from galton.methods.base import NeuralMethod, bind, register
+from galton.methods.base import NeuralMethod, bind, fit_keys, register
 from galton.methods.nre import balance_penalty, nre_c_loss, other_rows
 from galton.posteriors.marginal import TMNREPosterior
 from galton.prior import Prior
@@ -235,7 +235,7 @@ class TMNRE(NeuralMethod):
         if init is None:
             if columns is None:
                 columns = resolve_marginals(self.marginals, prior.names, truncate=False)
-            init = self.network(sims.theta, sims.x, jax.random.split(key)[0], columns)  # the key base.fit builds with
+            init = self.network(sims.theta, sims.x, fit_keys(key)[0], columns)
             if embedding_from is not None:
                 init = eqx.tree_at(lambda n: (n.embedding, n.x_shift, n.x_scale), init,
                                    (embedding_from.embedding, embedding_from.x_shift, embedding_from.x_scale))
@@ -286,8 +286,8 @@ class TMNRE(NeuralMethod):
             if r == 0 and rounds > 1 and not proposal.quantiles.bounded.all():
                 unbounded = [n for n, b in zip(prior.names, proposal.quantiles.bounded) if not b]
                 records[0]["note"] = f"{', '.join(unbounded)} have unbounded prior support: their boxes are cut in the prior's quantile space"
-            if last and self.calibrate:  # on the rows `fit` held out (its training key is key_fit's second)
-                held = held_out_rows(len(pool), key=jax.random.split(key_fit)[1], settings=self.training)
+            if last and self.calibrate:  # on the rows `fit`'s training held out
+                held = held_out_rows(len(pool), key=fit_keys(key_fit)[1], settings=self.training)
                 factors = temperatures(network, pool.theta[held], pool.x[held], key=jax.random.fold_in(key_fit, 3))
                 network = scaled_heads(network, factors)
                 records[-1]["temperatures"] = factors.tolist()
