@@ -158,7 +158,9 @@ def train(
         model: an equinox module (e.g. a conditional flow with its embedding); pass an
             already-trained model to continue training it with more data.
         loss: ``loss(model, batch, key) -> scalar`` where ``batch`` is a tuple of the arrays'
-            minibatches ``(batch_size, ...)`` in the order given.
+            minibatches ``(batch_size, ...)`` in the order given. A loss that is a PyTree (a
+            `jax.tree_util.Partial`, an equinox module) passes its arrays to the compiled epoch as
+            inputs: a loss weighted by statistics of the data compiles once for every dataset.
         arrays: aligned arrays with the same number of rows, e.g. ``(theta (n, d), x (n, ...))``.
         key: a ``jax.random`` key (split, shuffling, and the loss's own randomness).
         settings: a `Training`.
@@ -179,7 +181,7 @@ def train(
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
     key_split, key_epochs, key_val, shuffled, opt_state = _start(as_key(key), params, len(arrays[0]), settings)
     train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups, shuffled)
-    epoch = _epoch_function(loss, settings, batch_size)
+    loss_arrays, epoch = _compiled_epoch(loss, settings, batch_size)
 
     history = {"train_loss": [], "validation_loss": []}
     best_loss, best_params, best_epoch, start = np.inf, params, -1, time.perf_counter()
@@ -187,7 +189,7 @@ def train(
     try:
         for i in range(settings.max_epochs):
             params, opt_state, train_loss, val_loss = epoch(
-                params, static, opt_state, train_data, val_data, jax.random.fold_in(key_epochs, i), key_val
+                params, static, loss_arrays, opt_state, train_data, val_data, jax.random.fold_in(key_epochs, i), key_val
             )
             train_loss, val_loss = float(train_loss), float(val_loss)
             history["train_loss"].append(train_loss)
@@ -217,17 +219,30 @@ def _start(key, params, n: int, settings: Training):
     return key_split, key_epochs, key_val, jax.random.permutation(key_split, n), settings.optimizer().init(params)
 
 
-@functools.lru_cache(maxsize=32)
-def _epoch_function(loss, settings: Training, batch_size: int):
-    """The jitted epoch for a loss and settings: one per (loss, settings, batch size), so a model
-    trained again with the same ones (more rounds, another seed) reuses the compiled program."""
-    optimizer = settings.optimizer()
+def _compiled_epoch(loss, settings: Training, batch_size: int):
+    """The loss's arrays and the jitted epoch for the rest of it: the same program for equal
+    settings, structure and non-array values, whatever the arrays hold."""
+    loss_arrays, rest = eqx.partition(loss, eqx.is_array)
+    leaves, structure = jax.tree.flatten(rest)
+    try:
+        return loss_arrays, _epoch_function(structure, tuple(leaves), settings, batch_size)
+    except TypeError:  # an unhashable part: this loss gets a program of its own
+        return loss_arrays, _epoch_function.__wrapped__(structure, tuple(leaves), settings, batch_size)
 
-    def model_loss(params, static, batch, key):
-        return loss(paramax.unwrap(eqx.combine(params, static)), batch, key)
+
+@functools.lru_cache(maxsize=32)
+def _epoch_function(structure, leaves: tuple, settings: Training, batch_size: int):
+    """The jitted epoch for a loss (its structure and non-array leaves) and settings: one per
+    (loss, settings, batch size), so a model trained again with the same ones (more rounds, another
+    seed, another dataset) reuses the compiled program."""
+    optimizer = settings.optimizer()
+    rest = jax.tree.unflatten(structure, leaves)
+
+    def model_loss(params, static, batch, key, loss_arrays):
+        return eqx.combine(loss_arrays, rest)(paramax.unwrap(eqx.combine(params, static)), batch, key)
 
     @eqx.filter_jit
-    def epoch(params, static, opt_state, train_data, val_data, key, key_val):
+    def epoch(params, static, loss_arrays, opt_state, train_data, val_data, key, key_val):
         key_perm, key_steps = jax.random.split(key)
         n = train_data[0].shape[0]
         n_batches = n // batch_size
@@ -238,14 +253,15 @@ def _epoch_function(loss, settings: Training, batch_size: int):
             params, opt_state = carry
             rows, k = inputs
             batch = tuple(a[rows] for a in train_data)
-            value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k)
+            value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k, loss_arrays)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (eqx.apply_updates(params, updates), opt_state), value
 
         (params, opt_state), losses = jax.lax.scan(
             step, (params, opt_state), (order, jax.random.split(key_steps, n_batches))
         )
-        return params, opt_state, losses.mean(), _validation_loss(model_loss, params, static, val_data, batch_size, key_val)
+        val_loss = _validation_loss(functools.partial(model_loss, loss_arrays=loss_arrays), params, static, val_data, batch_size, key_val)
+        return params, opt_state, losses.mean(), val_loss
 
     return epoch
 

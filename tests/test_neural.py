@@ -214,3 +214,32 @@ def test_held_out_rows_are_the_rows_training_validates_on():
     assert len(held) == 20 and len(set(held.tolist())) == 20
     np.testing.assert_allclose(history["validation_loss"][0], values[held].mean(), rtol=1e-5)
     assert abs(values[held].mean() - values[np.setdiff1d(np.arange(200), held)].mean()) > 1e-3
+
+
+def _weighted_mse(m, batch, key, *, weights):
+    return jnp.mean(weights * (jax.vmap(m)(batch[0]) - batch[1]) ** 2)
+
+
+def test_a_loss_s_arrays_are_inputs_of_one_compiled_epoch():
+    import equinox as eqx
+
+    from galton.methods.base import bind
+    from galton.train import _epoch_function, train
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -1.0, 2.0]) + 0.1 * rng.normal(size=300)).astype(np.float32)
+    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(0))
+    settings = Training(max_epochs=2, batch_size=32, patience=2)
+
+    def fit(weight):  # weights as a score-trained method computes them from its data
+        loss = bind(_weighted_mse, weights=np.float32(weight) * np.ones((), np.float32))
+        return train(model, loss, (x, y), key=jax.random.key(1), settings=settings, progress=False)[1]["validation_loss"]
+
+    _epoch_function.cache_clear()
+    one, ten, one_again = fit(1.0), fit(10.0), fit(1.0)
+    assert _epoch_function.cache_info().misses == 1  # one program for all three
+    assert one_again == one and ten != one
+    _epoch_function.cache_clear()  # the same weights compiled first give the same epochs: nothing stale was reused
+    assert fit(10.0) == ten
+    np.testing.assert_allclose(ten[0], 10 * one[0], rtol=1e-3)  # Adam takes the same steps: the loss scaled, to rounding

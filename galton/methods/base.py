@@ -10,7 +10,6 @@ decorating its class.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import ClassVar
 
 import equinox as eqx
@@ -40,15 +39,12 @@ def register(name: str):
     return decorate
 
 
-@functools.lru_cache(maxsize=64)
-def _partial(fn, settings: tuple):
-    return functools.partial(fn, **dict(settings))
-
 
 def bind(fn, **settings):
-    """``functools.partial(fn, **settings)``, the same object for equal settings: the training
-    loop keeps one compiled epoch per loss, so equal losses must be one object."""
-    return _partial(fn, tuple(sorted(settings.items())))
+    """``fn`` with ``settings`` bound, as a `jax.tree_util.Partial`: `train` compiles one epoch for
+    equal non-array settings, and array settings (statistics of the data, such as score weights)
+    are inputs of that program rather than constants baked into it."""
+    return jax.tree_util.Partial(fn, **settings)
 
 
 def names() -> list[str]:

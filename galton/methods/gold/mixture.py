@@ -132,11 +132,11 @@ def _log_mixture(program, x, z, thetas, at_ref, size: int, key) -> np.ndarray:
     return np.logaddexp(np.log1p(-share_ref) + log_prior_part, np.log(share_ref) + at_ref)
 
 
-def weighted_score_weights(sims: Simulations) -> tuple[float, ...]:
-    """1 / Var of the score labels under their importance weights (the score term's units)."""
+def weighted_score_weights(sims: Simulations) -> np.ndarray:
+    """``(d,)`` 1 / Var of the score labels under their importance weights (the score term's units)."""
     e = sims.extras
     labels = np.concatenate([e["score0"], e["score1"]]).astype(np.float64)
     w = np.exp(np.concatenate([e["log_w0"], e["log_w1"]]).astype(np.float64))
     mean = (w[:, None] * labels).sum(0) / w.sum()
     var = (w[:, None] * (labels - mean) ** 2).sum(0) / w.sum()
-    return tuple(float(1.0 / max(v, 1e-12)) for v in var)
+    return (1.0 / np.maximum(var, 1e-12)).astype(np.float32)

@@ -59,17 +59,17 @@ def _values_and_scores(model: RatioNetwork, theta, x):
     return jax.vmap(jax.value_and_grad(lambda t, xx: model.log_ratio(t, xx)))(theta, x)
 
 
-def score_weights(scores: np.ndarray) -> tuple[float, ...]:
-    """1 / variance of each parameter's joint-score labels: the score term is then
-    dimensionless, and one α suits problems whose scores differ in scale by orders of magnitude."""
+def score_weights(scores: np.ndarray) -> np.ndarray:
+    """``(d,)`` 1 / variance of each parameter's joint-score labels ``(n, d)``: the score term is
+    then dimensionless, and one α suits problems whose scores differ in scale by orders of magnitude."""
     var = np.var(np.asarray(scores, np.float64), axis=0)
-    return tuple(float(1.0 / max(v, 1e-12)) for v in var)
+    return (1.0 / np.maximum(var, 1e-12)).astype(np.float32)
 
 
-def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weights: tuple = ()) -> jax.Array:
-    """CARL's, ALICE's or ROLR's loss (``base``) plus ``alpha`` × the weighted score term, on pairs:
-    θ0, θ1 ``(b, d)``, x ``(b, *x_shape)``, y ``(b,)`` (0: x ~ θ0, 1: x ~ θ1), log r ``(b,)``,
-    joint scores t0, t1 ``(b, d)`` -> scalar."""
+def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weights: jax.Array | None = None) -> jax.Array:
+    """CARL's, ALICE's or ROLR's loss (``base``) plus ``alpha`` × the score term weighted by
+    ``weights`` ``(d,)`` (None: 1), on pairs: θ0, θ1 ``(b, d)``, x ``(b, *x_shape)``, y ``(b,)``
+    (0: x ~ θ0, 1: x ~ θ1), log r ``(b,)``, joint scores t0, t1 ``(b, d)`` -> scalar."""
     theta0, theta1, x, y, log_r, t0, t1 = batch
     # a row's score label is at the θ its x was drawn from (θ0 when y = 0, θ1 when y = 1): only
     # there is ∇θ f needed, which saves a fifth of each step
@@ -87,14 +87,15 @@ def gold_loss(model: RatioNetwork, batch, key, *, base: str, alpha: float, weigh
         d, log_r = jnp.clip(d, -LOG_CLIP, LOG_CLIP), jnp.clip(log_r, -LOG_CLIP, LOG_CLIP)
         loss = y * (jnp.exp(d) - jnp.exp(log_r)) ** 2 + (1 - y) * (jnp.exp(-d) - jnp.exp(-log_r)) ** 2
     if alpha:
-        w = jnp.asarray(weights) if weights else 1.0
+        w = 1.0 if weights is None else jnp.asarray(weights)
         loss = loss + alpha * (w * (g - jnp.where(drawn, t0, t1)) ** 2).sum(-1)
     return loss.mean()
 
 
-def mixture_loss(model, batch, key, *, alpha: float, weights: tuple = ()) -> jax.Array:
+def mixture_loss(model, batch, key, *, alpha: float, weights: jax.Array | None = None) -> jax.Array:
     """ALICE(S) on importance-weighted rows: θ0, θ1 ``(b, d)``, x ``(b, *x_shape)``, log w0, log w1
-    ``(b,)``, t0, t1 ``(b, d)``; see `galton.methods.gold.mixture`."""
+    ``(b,)``, t0, t1 ``(b, d)``, the score term weighted by ``weights`` ``(d,)`` (None: 1); see
+    `galton.methods.gold.mixture`."""
     theta0, theta1, x, log_w0, log_w1, t0, t1 = batch
     f0, g0 = _values_and_scores(model, theta0, x)
     f1, g1 = _values_and_scores(model, theta1, x)
@@ -103,7 +104,7 @@ def mixture_loss(model, batch, key, *, alpha: float, weights: tuple = ()) -> jax
     w0, w1 = jnp.exp(jnp.minimum(log_w0, LOG_CLIP)), jnp.exp(jnp.minimum(log_w1, LOG_CLIP))
     loss = -(w1 * jax.nn.log_sigmoid(-d) + w0 * jax.nn.log_sigmoid(d))
     if alpha:
-        w = jnp.asarray(weights) if weights else 1.0
+        w = 1.0 if weights is None else jnp.asarray(weights)
         loss = loss + alpha * (w0 * (w * (g0 - t0) ** 2).sum(-1) + w1 * (w * (g1 - t1) ** 2).sum(-1))
     return loss.mean()
 
@@ -171,7 +172,7 @@ class ParameterizedRatio(NeuralMethod):
         if self.theta_ref is not None:
             object.__setattr__(self, "theta_ref", tuple(float(v) for v in np.ravel(self.theta_ref)))
 
-    def loss(self, prior: Prior, sequential: bool, weights: tuple = ()):
+    def loss(self, prior: Prior, sequential: bool, weights: np.ndarray | None = None):
         if self.partners > 1:
             return bind(mixture_loss, alpha=float(self.alpha), weights=weights)
         return bind(gold_loss, base=self.base, alpha=float(self.alpha), weights=weights)
@@ -210,7 +211,7 @@ class ParameterizedRatio(NeuralMethod):
         columns = self._columns()
         names = ["theta0", columns[0], "x", *columns[1:]]
         if not self.uses_score:
-            weights = ()
+            weights = None
         elif self.partners > 1:
             weights = mixture.weighted_score_weights(sims)
         else:
