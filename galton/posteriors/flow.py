@@ -19,7 +19,7 @@ def _sample_many(model: flows.ConditionalFlow, keys: jax.Array, xs: jax.Array, n
 
 @eqx.filter_jit
 def _log_prob_many(model: flows.ConditionalFlow, theta: jax.Array, xs: jax.Array) -> jax.Array:
-    return model.log_prob(theta, xs)
+    return model.log_prob(theta, xs)  # θ (..., d) and xs (..., *x_shape), broadcast
 
 
 class FlowPosterior(NetworkPosterior):
@@ -52,7 +52,7 @@ class FlowPosterior(NetworkPosterior):
     def log_prob(self, theta, x=None) -> jax.Array:
         """log q(θ | x) for θ ``(..., d)`` -> ``(...)``; −inf outside the prior's support."""
         theta, _ = check_theta_width(theta, self.dim)
-        lp = self.network.log_prob(theta, self._x(x))
+        lp = _log_prob_many(self.network, theta, self._x(x))  # eager, the flow's scan is traced anew on every call
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
     def log_prob_batch(self, theta, xs) -> jax.Array:
