@@ -32,6 +32,21 @@ def test_nuts_matches_the_exact_funnel_posterior(dim, reparam):
     assert report["c2st"] < 0.55 and abs(report["parameters"]["theta"]["mean_shift"]) < 0.1
 
 
+def test_nuts_at_another_observation_reuses_the_sampler_with_the_new_data():
+    from galton.methods.nuts import _sampler
+
+    task = galton.tasks.get("funnel", dim=10)
+    settings = dict(method="nuts", reparam="noncentered", num_samples=300, num_warmup=300, key=jax.random.key(3), progress=False)
+    _sampler.cache_clear()
+    means = {k: float(galton.infer(task.problem, task.observation(k), **settings).theta.mean()) for k in (1, 2)}
+    assert _sampler.cache_info().misses == 1 and _sampler.cache_info().hits == 1
+    for k, mean in means.items():  # each run saw its own x, not the first one's
+        exact, sd = _grid_moments(task, task.observation(k))
+        assert abs(mean - exact) < 0.25 * sd, (k, mean, exact, sd)
+    # the two exact means lie 0.97 σ apart: a run on the other's x would miss by far more than 0.25 σ
+    assert abs(_grid_moments(task, task.observation(1))[0] - _grid_moments(task, task.observation(2))[0]) > 0.5 * sd
+
+
 def test_nuts_warns_with_the_figures_and_keeps_latents(tmp_path):
     task = galton.tasks.get("funnel", dim=10)
     with pytest.warns(UserWarning, match=r"nuts: .*ESS \d+ < 400"):

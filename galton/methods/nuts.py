@@ -10,6 +10,7 @@ method on a Program can be checked against it with one call:
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ def _discrete_latents(program: Program) -> list[str]:
 def _has_loc_scale(fn) -> bool:
     base = getattr(fn, "base_dist", fn)
     return hasattr(base, "loc") and hasattr(base, "scale") and type(base).__name__ in ("Normal", "StudentT", "Cauchy", "Laplace")
+
+
+@functools.lru_cache(maxsize=4)
+def _sampler(settings: "NUTS", program: Program, progress: bool) -> MCMC:
+    """One MCMC per program and settings, x its argument: NumPyro keeps the compiled sampler
+    in it, so a run at another observation of the same shape compiles nothing."""
+    kernel = NumPyroNUTS(settings._model(program), target_accept_prob=settings.target_accept, max_tree_depth=settings.max_tree_depth,
+                         dense_mass=settings.dense_mass)
+    return MCMC(kernel, num_warmup=settings.num_warmup, num_samples=settings.num_samples, num_chains=settings.num_chains,
+                chain_method="vectorized", progress_bar=progress, jit_model_args=True)
 
 
 @register("nuts")
@@ -74,14 +85,16 @@ class NUTS:
         for name in ("num_samples", "num_warmup", "num_chains"):
             check_count(getattr(self, name), name, minimum=0 if name == "num_warmup" else 1)
 
-    def _model(self, program: Program, x_obs):
-        data = program.data.unflatten(jnp.asarray(x_obs, jnp.float32))
-        model = handlers.condition(program.model, data=data)
+    def _model(self, program: Program):
+        """The program conditioned on x, which it takes as its argument (flat, ``(x_dim,)``)."""
+        def conditioned(x):
+            return handlers.condition(program.model, data=program.data.unflatten(x))()
+
         if self.reparam == "noncentered":
             tr = handlers.trace(handlers.seed(program.model, 0)).get_trace()
             config = {k: LocScaleReparam(0) for k in program.latents.shapes if _has_loc_scale(tr[k]["fn"])}
-            model = handlers.reparam(model, config=config)
-        return model
+            return handlers.reparam(conditioned, config=config)
+        return conditioned
 
     def run(self, problem, x_obs, *, key, budget=None, rounds=1, simulations=None, store=None, progress=True):
         """Sample p(θ, z | x_obs); returns a `SamplesPosterior` over θ (``budget``, ``simulations``
@@ -94,14 +107,9 @@ class NUTS:
                 "marginalise them in the model (NumPyro's enumeration), use method='ic' (inference compilation proposes them "
                 "with a categorical head and importance-samples the exact posterior), or a simulation-based method (npe, alices, ...)"
             )
-        mcmc = MCMC(
-            NumPyroNUTS(self._model(problem, x_obs), target_accept_prob=self.target_accept, max_tree_depth=self.max_tree_depth,
-                        dense_mass=self.dense_mass),
-            num_warmup=self.num_warmup, num_samples=self.num_samples, num_chains=self.num_chains,
-            chain_method="vectorized", progress_bar=progress,
-        )
+        mcmc = _sampler(self, problem, progress)
         start = time.perf_counter()
-        mcmc.run(key, extra_fields=("diverging",))
+        mcmc.run(key, jnp.asarray(x_obs, jnp.float32).reshape(-1), extra_fields=("diverging",))
         grouped = mcmc.get_samples(group_by_chain=True)
         seconds = time.perf_counter() - start
         blocks = {k: np.asarray(grouped[k]) for k in problem.prior.blocks.shapes}
@@ -109,6 +117,7 @@ class NUTS:
         info = {"method": "nuts", "seconds": seconds, "num_chains": self.num_chains, "num_samples": self.num_samples,
                 "num_warmup": self.num_warmup, **_diagnostics(chains, problem.prior.names)}
         info["divergences"] = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
+        mcmc._states = mcmc._states_flat = None  # the cached sampler need not hold this run's draws (NumPyro 0.22's names)
         self._warn(info)
         posterior = SamplesPosterior(chains.reshape(-1, chains.shape[-1]), problem.prior.names, x_obs=x_obs, info=info)
         if self.keep_latents:
