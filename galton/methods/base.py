@@ -39,7 +39,6 @@ def register(name: str):
     return decorate
 
 
-
 def bind(fn, **settings):
     """``fn`` with ``settings`` bound, as a `jax.tree_util.Partial`: `train` compiles one epoch for
     equal non-array settings, and array settings (statistics of the data, such as score weights)

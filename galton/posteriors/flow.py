@@ -52,7 +52,7 @@ class FlowPosterior(NetworkPosterior):
     def log_prob(self, theta, x=None) -> jax.Array:
         """log q(θ | x) for θ ``(..., d)`` -> ``(...)``; −inf outside the prior's support."""
         theta, _ = check_theta_width(theta, self.dim)
-        lp = _log_prob_many(self.network, theta, self._x(x))  # eager, the flow's scan is traced anew on every call
+        lp = _log_prob_many(self.network, theta, self._x(x))  # jitted: op by op, the flow's scan was traced anew on every call
         return jnp.where(self.prior.in_support(theta), lp, -jnp.inf)
 
     def log_prob_batch(self, theta, xs) -> jax.Array:
