@@ -238,11 +238,13 @@ def _epoch_function(structure, leaves: tuple, settings: Training, batch_size: in
     optimizer = settings.optimizer()
     rest = jax.tree.unflatten(structure, leaves)
 
-    def model_loss(params, static, batch, key, loss_arrays):
-        return eqx.combine(loss_arrays, rest)(paramax.unwrap(eqx.combine(params, static)), batch, key)
-
     @eqx.filter_jit
     def epoch(params, static, loss_arrays, opt_state, train_data, val_data, key, key_val):
+        loss_fn = eqx.combine(loss_arrays, rest)
+
+        def model_loss(params, static, batch, key):
+            return loss_fn(paramax.unwrap(eqx.combine(params, static)), batch, key)
+
         key_perm, key_steps = jax.random.split(key)
         n = train_data[0].shape[0]
         n_batches = n // batch_size
@@ -253,15 +255,14 @@ def _epoch_function(structure, leaves: tuple, settings: Training, batch_size: in
             params, opt_state = carry
             rows, k = inputs
             batch = tuple(a[rows] for a in train_data)
-            value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k, loss_arrays)
+            value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (eqx.apply_updates(params, updates), opt_state), value
 
         (params, opt_state), losses = jax.lax.scan(
             step, (params, opt_state), (order, jax.random.split(key_steps, n_batches))
         )
-        val_loss = _validation_loss(functools.partial(model_loss, loss_arrays=loss_arrays), params, static, val_data, batch_size, key_val)
-        return params, opt_state, losses.mean(), val_loss
+        return params, opt_state, losses.mean(), _validation_loss(model_loss, params, static, val_data, batch_size, key_val)
 
     return epoch
 

@@ -233,7 +233,7 @@ def test_a_loss_s_arrays_are_inputs_of_one_compiled_epoch():
     settings = Training(max_epochs=2, batch_size=32, patience=2)
 
     def fit(weight):  # weights as a score-trained method computes them from its data
-        loss = bind(_weighted_mse, weights=np.float32(weight) * np.ones((), np.float32))
+        loss = bind(_weighted_mse, weights=np.asarray(weight, np.float32))
         return train(model, loss, (x, y), key=jax.random.key(1), settings=settings, progress=False)[1]["validation_loss"]
 
     _epoch_function.cache_clear()

@@ -40,25 +40,23 @@ from galton.store import Simulations
 from galton.train import train
 
 
-def scandal_loss(model, batch, key, *, alpha: float, weights: jax.Array) -> jax.Array:
+def scandal_loss(model, batch, key, *, alpha: float, weights: jax.Array | None = None) -> jax.Array:
     """SCANDAL's: the flow's −log p(x|θ) plus ``alpha`` × the score term weighted by ``weights``
-    ``(d,)``, on θ ``(b, d)``, x ``(b, *x_shape)``, joint scores t ``(b, d)`` -> scalar."""
+    ``(d,)`` (None: 1), on θ ``(b, d)``, x ``(b, *x_shape)``, joint scores t ``(b, d)`` -> scalar."""
     theta, x, t = batch
     lp, g = jax.vmap(jax.value_and_grad(lambda th, xx: model.log_prob(xx, th)))(theta, x)
-    return -lp.mean() + alpha * (jnp.asarray(weights) * (g - t) ** 2).sum(-1).mean()
+    w = 1.0 if weights is None else jnp.asarray(weights)
+    return -lp.mean() + alpha * (w * (g - t) ** 2).sum(-1).mean()
 
 
-def score_npe_loss(model, batch, key, *, alpha: float, weights: jax.Array, prior: Prior) -> jax.Array:
+def score_npe_loss(model, batch, key, *, alpha: float, prior: Prior, weights: jax.Array | None = None) -> jax.Array:
     """Score-augmented NPE's: the flow's −log q(θ|x) plus ``alpha`` × the weighted gap between its
     θ-score and the joint score plus the prior's, on θ, x, t as `scandal_loss`'s -> scalar."""
     theta, x, t = batch
     lp, g = jax.vmap(jax.value_and_grad(lambda th, xx: model.log_prob(th, xx)))(theta, x)
     prior_score = jax.vmap(jax.grad(prior.log_prob))(theta)
-    return -lp.mean() + alpha * (jnp.asarray(weights) * (g - t - prior_score) ** 2).sum(-1).mean()
-
-
-def _ones_if_none(weights, prior: Prior) -> np.ndarray:
-    return np.ones(prior.dim, np.float32) if weights is None else weights
+    w = 1.0 if weights is None else jnp.asarray(weights)
+    return -lp.mean() + alpha * (w * (g - t - prior_score) ** 2).sum(-1).mean()
 
 
 class _Scored:
@@ -128,7 +126,7 @@ class SCANDAL(_Scored, NLE):
         return theta, x
 
     def loss(self, prior: Prior, sequential: bool, weights: np.ndarray | None = None):
-        return bind(scandal_loss, alpha=float(self.alpha), weights=_ones_if_none(weights, prior))
+        return bind(scandal_loss, alpha=float(self.alpha), weights=weights)
 
 
 @register("score_npe")
@@ -142,4 +140,4 @@ class ScoreNPE(_Scored, NPE):
     iid: ClassVar[bool] = False
 
     def loss(self, prior: Prior, sequential: bool, weights: np.ndarray | None = None):
-        return bind(score_npe_loss, alpha=float(self.alpha), weights=_ones_if_none(weights, prior), prior=prior)
+        return bind(score_npe_loss, alpha=float(self.alpha), weights=weights, prior=prior)
