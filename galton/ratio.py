@@ -13,6 +13,7 @@ import numpy as np
 import paramax
 
 from galton import nets
+from galton._cache import built
 from galton.flows import input_standardisation, standardisation
 
 
@@ -58,8 +59,15 @@ def _standardisers(spec: dict, stats) -> list[paramax.NonTrainable]:
     return [paramax.NonTrainable(jnp.asarray(s, jnp.float32)) for s in stats]
 
 
-@eqx.filter_jit
 def _mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
+    def build(key):
+        return eqx.nn.MLP(in_size, "scalar", hidden, depth, activation=activation, key=key)
+
+    return built(build, key) or _jitted_mlp(in_size, hidden, depth, activation, key)
+
+
+@eqx.filter_jit
+def _jitted_mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
     # one program, not one per layer: a fresh process reads each from the compile cache at a cost
     return eqx.nn.MLP(in_size, "scalar", hidden, depth, activation=activation, key=key)
 

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import paramax
 
+from galton._cache import stored_program
 from galton.checks import check_count, check_real
 from galton.keys import as_key
 from galton.progress import Progress
@@ -181,16 +182,14 @@ def train(
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
     key_split, key_epochs, key_val, shuffled, opt_state = _start(as_key(key), params, len(arrays[0]), settings)
     train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups, shuffled)
-    loss_arrays, epoch = _compiled_epoch(loss, settings, batch_size)
+    epoch = _epoch_program(loss, static, settings, batch_size, (params, opt_state, train_data, val_data, key_epochs, key_val))
 
     history = {"train_loss": [], "validation_loss": []}
     best_loss, best_params, best_epoch, start = np.inf, params, -1, time.perf_counter()
     bar = Progress(settings.max_epochs, unit="epoch", desc="training", enabled=progress, leave=False)
     try:
         for i in range(settings.max_epochs):
-            params, opt_state, train_loss, val_loss = epoch(
-                params, static, loss_arrays, opt_state, train_data, val_data, jax.random.fold_in(key_epochs, i), key_val
-            )
+            params, opt_state, train_loss, val_loss = epoch(params, opt_state, train_data, val_data, jax.random.fold_in(key_epochs, i), key_val)
             train_loss, val_loss = float(train_loss), float(val_loss)
             history["train_loss"].append(train_loss)
             history["validation_loss"].append(val_loss)
@@ -210,61 +209,91 @@ def train(
     return eqx.combine(best_params, static), history
 
 
-@eqx.filter_jit
 def _start(key, params, n: int, settings: Training):
     """The split's, the epochs' and validation's keys, the n rows shuffled, and the optimiser's
     state, as one program: a fresh process reads each program from the compile cache at a cost
     (about 10 ms), and these were eight."""
+    opt_state = jax.eval_shape(settings.optimizer().init, params)
+    stored = stored_program(lambda key, params: _start_values(key, params, n, settings), (key, params), identity=(n, settings),
+                            out_structure=jax.tree.structure((0, 0, 0, 0, opt_state)))
+    return stored(key, params) if stored is not None else _jitted_start(key, params, n, settings)
+
+
+def _start_values(key, params, n: int, settings: Training):
     key_split, key_epochs, key_val = jax.random.split(key, 3)
     return key_split, key_epochs, key_val, jax.random.permutation(key_split, n), settings.optimizer().init(params)
 
 
-def _compiled_epoch(loss, settings: Training, batch_size: int):
-    """The loss's arrays and the jitted epoch for the rest of it: the same program for equal
-    settings, structure and non-array values, whatever the arrays hold."""
-    loss_arrays, rest = eqx.partition(loss, eqx.is_array)
-    leaves, structure = jax.tree.flatten(rest)
+_jitted_start = eqx.filter_jit(_start_values)
+
+
+def _epoch_program(loss, static, settings: Training, batch_size: int, example: tuple):
+    """``epoch(params, opt_state, train_data, val_data, key, key_val) -> (params, opt_state,
+    train loss, validation loss)`` for ``loss`` and the model's non-trained part ``static``,
+    compiled once for equal settings, structures and non-array values, whatever the arrays hold
+    (a loss weighted by statistics of the data, a model z-scored on it). From galton's store of
+    compiled programs when it can vouch for the code (a fresh process then skips tracing), else
+    jitted in memory."""
+    loss_arrays, loss_rest = eqx.partition(loss, eqx.is_array)
+    static_arrays, static_rest = eqx.partition(static, eqx.is_array)
+
+    def epoch(static_arrays, loss_arrays, *args):
+        model_static, loss_fn = eqx.combine(static_arrays, static_rest), eqx.combine(loss_arrays, loss_rest)
+        return _epoch(model_static, loss_fn, *args, optimizer=settings.optimizer(), batch_size=batch_size)
+
+    params, opt_state = example[:2]
+    stored = stored_program(epoch, (static_arrays, loss_arrays, *example), identity=(static_rest, loss_rest, settings, batch_size),
+                            out_structure=jax.tree.structure((params, opt_state, 0.0, 0.0)))
+    run = stored if stored is not None else _jitted_epoch(static_rest, loss_rest, settings, batch_size)
+    return functools.partial(run, static_arrays, loss_arrays)
+
+
+def _jitted_epoch(static_rest, loss_rest, settings: Training, batch_size: int):
+    leaves, structure = jax.tree.flatten((static_rest, loss_rest))
     try:
-        return loss_arrays, _epoch_function(structure, tuple(leaves), settings, batch_size)
+        return _epoch_function(structure, tuple(leaves), settings, batch_size)
     except TypeError:  # an unhashable part: this loss gets a program of its own
-        return loss_arrays, _epoch_function.__wrapped__(structure, tuple(leaves), settings, batch_size)
+        return _epoch_function.__wrapped__(structure, tuple(leaves), settings, batch_size)
 
 
 @functools.lru_cache(maxsize=32)
 def _epoch_function(structure, leaves: tuple, settings: Training, batch_size: int):
-    """The jitted epoch for a loss (its structure and non-array leaves) and settings: one per
-    (loss, settings, batch size), so a model trained again with the same ones (more rounds, another
-    seed, another dataset) reuses the compiled program."""
+    """The in-memory jitted epoch for a model's and a loss's structure and non-array leaves and
+    settings: one per (loss, model, settings, batch size), so a model trained again with the same
+    ones (more rounds, another seed, another dataset) reuses the compiled program."""
+    static_rest, loss_rest = jax.tree.unflatten(structure, leaves)
     optimizer = settings.optimizer()
-    rest = jax.tree.unflatten(structure, leaves)
 
     @eqx.filter_jit
-    def epoch(params, static, loss_arrays, opt_state, train_data, val_data, key, key_val):
-        loss_fn = eqx.combine(loss_arrays, rest)
-
-        def model_loss(params, static, batch, key):
-            return loss_fn(paramax.unwrap(eqx.combine(params, static)), batch, key)
-
-        key_perm, key_steps = jax.random.split(key)
-        n = train_data[0].shape[0]
-        n_batches = n // batch_size
-        # the rows left over by the last full batch differ from epoch to epoch, so all are used
-        order = jax.random.permutation(key_perm, n)[: n_batches * batch_size].reshape(n_batches, batch_size)
-
-        def step(carry, inputs):
-            params, opt_state = carry
-            rows, k = inputs
-            batch = tuple(a[rows] for a in train_data)
-            value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (eqx.apply_updates(params, updates), opt_state), value
-
-        (params, opt_state), losses = jax.lax.scan(
-            step, (params, opt_state), (order, jax.random.split(key_steps, n_batches))
-        )
-        return params, opt_state, losses.mean(), _validation_loss(model_loss, params, static, val_data, batch_size, key_val)
+    def epoch(static_arrays, loss_arrays, *args):
+        model_static, loss_fn = eqx.combine(static_arrays, static_rest), eqx.combine(loss_arrays, loss_rest)
+        return _epoch(model_static, loss_fn, *args, optimizer=optimizer, batch_size=batch_size)
 
     return epoch
+
+
+def _epoch(static, loss_fn, params, opt_state, train_data, val_data, key, key_val, *, optimizer, batch_size: int):
+    """One epoch (traced): a `lax.scan` of optimiser steps over shuffled minibatches, then the validation loss."""
+
+    def model_loss(params, static, batch, key):
+        return loss_fn(paramax.unwrap(eqx.combine(params, static)), batch, key)
+
+    key_perm, key_steps = jax.random.split(key)
+    n = train_data[0].shape[0]
+    n_batches = n // batch_size
+    # the rows left over by the last full batch differ from epoch to epoch, so all are used
+    order = jax.random.permutation(key_perm, n)[: n_batches * batch_size].reshape(n_batches, batch_size)
+
+    def step(carry, inputs):
+        params, opt_state = carry
+        rows, k = inputs
+        batch = tuple(a[rows] for a in train_data)
+        value, grads = eqx.filter_value_and_grad(model_loss)(params, static, batch, k)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (eqx.apply_updates(params, updates), opt_state), value
+
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (order, jax.random.split(key_steps, n_batches)))
+    return params, opt_state, losses.mean(), _validation_loss(model_loss, params, static, val_data, batch_size, key_val)
 
 
 def _validation_loss(model_loss, params, static, val_data, batch_size, key):
