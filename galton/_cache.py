@@ -108,9 +108,17 @@ def _name(obj) -> str:
 
 
 def _value(v) -> str:
-    """A process-independent text for a node's auxiliary data or a non-array leaf."""
+    """A process-independent text for a constant: a node's auxiliary data, a leaf that is not
+    an input, what a function closes over (arrays by their contents: they are compiled in)."""
     if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
         return repr(v)
+    if isinstance(v, (np.ndarray, np.generic, jax.Array)):
+        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.extended):  # a key: its bits would do, but none is expected here
+            raise _Unknown(v)
+        a = np.asarray(v)
+        return f"array({a.shape}, {a.dtype}, {hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()})"
+    if isinstance(v, types.MethodType):
+        return f"method({_name(v.__func__)}, {_value(v.__self__)})"
     if isinstance(v, (tuple, list)):
         return f"{type(v).__name__}({', '.join(map(_value, v))})"
     if isinstance(v, dict):
@@ -139,12 +147,13 @@ def _structure(treedef) -> str:
     return f"{_name(kind)}[{_value(aux)}]({', '.join(_structure(c) for c in treedef.children())})"
 
 
-def describe(tree) -> str:
-    """A text that names ``tree``'s structure, its arrays' shapes and dtypes and its other leaves,
-    the same in every process; raises `_Unknown` for parts whose code is not vouched for."""
+def describe(tree, *, inputs: bool = True) -> str:
+    """A text that names ``tree``'s structure and leaves, the same in every process: its arrays
+    by shape and dtype when they are a program's ``inputs``, by their contents when they are
+    constants; raises `_Unknown` for parts whose code is not vouched for."""
     leaves, treedef = jax.tree.flatten(tree)
-    parts = [f"{a.shape}{a.dtype}{getattr(a, 'weak_type', False)}" if hasattr(a, "dtype") and hasattr(a, "shape") else _value(a)
-             for a in leaves]
+    parts = [f"{a.shape}{a.dtype}{getattr(a, 'weak_type', False)}" if inputs and isinstance(a, (np.ndarray, np.generic, jax.Array))
+             else _value(a) for a in leaves]
     return f"{_structure(treedef)}|{';'.join(parts)}"
 
 
@@ -165,7 +174,7 @@ def stored_program(function, args: tuple, *, identity, out_structure):
     leaves, in_tree = jax.tree.flatten(args)
     try:
         code = inspect.unwrap(function).__code__  # which program: what it closes over is in identity
-        text = f"{_environment()}\n{code.co_filename}:{code.co_firstlineno}\n{describe(identity)}\n{describe(args)}"
+        text = f"{_environment()}\n{code.co_filename}:{code.co_firstlineno}\n{describe(identity, inputs=False)}\n{describe(args)}"
     except _Unknown:
         return None
     key = hashlib.sha256(text.encode()).hexdigest()[:40]

@@ -83,5 +83,7 @@ def test_descriptions_tell_apart_what_a_program_holds():
     assert _cache.describe((loss(0.1), 3)) != _cache.describe((loss(0.2), 3))
     assert _cache.describe(jnp.zeros((2, 3))) != _cache.describe(jnp.zeros((3, 2)))
     assert _cache.describe(jnp.zeros(2)) != _cache.describe(jnp.zeros(2, jnp.int32))
+    assert _cache.describe(jnp.zeros(2)) == _cache.describe(jnp.ones(2))  # inputs: any values
+    assert _cache.describe(jnp.zeros(2), inputs=False) != _cache.describe(jnp.ones(2), inputs=False)  # compiled in
     with pytest.raises(_cache._Unknown):  # code outside galton and its pinned dependencies
         _cache.describe(bind(_weighted_mse, weights=1.0))
