@@ -113,7 +113,7 @@ def _value(v) -> str:
     if v is None or isinstance(v, (bool, int, float, complex, str, bytes)):
         return repr(v)
     if isinstance(v, (np.ndarray, np.generic, jax.Array)):
-        if jax.dtypes.issubdtype(v.dtype, jax.dtypes.extended):  # a key: its bits would do, but none is expected here
+        if isinstance(v, jax.core.Tracer) or jax.dtypes.issubdtype(v.dtype, jax.dtypes.extended):  # a key: its bits would do, but none is expected here
             raise _Unknown(v)
         a = np.asarray(v)
         return f"array({a.shape}, {a.dtype}, {hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()})"
@@ -236,14 +236,17 @@ def _compile(function, in_tree, leaves, out_structure, path: Path, text: str):
         compiled = jax.jit(flat).lower(*leaves).compile()
     finally:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
+    temporary = None
     try:
         payload, in_flat, out_flat = serialize_executable.serialize(compiled)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as f:
+            temporary = f.name
             f.write(pickle.dumps((text, payload, in_flat, out_flat)))
-        os.replace(f.name, path)  # whole or absent: a reader in another process never sees half
-    except Exception:  # a read-only cache or a program XLA cannot serialise: it still runs
-        pass
+        os.replace(temporary, path)  # whole or absent: a reader in another process never sees half
+    except Exception:  # a read-only cache, a full disk, a program XLA cannot serialise: it still runs
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
     return compiled
 
 
@@ -251,8 +254,14 @@ def built(builder, key: jax.Array):
     """``builder(key)``, an equinox module built from a ``jax.random`` key, its arrays made by one
     stored program (see `stored_program`; ``builder`` and what it closes over are its identity),
     or None when the store is off or cannot vouch for ``builder``."""
+    if program_dir() is None:
+        return None
     shapes = eqx.filter_eval_shape(builder, key)
     arrays, rest = eqx.partition(shapes, lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct))
+    try:  # a module whose other parts close over its arrays (flowjax's flows) must be built for real
+        describe(rest, inputs=False)
+    except _Unknown:
+        return None
     stored = stored_program(lambda k: eqx.filter(builder(k), eqx.is_array), (key,), identity=builder,
                             out_structure=jax.tree.structure(arrays))
     return None if stored is None else eqx.combine(stored(key), rest)

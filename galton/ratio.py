@@ -63,7 +63,8 @@ def _mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
     def build(key):
         return eqx.nn.MLP(in_size, "scalar", hidden, depth, activation=activation, key=key)
 
-    return built(build, key) or _jitted_mlp(in_size, hidden, depth, activation, key)
+    stored = built(build, key)
+    return stored if stored is not None else _jitted_mlp(in_size, hidden, depth, activation, key)
 
 
 @eqx.filter_jit
