@@ -1,9 +1,10 @@
-"""A persistent XLA compilation cache, on by default.
+"""A persistent XLA compilation cache, and galton's own store of compiled programs, on by default.
 
 Compiling a flow's training epoch takes seconds, longer than training it on 10k
 simulations; with the cache a second run of the same configuration, in any later process,
 skips compilation. A cache directory the user set for JAX is left alone; set
-``GALTON_COMPILE_CACHE=0`` to turn galton's off, or ``GALTON_CACHE_DIR`` to move it.
+``GALTON_COMPILE_CACHE=0`` to turn galton's off (both), or ``GALTON_CACHE_DIR`` to move it.
+The store (`stored_program`, `built`) keeps the programs training runs, found without tracing.
 """
 
 from __future__ import annotations
