@@ -211,8 +211,8 @@ def train(
 
 def _start(key, params, n: int, settings: Training):
     """The split's, the epochs' and validation's keys, the n rows shuffled, and the optimiser's
-    state, as one program: a fresh process reads each program from the compile cache at a cost
-    (about 10 ms), and these were eight."""
+    state, as one program (stored, see `galton._cache`): eight, each read from the compile cache
+    by a fresh process at about 10 ms, were what it replaced."""
     opt_state = jax.eval_shape(settings.optimizer().init, params)
     stored = stored_program(lambda key, params: _start_values(key, params, n, settings), (key, params), identity=(n, settings),
                             out_structure=jax.tree.structure((0, 0, 0, 0, opt_state)))
@@ -236,12 +236,8 @@ def _epoch_program(loss, static, settings: Training, batch_size: int, example: t
     jitted in memory."""
     loss_arrays, loss_rest = eqx.partition(loss, eqx.is_array)
     static_arrays, static_rest = eqx.partition(static, eqx.is_array)
-
-    def epoch(static_arrays, loss_arrays, *args):
-        model_static, loss_fn = eqx.combine(static_arrays, static_rest), eqx.combine(loss_arrays, loss_rest)
-        return _epoch(model_static, loss_fn, *args, optimizer=settings.optimizer(), batch_size=batch_size)
-
     params, opt_state = example[:2]
+    epoch = _epoch_of(static_rest, loss_rest, settings, batch_size)
     stored = stored_program(epoch, (static_arrays, loss_arrays, *example), identity=(static_rest, loss_rest, settings, batch_size),
                             out_structure=jax.tree.structure((params, opt_state, 0.0, 0.0)))
     run = stored if stored is not None else _jitted_epoch(static_rest, loss_rest, settings, batch_size)
@@ -261,10 +257,13 @@ def _epoch_function(structure, leaves: tuple, settings: Training, batch_size: in
     """The in-memory jitted epoch for a model's and a loss's structure and non-array leaves and
     settings: one per (loss, model, settings, batch size), so a model trained again with the same
     ones (more rounds, another seed, another dataset) reuses the compiled program."""
-    static_rest, loss_rest = jax.tree.unflatten(structure, leaves)
+    return eqx.filter_jit(_epoch_of(*jax.tree.unflatten(structure, leaves), settings, batch_size))
+
+
+def _epoch_of(static_rest, loss_rest, settings: Training, batch_size: int):
+    """`_epoch` as a function of the model's and the loss's arrays, then the training state."""
     optimizer = settings.optimizer()
 
-    @eqx.filter_jit
     def epoch(static_arrays, loss_arrays, *args):
         model_static, loss_fn = eqx.combine(static_arrays, static_rest), eqx.combine(loss_arrays, loss_rest)
         return _epoch(model_static, loss_fn, *args, optimizer=optimizer, batch_size=batch_size)
