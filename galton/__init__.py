@@ -2,7 +2,7 @@
 
 import importlib
 
-from galton._cache import enable_compile_cache
+from galton._cache import enable_compile_cache, program_dir, source_as_imported
 
 enable_compile_cache()
 
@@ -68,3 +68,6 @@ __all__ = [
     *_LAZY,
 ]
 __version__ = "0.1.0"
+
+if program_dir() is not None:
+    source_as_imported()  # the store's key names the code that runs, not a later edit on disk

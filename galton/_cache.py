@@ -10,6 +10,8 @@ The store (`stored_program`, `built`) keeps the programs training runs, found wi
 from __future__ import annotations
 
 import collections
+import dataclasses
+import enum
 import functools
 import hashlib
 import importlib.metadata
@@ -71,21 +73,31 @@ def program_dir() -> Path | None:
 
 
 @functools.cache
-def _environment() -> str:
-    """Everything outside a program's inputs that shapes what it compiles to."""
-    from jax._src import config
-
+def source_as_imported() -> str:
+    """galton's source as imported (hashed when `galton` is: an edit after that is not what runs)
+    and the versions and machine everything else comes from."""
     root = Path(__file__).resolve().parent
     source = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         source.update(str(path.relative_to(root)).encode() + path.read_bytes())
     versions = {name: _version(name) for name in sorted(_KNOWN - {"builtins", "galton"})}
-    device = jax.devices()[0]
     cpu = ""
     if Path("/proc/cpuinfo").exists():  # a cache shared by machines must not hand one's code to another
         cpu = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
-    return repr((source.hexdigest(), versions, sys.version, platform.machine(), cpu, device.platform, device.device_kind,
-                 device.client.platform_version, os.environ.get("XLA_FLAGS", ""), _ADDRESS.sub("", repr(config.trace_context()))))
+    return repr((source.hexdigest(), versions, sys.version, platform.machine(), cpu))
+
+
+def _environment() -> str:
+    """Everything outside a program's inputs that shapes what it compiles to, read on every call:
+    JAX's flags can change between two programs (x64, matmul precision, optimisation level)."""
+    from jax._src import config
+
+    from galton.nets import ACTIVATIONS  # looked up by name while tracing: a user may add to it
+
+    device = jax.devices()[0]
+    flags = [getattr(jax.config, name, None) for name in ("jax_optimization_level", "jax_memory_fitting_level", "jax_memory_fitting_effort")]
+    return repr((source_as_imported(), device.platform, device.device_kind, device.client.platform_version, os.environ.get("XLA_FLAGS", ""),
+                 _ADDRESS.sub("", repr(config.trace_context())), repr(flags), _value(ACTIVATIONS)))
 
 
 def _version(name: str) -> str:
@@ -134,10 +146,15 @@ def _value(v) -> str:
         return f"partial({_value((v.func, v.args, v.keywords))})"
     if isinstance(v, HashablePartial):
         return f"partial({_value((v.f, v.args, v.kwargs))})"
-    text = repr(v)
-    if _ADDRESS.search(text) or type(v).__repr__ is object.__repr__:
-        raise _Unknown(v)
-    return f"{_name(type(v))}:{text}"  # frozen settings (dataclasses) and sentinels of known packages
+    if isinstance(v, enum.Enum):
+        return f"{_name(type(v))}.{v.name}"
+    if dataclasses.is_dataclass(v) and not isinstance(v, type) and not isinstance(v, eqx.Module):  # settings
+        return f"{_name(type(v))}({', '.join(f'{f.name}={_value(getattr(v, f.name))}' for f in dataclasses.fields(v))})"
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(v)):
+        if getattr(v, "__dict__", None) == {} and not getattr(type(v), "__slots__", None):  # a sentinel (equinox's Missing)
+            return f"{_name(type(v))}()"
+        raise _Unknown(v)  # an object whose state its repr may hide (a prior, a distribution)
+    return f"({describe(v, inputs=False)})"  # a module: its structure and every leaf
 
 
 def _structure(treedef) -> str:
@@ -176,7 +193,7 @@ def stored_program(function, args: tuple, *, identity, out_structure):
     try:
         code = inspect.unwrap(function).__code__  # which program: what it closes over is in identity
         text = f"{_environment()}\n{code.co_filename}:{code.co_firstlineno}\n{describe(identity, inputs=False)}\n{describe(args)}"
-    except _Unknown:
+    except (_Unknown, AttributeError, ValueError, RecursionError):  # an empty or self-referring closure cell, no code
         return None
     key = hashlib.sha256(text.encode()).hexdigest()[:40]
     path = folder / f"{key}.bin"
@@ -261,7 +278,7 @@ def built(builder, key: jax.Array):
     arrays, rest = eqx.partition(shapes, lambda leaf: isinstance(leaf, jax.ShapeDtypeStruct))
     try:  # a module whose other parts close over its arrays (flowjax's flows) must be built for real
         describe(rest, inputs=False)
-    except _Unknown:
+    except (_Unknown, ValueError, RecursionError):
         return None
     stored = stored_program(lambda k: eqx.filter(builder(k), eqx.is_array), (key,), identity=builder,
                             out_structure=jax.tree.structure(arrays))

@@ -87,3 +87,19 @@ def test_descriptions_tell_apart_what_a_program_holds():
     assert _cache.describe(jnp.zeros(2), inputs=False) != _cache.describe(jnp.ones(2), inputs=False)  # compiled in
     with pytest.raises(_cache._Unknown):  # code outside galton and its pinned dependencies
         _cache.describe(bind(_weighted_mse, weights=1.0))
+
+
+def test_what_a_description_cannot_see_is_not_stored():
+    import numpyro.distributions as dist
+
+    from galton.methods.base import bind
+    from galton.methods.npe import atomic_loss
+    from galton.prior import Prior
+
+    with pytest.raises(_cache._Unknown):  # a prior's repr names only its shapes: its numbers would be compiled in unseen
+        _cache.describe(bind(atomic_loss, prior=Prior(dist.Uniform(-jnp.ones(2), jnp.ones(2))), num_atoms=10), inputs=False)
+    weights = [eqx.nn.Linear(2, 2, key=jax.random.key(i)) for i in range(2)]  # equinox's repr hides the arrays
+    assert _cache._value(weights[0]) != _cache._value(weights[1])
+    before = _cache._environment()
+    with jax.default_matmul_precision("highest"):  # JAX's flags are read for every program
+        assert _cache._environment() != before
