@@ -30,11 +30,18 @@ import jax
 import numpy as np
 
 
-def enable_compile_cache() -> None:
-    if os.environ.get("GALTON_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
-        return
+def _cache_root() -> Path | None:
+    """galton's cache folder (``GALTON_CACHE_DIR``), or None when ``GALTON_COMPILE_CACHE=0``."""
+    if os.environ.get("GALTON_COMPILE_CACHE", "1") == "0":
+        return None
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "galton" / "jax"
-    path = Path(os.environ.get("GALTON_CACHE_DIR", default))
+    return Path(os.environ.get("GALTON_CACHE_DIR", default))
+
+
+def enable_compile_cache() -> None:
+    path = _cache_root()
+    if path is None or jax.config.jax_compilation_cache_dir:
+        return
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError:  # a read-only home: run without the cache rather than fail
@@ -66,10 +73,8 @@ class _Unknown(Exception):
 
 def program_dir() -> Path | None:
     """Where galton keeps compiled programs, or None when its cache is off (``GALTON_COMPILE_CACHE=0``)."""
-    if os.environ.get("GALTON_COMPILE_CACHE", "1") == "0":
-        return None
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "galton" / "jax"
-    return Path(os.environ.get("GALTON_CACHE_DIR", default)) / "galton-programs"
+    root = _cache_root()
+    return None if root is None else root / "galton-programs"
 
 
 @functools.cache
@@ -189,7 +194,7 @@ def stored_program(function, args: tuple, *, identity, out_structure):
     folder = program_dir()
     if folder is None:
         return None
-    leaves, in_tree = jax.tree.flatten(args)
+    in_tree = jax.tree.structure(args)
     try:
         code = inspect.unwrap(function).__code__  # which program: what it closes over is in identity
         text = f"{_environment()}\n{code.co_filename}:{code.co_firstlineno}\n{describe(identity, inputs=False)}\n{describe(args)}"
@@ -230,9 +235,7 @@ def _load(path: Path, text: str):
         if stored_text != text:  # a hash collision: never run another program
             return None
         return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
-    except FileNotFoundError:
-        return None
-    except Exception:  # a torn or foreign file: compile afresh and overwrite it
+    except Exception:  # none yet, or a torn or foreign file: compile afresh and overwrite it
         return None
 
 

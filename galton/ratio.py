@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import equinox as eqx
@@ -60,17 +61,16 @@ def _standardisers(spec: dict, stats) -> list[paramax.NonTrainable]:
 
 
 def _mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
-    def build(key):
-        return eqx.nn.MLP(in_size, "scalar", hidden, depth, activation=activation, key=key)
-
-    stored = built(build, key)
+    # one program, not one per layer: a fresh process reads each from the compile cache at a cost
+    stored = built(functools.partial(_new_mlp, in_size, hidden, depth, activation), key)
     return stored if stored is not None else _jitted_mlp(in_size, hidden, depth, activation, key)
 
 
-@eqx.filter_jit
-def _jitted_mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
-    # one program, not one per layer: a fresh process reads each from the compile cache at a cost
+def _new_mlp(in_size: int, hidden: int, depth: int, activation, key) -> eqx.nn.MLP:
     return eqx.nn.MLP(in_size, "scalar", hidden, depth, activation=activation, key=key)
+
+
+_jitted_mlp = eqx.filter_jit(_new_mlp)
 
 
 def _network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=None) -> RatioNetwork:
