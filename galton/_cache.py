@@ -5,6 +5,8 @@ simulations; with the cache a second run of the same configuration, in any later
 skips compilation. A cache directory the user set for JAX is left alone; set
 ``GALTON_COMPILE_CACHE=0`` to turn galton's off (both), or ``GALTON_CACHE_DIR`` to move it.
 The store (`stored_program`, `built`) keeps the programs training runs, found without tracing.
+Both live in one folder, held to ``GALTON_CACHE_MAX_MB`` (2048 by default): whenever galton
+stores a program, the files used least recently go until the folder fits.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ def _cache_root() -> Path | None:
 
 def enable_compile_cache() -> None:
     path = _cache_root()
-    if path is None or jax.config.jax_compilation_cache_dir:
+    if path is None:
+        return
+    _max_bytes()  # a bad GALTON_CACHE_MAX_MB is told at import, not after a first compile
+    if jax.config.jax_compilation_cache_dir:
         return
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -234,7 +239,9 @@ def _load(path: Path, text: str):
         stored_text, payload, in_tree, out_tree = pickle.loads(path.read_bytes())
         if stored_text != text:  # a hash collision: never run another program
             return None
-        return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        compiled = serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+        os.utime(path)  # recently used: `prune` keeps it
+        return compiled
     except Exception:  # none yet, or a torn or foreign file: compile afresh and overwrite it
         return None
 
@@ -268,7 +275,46 @@ def _compile(function, in_tree, leaves, out_structure, path: Path, text: str):
     except Exception:  # a read-only cache, a full disk, a program XLA cannot serialise: it still runs
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
+    root = _cache_root()
+    if root is not None:
+        prune(root, _max_bytes())
     return compiled
+
+
+def _max_bytes() -> int:
+    text = os.environ.get("GALTON_CACHE_MAX_MB", "2048")
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = -1.0
+    if not 0 <= megabytes < float("inf"):
+        raise ValueError(f"GALTON_CACHE_MAX_MB must be a number of megabytes (at least 0), got {text!r}")
+    return int(megabytes * 2**20)
+
+
+def prune(folder: Path, max_bytes: int) -> int:
+    """Delete the files under ``folder`` used least recently (by modification time: a loaded
+    program is touched) until the rest take at most ``max_bytes``; returns the bytes freed."""
+    files = []
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = Path(parent) / name
+            try:
+                stat = path.stat()
+            except OSError:  # deleted meanwhile by another process
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+    excess = sum(size for _, size, _ in files) - max_bytes
+    freed = 0
+    for _, size, path in sorted(files, key=lambda f: f[0]):
+        if freed >= excess:
+            break
+        try:
+            path.unlink()
+            freed += size
+        except OSError:  # another process pruned it first, or a read-only cache
+            pass
+    return freed
 
 
 def built(builder, key: jax.Array):

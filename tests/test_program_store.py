@@ -1,6 +1,8 @@
 """galton's store of compiled programs (`galton._cache.stored_program`): a fresh process loads a
 training epoch instead of tracing and lowering it, and trains exactly as the jitted epoch does."""
 
+import os
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -103,3 +105,31 @@ def test_what_a_description_cannot_see_is_not_stored():
     before = _cache._environment()
     with jax.default_matmul_precision("highest"):  # JAX's flags are read for every program
         assert _cache._environment() != before
+
+
+def test_the_cache_is_held_to_its_size_the_least_recently_used_files_going_first(store, monkeypatch):
+    jax_cache = store.parent / "jit_epoch-cache"  # JAX's own files share the folder and the limit
+    store.mkdir(parents=True)
+    for age, path in enumerate([store / "new.bin", jax_cache, store / "old.bin"]):
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (1e9 - age, 1e9 - age))
+    assert _cache.prune(store.parent, 2500) == 1000
+    assert sorted(p.name for p in store.parent.rglob("*") if p.is_file()) == ["jit_epoch-cache", "new.bin"]
+
+    sims = galton.simulate(PROBLEM, 600, key=jax.random.key(0), progress=False)
+    _fit(sims)  # compiles three programs, each stored then pruned to the limit
+    stored = sorted(store.glob("*.bin"), key=lambda p: p.stat().st_mtime)
+    assert len(stored) == 4 and stored[0].name == "new.bin"
+    old = stored[0].stat().st_mtime
+    monkeypatch.setattr(_cache, "_LOADED", type(_cache._LOADED)())
+    _fit(sims)  # a fresh process: loading a program marks it used
+    assert all(p.stat().st_mtime > old for p in stored[1:])
+
+    monkeypatch.setenv("GALTON_CACHE_MAX_MB", "0.05")  # less than the three programs take
+    monkeypatch.setattr(_cache, "_LOADED", type(_cache._LOADED)())
+    monkeypatch.setattr(_cache, "_load", lambda path, text: None)
+    _fit(sims)
+    assert sum(p.stat().st_size for p in store.parent.rglob("*") if p.is_file()) <= 0.05 * 2**20
+    monkeypatch.setenv("GALTON_CACHE_MAX_MB", "lots")
+    with pytest.raises(ValueError, match="GALTON_CACHE_MAX_MB"):
+        _cache._max_bytes()
