@@ -8,7 +8,7 @@ than their priors.
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
                           [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000]
-                          [--negatives 4] [--variant a|c] [--gamma 1]
+                          [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -21,7 +21,7 @@ linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant`` and ``--gamma`` set TMNRE's options of those names; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma`` and ``--hidden`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -64,7 +64,7 @@ def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
     return [(n,) for n in names] + list(pairs)
 
 
-def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None):
+def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None, width: int = 64):
     """None; for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,)), on
     slcp_distractors the same after a learned projection of its 100 values to 8 (`nets.Projected`);
     for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
@@ -72,7 +72,7 @@ def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None):
         return nets.MLP(x_shape, 64, width=128, depth=2, key=jax.random.key(11))
     if kind == "none" or task_name not in ("slcp", "slcp_distractors"):
         return None
-    deepset = nets.DeepSet((4, 2), 64, width=64, key=jax.random.key(11))
+    deepset = nets.DeepSet((4, 2), 64, width=width, key=jax.random.key(11))
     if task_name == "slcp_distractors":  # which 8 of the 100 values are the draws is learned
         return nets.Projected((100,), deepset, key=jax.random.key(12))
     return nets.Reshaped((8,), deepset)
@@ -99,6 +99,8 @@ def settings_name(args) -> str:
         args.calibrate and "calibrate",
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
+        args.hidden != 64 and f"hidden{args.hidden}",
+        args.set_width != 64 and f"setwidth{args.set_width}",
         args.key_offset and f"keys+{args.key_offset}",
     ]
     return "".join(f"-{name}" for name in parts if name)
@@ -108,11 +110,11 @@ def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
-        embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)))
+        embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)), args.set_width)
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
-                           negatives=args.negatives, variant=args.variant, gamma=args.gamma,
+                           negatives=args.negatives, variant=args.variant, gamma=args.gamma, hidden=args.hidden,
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
@@ -194,6 +196,8 @@ def main():
     parser.add_argument("--cut-balance", type=float, default=None, help="TMNRE's cut_balance: BNRE's λ in the rounds that cut")
     parser.add_argument("--negatives", type=int, default=1, help="TMNRE's negatives: marginal pairs per joint pair")
     parser.add_argument("--variant", choices=["a", "c"], default="a", help="TMNRE's variant: a (swyft's binary loss) or c (NRE-C)")
+    parser.add_argument("--hidden", type=int, default=64, help="TMNRE's hidden: each head's MLP width")
+    parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
     parser.add_argument("--calibrate", action="store_true", help="TMNRE's calibrate: the last round's heads temperature-scaled on held-out rows")
