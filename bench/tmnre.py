@@ -5,9 +5,9 @@ than their priors.
     python bench/tmnre.py [--tasks two_moons slcp gaussian_linear slcp_distractors]
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
-                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|mlp]
+                          [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|sparse|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
-                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000]
+                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000] [--min-shrink 0]
                           [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
@@ -17,11 +17,12 @@ simulations in 1 round and in ``rounds`` rounds, for each ``--truncation`` (box:
 correlated: the box cut further by the 2-D heads), with ``--tail-mass`` (none by default) as
 TMNRE's ``tail_mass`` and ``--balance`` (0 by default) as its ``balance``; ``--embedding deepset``
 gives slcp's heads a DeepSet over its four iid draws (slcp_distractors': the same after a learned
-linear projection of its 100 values to 8; other tasks keep raw x), ``--embedding mlp``
+linear projection of its 100 values to 8; ``--embedding sparse`` the same with
+``nets.Projected(..., sparse=True)``; other tasks keep raw x), ``--embedding mlp``
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma`` and ``--hidden`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -66,15 +67,15 @@ def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
 
 def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None, width: int = 64):
     """None; for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,)), on
-    slcp_distractors the same after a learned projection of its 100 values to 8 (`nets.Projected`);
-    for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
+    slcp_distractors the same after a learned projection of its 100 values to 8 (`nets.Projected`;
+    ``sparse``: its product parametrisation); for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
     if kind == "mlp":
         return nets.MLP(x_shape, 64, width=128, depth=2, key=jax.random.key(11))
     if kind == "none" or task_name not in ("slcp", "slcp_distractors"):
         return None
     deepset = nets.DeepSet((4, 2), 64, width=width, key=jax.random.key(11))
     if task_name == "slcp_distractors":  # which 8 of the 100 values are the draws is learned
-        return nets.Projected((100,), deepset, key=jax.random.key(12))
+        return nets.Projected((100,), deepset, key=jax.random.key(12), sparse=kind == "sparse")
     return nets.Reshaped((8,), deepset)
 
 
@@ -100,6 +101,7 @@ def settings_name(args) -> str:
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
         args.hidden != 64 and f"hidden{args.hidden}",
+        args.min_shrink is not None and f"minshrink{args.min_shrink:g}",
         args.set_width != 64 and f"setwidth{args.set_width}",
         args.key_offset and f"keys+{args.key_offset}",
     ]
@@ -115,6 +117,7 @@ def part_one(args) -> None:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
                            negatives=args.negatives, variant=args.variant, gamma=args.gamma, hidden=args.hidden,
+                           **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
             for k in args.observations:
@@ -186,9 +189,9 @@ def main():
     parser.add_argument("--tail-mass", type=float, default=None, help="TMNRE's tail_mass (a mass rule beside ε)")
     parser.add_argument("--skip-amortized", action="store_true", help="part 1 without the one-round runs")
     parser.add_argument("--balance", type=float, default=0.0, help="TMNRE's balance (BNRE's λ), 0 for swyft's loss")
-    parser.add_argument("--embedding", choices=["none", "deepset", "mlp"], default="none",
+    parser.add_argument("--embedding", choices=["none", "deepset", "sparse", "mlp"], default="none",
                         help="deepset: slcp's x seen as its 4 iid 2-D draws, a DeepSet (width 64) shared by the heads "
-                             "(slcp_distractors: after a learned projection of x to 8 values); "
+                             "(slcp_distractors: after a learned projection of x to 8 values; sparse: Projected's sparse=True); "
                              "mlp: an MLP on the flat x (every task), shared by the heads")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of each round (TMNRE's default: 20)")
     parser.add_argument("--decay", type=float, default=None, help="Training's decay: the step size's factor after each plateau")
@@ -196,6 +199,7 @@ def main():
     parser.add_argument("--cut-balance", type=float, default=None, help="TMNRE's cut_balance: BNRE's λ in the rounds that cut")
     parser.add_argument("--negatives", type=int, default=1, help="TMNRE's negatives: marginal pairs per joint pair")
     parser.add_argument("--variant", choices=["a", "c"], default="a", help="TMNRE's variant: a (swyft's binary loss) or c (NRE-C)")
+    parser.add_argument("--min-shrink", type=float, default=None, help="TMNRE's min_shrink (0: every round runs)")
     parser.add_argument("--hidden", type=int, default=64, help="TMNRE's hidden: each head's MLP width")
     parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
