@@ -201,7 +201,7 @@ def main():
     parser.add_argument("--variant", choices=["a", "c"], default="a", help="TMNRE's variant: a (swyft's binary loss) or c (NRE-C)")
     parser.add_argument("--min-shrink", type=float, default=None, help="TMNRE's min_shrink (0: every round runs)")
     parser.add_argument("--hidden", type=int, default=64, help="TMNRE's hidden: each head's MLP width")
-    parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset)")
+    parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset or sparse)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
     parser.add_argument("--calibrate", action="store_true", help="TMNRE's calibrate: the last round's heads temperature-scaled on held-out rows")

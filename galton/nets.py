@@ -316,16 +316,15 @@ class Projected(eqx.Module):
     factor: jax.Array | None
     net: eqx.Module
     in_shape: tuple[int, ...] = eqx.field(static=True)
-    sparse: bool = eqx.field(static=True)
 
     def __init__(self, in_shape, net, *, key: jax.Array, sparse: bool = False):
-        self.in_shape, self.sparse = _shape(in_shape), bool(sparse)
+        self.in_shape = _shape(in_shape)
         key_linear, key_net = jax.random.split(key)
         self.net = build(net, key=key_net) if isinstance(net, dict) else net
         n_in, n_out = math.prod(self.in_shape), math.prod(self.net.spec["in_shape"])
         self.linear = eqx.nn.Linear(n_in, n_out, key=key_linear)
         self.factor = None
-        if self.sparse:  # w = a ⊙ b, a and b alike and small: with factors twice these a small fit missed an informative value 2 times in 5
+        if sparse:  # w = a ⊙ b, a and b alike and small: with factors twice these a small fit missed an informative value 2 times in 5
             scale = 0.5 * n_in**-0.25
             self.linear = eqx.tree_at(lambda lin: (lin.weight, lin.bias), self.linear,
                                       (scale * jax.random.normal(key_linear, (n_out, n_in)), jnp.zeros(n_out)))
@@ -334,6 +333,10 @@ class Projected(eqx.Module):
     @property
     def out_dim(self) -> int:
         return self.net.out_dim
+
+    @property
+    def sparse(self) -> bool:
+        return self.factor is not None
 
     @property
     def spec(self) -> dict:

@@ -120,10 +120,17 @@ def test_the_cache_is_held_to_its_size_the_least_recently_used_files_going_first
     _fit(sims)  # compiles three programs, each stored then pruned to the limit
     stored = sorted(store.glob("*.bin"), key=lambda p: p.stat().st_mtime)
     assert len(stored) == 4 and stored[0].name == "new.bin"
-    old = stored[0].stat().st_mtime
-    monkeypatch.setattr(_cache, "_LOADED", type(_cache._LOADED)())
-    _fit(sims)  # a fresh process: loading a program marks it used
-    assert all(p.stat().st_mtime > old for p in stored[1:])
+    for path in stored[1:]:
+        os.utime(path, (1.5e9, 1.5e9))
+
+    def refuse(*args):
+        raise AssertionError("a stored program was compiled again")
+
+    with monkeypatch.context() as m:  # a fresh process: loading a program (not compiling it) marks it used
+        m.setattr(_cache, "_LOADED", type(_cache._LOADED)())
+        m.setattr(_cache, "_compile", refuse)
+        _fit(sims)
+    assert all(p.stat().st_mtime > 1.5e9 for p in stored[1:])
 
     monkeypatch.setenv("GALTON_CACHE_MAX_MB", "0.05")  # less than the three programs take
     monkeypatch.setattr(_cache, "_LOADED", type(_cache._LOADED)())
