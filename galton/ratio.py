@@ -143,13 +143,6 @@ class MarginalRatioNetwork(eqx.Module, Specified):
 
     The heads are one stacked MLP (vmapped over heads), so adding marginals adds no compile
     time; each head sees its marginal's z-scored columns, zero-padded to the largest marginal.
-
-    With ``spec["pairs"] == "residual"`` a pair's head adds its MLP's output to its parameters'
-    1-D heads: d_ab = s_ab (r_ab + r_a + r_b), d_a = s_a r_a, with r a head's MLP output and s
-    its temperature (``head_scale``, ones until calibrated). The pair's MLP then learns only how
-    the pair departs from the product of its 1-D marginals, while the 1-D heads are trained by
-    every pair's loss too. On slcp (10,000 simulations, observations 1–2) the mean 2-D marginal
-    C2ST went from 0.604 to 0.566, and the 1-D from 0.545 to 0.522.
     """
 
     embedding: eqx.Module
@@ -159,18 +152,11 @@ class MarginalRatioNetwork(eqx.Module, Specified):
     x_shift: paramax.NonTrainable
     x_scale: paramax.NonTrainable
     spec_json: str = eqx.field(static=True)
-    # last, and None in networks saved before it: their arrays keep their order
-    head_scale: paramax.NonTrainable | None = None
 
     @property
     def marginals(self) -> list[tuple[int, ...]]:
         """Column indices of each head's marginal."""
         return [tuple(m) for m in self.spec["marginals"]]
-
-    @property
-    def residual(self) -> bool:
-        """Whether a pair's head adds its parameters' 1-D heads (see the class)."""
-        return self.spec.get("pairs", "separate") == "residual"
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
         """Each head's columns ``(n_heads, width)``, zero-padded, and the mask of real ones."""
@@ -181,58 +167,29 @@ class MarginalRatioNetwork(eqx.Module, Specified):
             idx[h, : len(m)], mask[h, : len(m)] = m, 1.0
         return idx, mask
 
-    def _parts(self) -> tuple[np.ndarray, np.ndarray]:
-        """The 1-D heads a head adds ``(n_heads, 2)`` (residual pairs; 0 where none) and their mask:
-        none for a 1-D head, nor for a pair's parameter without a 1-D head."""
-        one_d = {m[0]: h for h, m in enumerate(self.marginals) if len(m) == 1}
-        parts = np.zeros((len(self.marginals), 2), np.int32)
-        mask = np.zeros((len(self.marginals), 2), np.float32)
-        for h, m in enumerate(self.marginals):
-            for i, c in enumerate(m if len(m) == 2 and self.residual else ()):
-                if c in one_d:
-                    parts[h, i], mask[h, i] = one_d[c], 1.0
-        return parts, mask
-
     def embed(self, x: jax.Array) -> jax.Array:
         """Features of x ``(*batch, *x_shape)`` -> ``(*batch, e)``."""
         x = (x - paramax.unwrap(self.x_shift)) / paramax.unwrap(self.x_scale)
         batch = x.shape[: x.ndim - len(self.x_shape)]
         return jax.vmap(self.embedding)(x.reshape(-1, *self.x_shape)).reshape(*batch, -1)
 
-    def _mlp_outputs(self, t: jax.Array, e: jax.Array, heads: jax.Array) -> jax.Array:
-        """The MLP outputs r ``(n, len(heads))`` of the heads ``heads`` on z-scored θ ``(n, d)`` and features ``(n, e)``."""
+    def head_log_ratios(self, theta: jax.Array, features: jax.Array, heads=None) -> jax.Array:
+        """d_m for the heads ``heads`` (indices, possibly traced; all when None): θ ``(*batch, d)``
+        (full rows; a head reads only its own columns) and features ``(*batch, e)`` (broadcast)
+        -> ``(*batch, n_heads)``."""
+        heads = jnp.arange(len(self.marginals)) if heads is None else jnp.asarray(heads)
         idx, mask = (jnp.asarray(a)[heads] for a in self._index())
+        t = (theta - paramax.unwrap(self.theta_shift)) / paramax.unwrap(self.theta_scale)
+        batch = jnp.broadcast_shapes(t.shape[:-1], features.shape[:-1])
+        t = jnp.broadcast_to(t, (*batch, t.shape[-1])).reshape(-1, t.shape[-1])
+        e = jnp.broadcast_to(features, (*batch, features.shape[-1])).reshape(-1, features.shape[-1])
         chosen = jax.tree.map(lambda a: a[heads] if eqx.is_array(a) else a, self.heads)
         inputs = t[:, idx] * mask  # (n, h, width)
 
         def one_head(mlp, z):  # z (n, width)
             return jax.vmap(mlp)(jnp.concatenate([z, e], axis=-1))
 
-        return eqx.filter_vmap(one_head, in_axes=(eqx.if_array(0), 1), out_axes=1)(chosen, inputs)
-
-    def head_log_ratios(self, theta: jax.Array, features: jax.Array, heads=None) -> jax.Array:
-        """d_m for the heads ``heads`` (indices, possibly traced; all when None): θ ``(*batch, d)``
-        (full rows; a head reads only its own columns) and features ``(*batch, e)`` (broadcast)
-        -> ``(*batch, n_heads)``."""
-        every = heads is None
-        heads = jnp.arange(len(self.marginals)) if every else jnp.asarray(heads)
-        t = (theta - paramax.unwrap(self.theta_shift)) / paramax.unwrap(self.theta_scale)
-        batch = jnp.broadcast_shapes(t.shape[:-1], features.shape[:-1])
-        t = jnp.broadcast_to(t, (*batch, t.shape[-1])).reshape(-1, t.shape[-1])
-        e = jnp.broadcast_to(features, (*batch, features.shape[-1])).reshape(-1, features.shape[-1])
-        if self.residual:
-            parts, mask = (jnp.asarray(a)[heads] for a in self._parts())  # (k, 2)
-            k = heads.shape[0]
-            if every:  # the 1-D heads are among all: each runs once
-                r = self._mlp_outputs(t, e, heads)
-                out = r + (r[:, parts] * mask).sum(-1)
-            else:
-                r = self._mlp_outputs(t, e, jnp.concatenate([heads, parts[:, 0], parts[:, 1]]))
-                out = r[:, :k] + r[:, k : 2 * k] * mask[:, 0] + r[:, 2 * k :] * mask[:, 1]
-        else:
-            out = self._mlp_outputs(t, e, heads)
-        if self.head_scale is not None:
-            out = out * paramax.unwrap(self.head_scale)[heads]
+        out = eqx.filter_vmap(one_head, in_axes=(eqx.if_array(0), 1), out_axes=1)(chosen, inputs)
         return out.reshape(*batch, heads.shape[0])
 
     def log_ratios(self, theta: jax.Array, x: jax.Array) -> jax.Array:
@@ -248,9 +205,7 @@ def _marginal_network(spec: dict, embedding: eqx.Module, key: jax.Array, stats=N
     make = lambda k: eqx.nn.MLP(width + e_dim, "scalar", spec["hidden"], spec["depth"], activation=jax.nn.relu, key=k)
     heads = eqx.filter_vmap(make)(keys)
     frozen = _standardisers(spec, stats)
-    # specs written before temperatures were a field have none (calibration then scaled the last layers)
-    scale = paramax.NonTrainable(jnp.ones(len(spec["marginals"]), jnp.float32)) if "pairs" in spec else None
-    return MarginalRatioNetwork(embedding, heads, *frozen, json.dumps(spec), scale)
+    return MarginalRatioNetwork(embedding, heads, *frozen, json.dumps(spec))
 
 
 def marginal_skeleton(spec: dict) -> MarginalRatioNetwork:
@@ -260,16 +215,15 @@ def marginal_skeleton(spec: dict) -> MarginalRatioNetwork:
 
 
 def marginal_ratio_network(
-    theta, x, marginals, *, key: jax.Array, hidden: int, depth: int, embedding: eqx.Module | None = None, pairs: str = "residual"
+    theta, x, marginals, *, key: jax.Array, hidden: int, depth: int, embedding: eqx.Module | None = None
 ) -> MarginalRatioNetwork:
     """An untrained `MarginalRatioNetwork` for θ ``(n, d)``, x ``(n, *x_shape)`` and ``marginals``
-    (tuples of column indices), z-scored on the data; ``pairs``: ``"residual"`` (a pair's head
-    adds its parameters' 1-D heads) or ``"separate"`` (swyft's heads)."""
+    (tuples of column indices), z-scored on the data."""
     x_shape = x.shape[1:]
     embedding = nets.Identity(x_shape) if embedding is None else embedding
     spec = {
         "theta_dim": int(theta.shape[1]), "x_shape": [int(s) for s in x_shape], "hidden": hidden, "depth": depth,
-        "embedding": embedding.spec, "marginals": [list(map(int, m)) for m in marginals], "pairs": pairs,
+        "embedding": embedding.spec, "marginals": [list(map(int, m)) for m in marginals],
     }
     return _marginal_network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 

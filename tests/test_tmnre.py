@@ -51,43 +51,6 @@ def test_heads_recover_the_gaussian_marginals(amortized):
     np.testing.assert_allclose(pair.std(0) / STD, 1, atol=0.2)
 
 
-def test_a_residual_pair_head_adds_its_parameters_one_d_heads(sims):  # noqa: F811
-    from galton.ratio import marginal_ratio_network
-
-    columns = [(0,), (1,), (2,), (0, 1), (1, 2)]
-    residual = marginal_ratio_network(sims.theta, sims.x, columns, key=jax.random.key(3), hidden=16, depth=2)
-    assert residual.residual and residual.spec["pairs"] == "residual"
-    separate = marginal_ratio_network(sims.theta, sims.x, columns, key=jax.random.key(3), hidden=16, depth=2, pairs="separate")
-    theta, features = sims.theta[:20], residual.embed(sims.x[:20])
-    r, d = np.asarray(separate.head_log_ratios(theta, features)), np.asarray(residual.head_log_ratios(theta, features))
-    # the same weights (the same key): the 1-D heads alike, each pair's MLP plus its two 1-D heads
-    np.testing.assert_allclose(d[:, :3], r[:, :3], rtol=1e-5)
-    np.testing.assert_allclose(d[:, 3], r[:, 3] + r[:, 0] + r[:, 1], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(d[:, 4], r[:, 4] + r[:, 1] + r[:, 2], rtol=1e-5, atol=1e-5)
-    # a chosen subset of heads (as the posterior's grid asks, traced) gives the same values
-    some = np.asarray(residual.head_log_ratios(theta, features, heads=jnp.asarray([4, 0])))
-    np.testing.assert_allclose(some, d[:, [4, 0]], rtol=1e-5, atol=1e-6)
-    # temperatures scale a pair's whole log-ratio, 1-D parts included
-    from galton.methods.tmnre import scaled_heads
-
-    factors = np.array([0.5, 2.0, 1.0, 3.0, 0.25], np.float32)
-    np.testing.assert_allclose(np.asarray(scaled_heads(residual, factors).head_log_ratios(theta, features)), d * factors, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="pairs must be one of"):
-        TMNRE(pairs="joint")
-
-
-def test_a_network_saved_before_residual_pairs_loads_with_separate_heads(sims):  # noqa: F811
-    from galton.posteriors.network import network_arrays, with_network_arrays
-    from galton.ratio import marginal_ratio_network, marginal_skeleton
-
-    net = marginal_ratio_network(sims.theta, sims.x, [(0,), (0, 1)], key=jax.random.key(4), hidden=8, depth=1, pairs="separate")
-    old_spec = {k: v for k, v in net.spec.items() if k != "pairs"}  # what galton wrote before the key existed
-    old = eqx.tree_at(lambda n: n.head_scale, net, None)
-    loaded = with_network_arrays(marginal_skeleton(old_spec), network_arrays(old))
-    assert not loaded.residual and loaded.head_scale is None
-    np.testing.assert_allclose(loaded.log_ratios(sims.theta[:5], sims.x[:5]), net.log_ratios(sims.theta[:5], sims.x[:5]), rtol=1e-6)
-
-
 class _FixedHeads(eqx.Module):
     """Head h's logit is θ's column h, whatever x: a classifier with a known balance gap per head."""
 

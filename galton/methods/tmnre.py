@@ -40,7 +40,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import paramax
 from scipy.special import log_expit
 
 from galton.checks import check_real
@@ -57,7 +56,6 @@ from galton.train import Training, held_out_rows
 from galton.truncation import TruncatedPrior, TruncationError, shrink, tail_level
 
 TRUNCATIONS = ("box", "correlated")
-PAIRS = ("residual", "separate")
 VARIANTS = ("a", "c")
 REGION_DRAWS = 65_536
 
@@ -175,12 +173,6 @@ class TMNRE(NeuralMethod):
             at 10,000 simulations every head came out so (a = 0.71–0.98). The factors are in the
             last round's record (``posterior.rounds[-1]["temperatures"]``).
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
-        pairs: ``"residual"``: a pair's log-ratio is its MLP's output plus its two parameters' 1-D
-            heads (`galton.ratio.MarginalRatioNetwork`), so the pair's MLP learns only how the
-            pair departs from the product of its 1-D marginals, and the 1-D heads learn from
-            every pair's loss too; ``"separate"``: each head on its own, as in swyft. On slcp
-            (10,000 simulations, observations 1–2) residual pairs gave 0.522 / 0.566 marginal
-            C2ST, separate ones 0.545 / 0.604.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
 
@@ -201,7 +193,6 @@ class TMNRE(NeuralMethod):
     on_invalid: str = "raise"
     hidden: int = 64
     depth: int = 2
-    pairs: str = "residual"
     embedding: eqx.Module | None = None
     # swyft's step size and batch size: contrastive heads learn from many small steps
     training: Training = field(default_factory=lambda: Training(learning_rate=1e-3, batch_size=64))
@@ -221,8 +212,6 @@ class TMNRE(NeuralMethod):
             raise ValueError("balance and cut_balance apply to variant='a' (BNRE's term is for the binary loss)")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
-        if self.pairs not in PAIRS:
-            raise ValueError(f"pairs must be one of {PAIRS}, got {self.pairs!r}")
         for name in ("balance", "margin") + (("cut_balance",) if self.cut_balance is not None else ()):
             check_real(getattr(self, name), name, low_inclusive=True)
         check_real(self.min_shrink, "min_shrink", high=1.0, low_inclusive=True)
@@ -235,7 +224,7 @@ class TMNRE(NeuralMethod):
 
     def network(self, theta, x, key, columns) -> MarginalRatioNetwork:
         """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""
-        return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding, pairs=self.pairs)
+        return marginal_ratio_network(theta, x, columns, key=key, hidden=self.hidden, depth=self.depth, embedding=self.embedding)
 
     def fit(self, sims: Simulations, prior: Prior, *, key, sequential=False, init=None, progress=True, columns=None, embedding_from=None):
         """`NeuralMethod.fit` on a fresh network with one head per marginal in ``columns``
@@ -335,9 +324,12 @@ def temperatures(network: MarginalRatioNetwork, theta, x, *, key: jax.Array, neg
 
 
 def scaled_heads(network: MarginalRatioNetwork, factors) -> MarginalRatioNetwork:
-    """``network`` with head h's log-ratio multiplied by ``factors[h]`` (its ``head_scale``)."""
-    scale = paramax.unwrap(network.head_scale) * jnp.asarray(factors, jnp.float32)
-    return eqx.tree_at(lambda n: n.head_scale, network, paramax.NonTrainable(scale))
+    """``network`` with head h's log-ratio multiplied by ``factors[h]`` (its last layer scaled)."""
+    last = network.heads.layers[-1]
+    a = jnp.asarray(factors, jnp.float32)
+    along = lambda leaf: a.reshape((-1,) + (1,) * (leaf.ndim - 1))  # noqa: E731
+    return eqx.tree_at(lambda n: (n.heads.layers[-1].weight, n.heads.layers[-1].bias), network,
+                       (last.weight * along(last.weight), last.bias * along(last.bias)))
 
 
 class HeadConstraint(eqx.Module):
