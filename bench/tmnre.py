@@ -22,7 +22,7 @@ linear projection of its 100 values to 8; ``--embedding sparse`` the same with
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -101,6 +101,7 @@ def settings_name(args) -> str:
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
         args.hidden != 64 and f"hidden{args.hidden}",
+        args.ensemble > 1 and f"ensemble{args.ensemble}",
         args.min_shrink is not None and f"minshrink{args.min_shrink:g}",
         args.set_width != 64 and f"setwidth{args.set_width}",
         args.key_offset and f"keys+{args.key_offset}",
@@ -116,7 +117,7 @@ def part_one(args) -> None:
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
-                           negatives=args.negatives, variant=args.variant, gamma=args.gamma, hidden=args.hidden,
+                           negatives=args.negatives, variant=args.variant, gamma=args.gamma, hidden=args.hidden, ensemble=args.ensemble,
                            **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
@@ -201,6 +202,7 @@ def main():
     parser.add_argument("--variant", choices=["a", "c"], default="a", help="TMNRE's variant: a (swyft's binary loss) or c (NRE-C)")
     parser.add_argument("--min-shrink", type=float, default=None, help="TMNRE's min_shrink (0: every round runs)")
     parser.add_argument("--hidden", type=int, default=64, help="TMNRE's hidden: each head's MLP width")
+    parser.add_argument("--ensemble", type=int, default=1, help="TMNRE's ensemble: networks the last round trains, their log-ratios averaged")
     parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset or sparse)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")

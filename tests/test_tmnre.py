@@ -51,6 +51,26 @@ def test_heads_recover_the_gaussian_marginals(amortized):
     np.testing.assert_allclose(pair.std(0) / STD, 1, atol=0.2)
 
 
+def test_an_ensemble_averages_its_members_and_recovers_the_gaussian_marginals(sims, tmp_path):  # noqa: F811
+    from galton.ratio import MarginalRatioEnsemble
+
+    post = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=replace(METHOD, ensemble=2), simulations=sims,
+                        budget=len(sims), progress=False)
+    net = post.network
+    assert isinstance(net, MarginalRatioEnsemble) and len(net.members) == 2 and len(post.rounds[-1]["member_epochs"]) == 2
+    theta, x = np.asarray(PROBLEM.prior.sample(jax.random.key(2), (30,))), np.repeat(np.asarray(X_OBS)[None], 30, 0)
+    each = [np.asarray(m.log_ratios(theta, x)) for m in net.members]
+    assert np.abs(each[0] - each[1]).max() > 1e-3  # two networks, not one twice
+    np.testing.assert_allclose(net.log_ratios(theta, x), (each[0] + each[1]) / 2, rtol=1e-5, atol=1e-5)
+    for i, name in enumerate(post.names):
+        draws = np.asarray(post.marginal(name).sample(4000, key=jax.random.key(i)))[:, 0]
+        assert abs(draws.mean() - float(X_OBS[i]) / 2) < 0.25 * STD and abs(draws.std() / STD - 1) < 0.2, (name, draws.mean(), draws.std())
+    loaded = load(post.save(tmp_path / "ensemble"))
+    assert isinstance(loaded.network, MarginalRatioEnsemble)
+    pair = ("theta[0]", "theta[1]")
+    np.testing.assert_array_equal(loaded.marginal(pair).sample(50, key=jax.random.key(3)), post.marginal(pair).sample(50, key=jax.random.key(3)))
+
+
 class _FixedHeads(eqx.Module):
     """Head h's logit is θ's column h, whatever x: a classifier with a known balance gap per head."""
 
@@ -541,6 +561,8 @@ def test_batched_calls_check_their_observations(amortized):
 @pytest.mark.parametrize("settings, message", [
     (dict(hidden=0), "hidden must be a positive integer"), (dict(on_invalid="keep"), "on_invalid must be one of"),
     (dict(training={"max_epochs": 2}), "training must be a galton.Training"), (dict(min_shrink=1.0), r"min_shrink must be a number in \[0, 1\)"),
+    (dict(ensemble=0), "ensemble must be a positive integer"), (dict(ensemble=2.0), "ensemble must be a positive integer"),
+    (dict(ensemble=2, calibrate=True), "calibrate=True needs rows no network trained on"),
 ])
 def test_bad_settings_fail_before_any_simulation(settings, message):
     with pytest.raises(ValueError, match=message):
