@@ -127,12 +127,17 @@ class RatioEnsemble(eqx.Module, Specified):
 def ratio_ensemble(members) -> RatioEnsemble:
     """A `RatioEnsemble` of trained ``members`` (networks with the same spec)."""
     members = tuple(members)
+    member = _member_spec(members)
+    spec = {"kind": "RatioEnsemble", "size": len(members), "member": member, "theta_dim": member["theta_dim"], "x_shape": member["x_shape"]}
+    return RatioEnsemble(members, json.dumps(spec))
+
+
+def _member_spec(members: tuple) -> dict:
+    """The one spec an ensemble's ``members`` share; a ValueError when they differ."""
     specs = {m.spec_json for m in members}
     if len(specs) != 1:
         raise ValueError(f"an ensemble's members must share one structure, got {len(specs)} different specs")
-    spec = {"kind": "RatioEnsemble", "size": len(members), "member": members[0].spec,
-            "theta_dim": members[0].spec["theta_dim"], "x_shape": members[0].spec["x_shape"]}
-    return RatioEnsemble(members, json.dumps(spec))
+    return members[0].spec
 
 
 SKELETONS["RatioEnsemble"] = lambda spec: RatioEnsemble(tuple(skeleton(spec["member"]) for _ in range(spec["size"])), json.dumps(spec))
@@ -248,9 +253,8 @@ class MarginalRatioEnsemble(eqx.Module, Specified):
 def marginal_ratio_ensemble(members) -> MarginalRatioEnsemble:
     """A `MarginalRatioEnsemble` of trained ``members`` (`MarginalRatioNetwork`'s with one spec)."""
     members = tuple(members)
-    if len({m.spec_json for m in members}) != 1:
-        raise ValueError("an ensemble's members must share one structure (one spec)")
-    spec = {"kind": "MarginalRatioEnsemble", "size": len(members), "member": members[0].spec, "x_shape": members[0].spec["x_shape"]}
+    member = _member_spec(members)
+    spec = {"kind": "MarginalRatioEnsemble", "size": len(members), "member": member, "x_shape": member["x_shape"]}
     return MarginalRatioEnsemble(members, json.dumps(spec))
 
 

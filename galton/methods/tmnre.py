@@ -288,17 +288,16 @@ class TMNRE(NeuralMethod):
             carried = network if self.carry_embedding else None
             network, round_history = cutting.fit(pool, prior, key=key_fit, progress=progress, columns=columns, embedding_from=carried)
             history.append(round_history)
-            if last and self.ensemble > 1:  # the other members: the same pool and start, other keys
-                others = [self.fit(pool, prior, key=jax.random.fold_in(key_fit, 10 + i), progress=progress, columns=columns,
-                                   embedding_from=carried) for i in range(1, self.ensemble)]
-                network = marginal_ratio_ensemble([network] + [net for net, _ in others])
             records.append({
                 "round": r, "new": len(new), "reused": int(inside.sum()), "pooled": len(pool), "volume": proposal.volume,
                 "box": proposal.bounds().tolist(), "quantile_box": np.stack([proposal.u_low, proposal.u_high], -1).tolist(),
             })
             if isinstance(proposal, Region):
                 records[-1]["region_share_of_box"] = proposal.acceptance
-            if last and self.ensemble > 1:
+            if last and self.ensemble > 1:  # the other members: the same pool and start, other keys
+                others = [self.fit(pool, prior, key=jax.random.fold_in(key_fit, 10 + i), progress=progress, columns=columns,
+                                   embedding_from=carried) for i in range(1, self.ensemble)]
+                network = marginal_ratio_ensemble([network] + [net for net, _ in others])
                 records[-1]["member_epochs"] = [round_history["epochs"]] + [h["epochs"] for _, h in others]
             if r == 0 and rounds > 1 and not proposal.quantiles.bounded.all():
                 unbounded = [n for n, b in zip(prior.names, proposal.quantiles.bounded) if not b]
