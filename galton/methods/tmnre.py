@@ -175,9 +175,10 @@ class TMNRE(NeuralMethod):
         ensemble: the last round trains this many networks on its simulations, from different keys,
             and the posterior takes their mean log-ratio (`galton.ratio.MarginalRatioEnsemble`);
             the cutting rounds train one. A run's heads vary with where training starts; the
-            mean of a few varies less. On slcp (10,000 simulations, observations 1–5), 3 gave
-            0.543 / 0.586 marginal C2ST against 0.549 / 0.603 with 1, in 145 s per observation
-            against about 100 s. Not with ``calibrate`` (each member holds out other rows).
+            mean of a few varies less. On slcp (10,000 simulations, observations 1–5, two key
+            sets), 3 gave 0.549 / 0.590 marginal C2ST against 0.555 / 0.603 with 1, in 145 s per
+            observation against about 100 s; two_moons 0.525 / 0.530 against 0.526 / 0.541.
+            Not with ``calibrate`` (each member holds out other rows).
         hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
