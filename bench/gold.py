@@ -155,14 +155,14 @@ def ratio_errors(bench, methods, budgets, c2st_too: bool, ensemble: int = 1, par
     for budget in budgets:
         pairs = gold.pair_simulations(program, budget, key=jax.random.key(budget), theta_ref=bench.theta_ref, progress=False) \
             if any(m in RATIO for m in methods) else None
-        averaged_pairs = {}  # the pairs' labels averaged likewise, per ratio label (the chains are the same: the same key)
+        averaged_pairs = {}  # the pairs' labels averaged likewise, per ratio label, from one set of chains
         kinds = dict.fromkeys(AVERAGED[m] for m in methods if m in AVERAGED)
         kinds = [k for k in kinds if k] or list(kinds)
-        for ratio in kinds if chains and pairs is not None else ():
+        if chains and pairs is not None and kinds:
             start = time.perf_counter()
-            averaged_pairs[ratio] = gold.pairs.averaged_pair_labels(program, pairs, key=jax.random.key(budget + 3), steps=latent_steps,
-                                                                    ratio=ratio, progress=False)
-            print(f"{bench.name:13s} chains of {latent_steps} steps on {budget} pairs ({ratio or 'scores'}): "
+            averaged_pairs = gold.pairs.averaged_pair_label_sets(program, pairs, key=jax.random.key(budget + 3), steps=latent_steps,
+                                                                 ratios=kinds, progress=False)
+            print(f"{bench.name:13s} chains of {latent_steps} steps on {budget} pairs ({', '.join(k or 'scores' for k in kinds)}): "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
         plain = galton.simulate(program, budget, key=jax.random.key(budget + 1), augment="score", keep_latents=bool(chains), progress=False)
         if chains and any(m in ("scandal", "score_npe") for m in methods):  # the same simulations, their labels averaged over z | x, θ

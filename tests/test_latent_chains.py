@@ -198,3 +198,20 @@ def test_rows_that_do_not_align_are_named(labels):
         chain_scores(program, sims.x[:5], np.zeros((5, 3)), sims.theta[:5], key=jax.random.key(0))
     with pytest.raises(ProblemError, match="no simulations"):
         chain_scores(program, sims.x[:0], sims.extras["z"][:0], sims.theta[:0], key=jax.random.key(0))
+
+
+def test_label_sets_from_one_set_of_chains_equal_each_label_averaged_alone(normal_pairs):
+    from galton.methods import gold
+
+    program, pairs = normal_pairs[:2]
+    pairs = pairs[np.arange(60)]
+    sets = gold.pairs.averaged_pair_label_sets(program, pairs, key=jax.random.key(9), steps=20, ratios=["alice", None, "rolr", "alice"],
+                                               progress=False)
+    assert list(sets) == ["alice", None, "rolr"]
+    for ratio, out in sets.items():
+        alone = gold.pairs.averaged_pair_labels(program, pairs, key=jax.random.key(9), steps=20, ratio=ratio, progress=False)
+        for name in ("log_ratio", "score0", "score1", "acceptance"):
+            np.testing.assert_allclose(out.extras[name], alone.extras[name], rtol=1e-6, atol=1e-6, err_msg=f"{ratio} {name}")
+    assert not np.allclose(sets["rolr"].extras["log_ratio"], sets["alice"].extras["log_ratio"])
+    with pytest.raises(ValueError, match="ratio must be None or one of"):
+        gold.pairs.averaged_pair_label_sets(program, pairs, key=jax.random.key(9), ratios=("rolr", "carl"))

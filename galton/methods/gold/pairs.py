@@ -95,29 +95,44 @@ def averaged_pair_labels(program: Program, pairs: Simulations, *, key: jax.Array
         `Simulations` like ``pairs`` with those columns replaced, plus ``log_ratio_single`` (the
         simulations' own) and ``acceptance`` (each chain's mean, ``(n,)``).
     """
+    return averaged_pair_label_sets(program, pairs, key=key, steps=steps, ratios=(ratio,), progress=progress)[ratio]
+
+
+def averaged_pair_label_sets(program: Program, pairs: Simulations, *, key: jax.Array, steps: int = 100,
+                             ratios=(None, *RATIO_LABELS), progress: bool = True) -> dict[str | None, Simulations]:
+    """`averaged_pair_labels` for each ratio label in ``ratios`` (None or members of
+    `RATIO_LABELS`), ``{ratio: Simulations}``, from one set of chains: the chains depend on the
+    key alone, so each entry equals `averaged_pair_labels` with that ``ratio`` and this ``key``,
+    for the chains' cost once (they are the dear part)."""
     if "z" not in pairs.extras:
         raise ProblemError("averaged labels need the pairs' latents z: make them with pair_simulations")
-    if ratio not in (None, *RATIO_LABELS):
-        raise ValueError(f"ratio must be None or one of {RATIO_LABELS}, got {ratio!r}")
+    ratios = tuple(dict.fromkeys(ratios))
+    for ratio in ratios:
+        if ratio not in (None, *RATIO_LABELS):
+            raise ValueError(f"ratio must be None or one of {RATIO_LABELS}, got {ratio!r}")
     e = pairs.extras
     drawn_at_0 = np.asarray(e["y"]) == 0
     at0 = drawn_at_0[:, None]
     theta, other = np.where(at0, pairs.theta, e["theta1"]), np.where(at0, e["theta1"], pairs.theta)
-    scores, l, acceptance = chain_labels(program, pairs.x, e["z"], theta, other if ratio else None, key=key, steps=steps,
+    scores, l, acceptance = chain_labels(program, pairs.x, e["z"], theta, other if any(ratios) else None, key=key, steps=steps,
                                          progress=progress)
-    log_ratio = np.asarray(e["log_ratio"])
     l = l.astype(np.float64)
-    if ratio == "rolr":  # log E[exp l]: the log of the mean ratio of the other θ to the drawn one
-        mean = logsumexp(l, axis=1) - np.log(l.shape[1])
-        log_ratio = np.where(drawn_at_0, -mean, mean)
-    elif ratio == "alice":  # s = σ(a) with a = l on rows drawn at θ0 (log r = −l), −l on rows at θ1
-        a = np.where(at0, l, -l)
-        log_ratio = logsumexp(log_expit(-a), axis=1) - logsumexp(log_expit(a), axis=1)
     extras = {**e, "acceptance": acceptance, "log_ratio_single": np.asarray(e["log_ratio"]),
-              "log_ratio": np.asarray(log_ratio, np.float32),
               "score0": np.where(at0, scores, e["score0"]).astype(np.float32),
               "score1": np.where(at0, e["score1"], scores).astype(np.float32)}
-    return Simulations(pairs.theta, pairs.x, extras, pairs.names)
+    return {ratio: Simulations(pairs.theta, pairs.x, {**extras, "log_ratio": _averaged_log_ratio(ratio, l, drawn_at_0, e["log_ratio"])},
+                               pairs.names) for ratio in ratios}
+
+
+def _averaged_log_ratio(ratio: str | None, l: np.ndarray, drawn_at_0: np.ndarray, own) -> np.ndarray:
+    """The ``log_ratio`` column for ``ratio`` from l ``(n, draws)`` (see `averaged_pair_labels`)."""
+    if ratio == "rolr":  # log E[exp l]: the log of the mean ratio of the other θ to the drawn one
+        mean = logsumexp(l, axis=1) - np.log(l.shape[1])
+        return np.where(drawn_at_0, -mean, mean).astype(np.float32)
+    if ratio == "alice":  # s = σ(a) with a = l on rows drawn at θ0 (log r = −l), −l on rows at θ1
+        a = np.where(drawn_at_0[:, None], l, -l)
+        return (logsumexp(log_expit(-a), axis=1) - logsumexp(log_expit(a), axis=1)).astype(np.float32)
+    return np.asarray(own, np.float32)
 
 
 def check_on_invalid(on_invalid: str) -> None:
