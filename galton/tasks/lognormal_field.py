@@ -70,15 +70,11 @@ def program(size: int = 32, noise: float = 0.2) -> Program:
 def nuts_posterior(x: jax.Array, n: int, key: jax.Array, *, size: int = 32, noise: float = 0.2,
                    num_warmup: int = 500, num_chains: int = 4, return_info: bool = False):
     """``n`` draws ``(n, 2)`` of p(θ | x) by NUTS over (θ, z), chains vectorised (θ sampled with z)."""
-    from numpyro.infer import MCMC, NUTS
-
     x_img = jnp.asarray(x).reshape(size, size)
-    conditioned = numpyro.handlers.condition(functools.partial(model, size=size, noise=noise), data={"x": x_img})
     per_chain = -(-n // num_chains)
-    mcmc = MCMC(NUTS(conditioned, target_accept_prob=0.85), num_warmup=num_warmup, num_samples=per_chain,
-                num_chains=num_chains, chain_method="vectorized", progress_bar=False)
+    mcmc = _nuts_sampler(size, noise, num_warmup, per_chain, num_chains)
     key_run, key_shuffle = jax.random.split(key)
-    mcmc.run(key_run)
+    mcmc.run(key_run, x_img)
     grouped = mcmc.get_samples(group_by_chain=True)
     chains = np.stack([np.asarray(grouped["sigma"]), np.asarray(grouped["ell"])], -1)  # (chains, draws, 2)
     draws = chains.reshape(-1, 2)[np.asarray(jax.random.permutation(key_shuffle, chains.shape[0] * chains.shape[1]))[:n]]
@@ -89,6 +85,19 @@ def nuts_posterior(x: jax.Array, n: int, key: jax.Array, *, size: int = 32, nois
     summary = az.summary(az.from_dict(posterior={"sigma": chains[..., 0], "ell": chains[..., 1]}), kind="diagnostics")
     divergences = int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum())
     return jnp.asarray(draws), {"r_hat": summary["r_hat"].to_dict(), "ess_bulk": summary["ess_bulk"].to_dict(), "divergences": divergences}
+
+
+def _conditioned(x, *, size: int, noise: float):
+    numpyro.handlers.condition(functools.partial(model, size=size, noise=noise), data={"x": x})()
+
+
+@functools.lru_cache(maxsize=4)
+def _nuts_sampler(size: int, noise: float, num_warmup: int, per_chain: int, num_chains: int):
+    """One sampler per setting, x its argument: a later observation reuses its compiled chains."""
+    from numpyro.infer import MCMC, NUTS
+
+    return MCMC(NUTS(functools.partial(_conditioned, size=size, noise=noise), target_accept_prob=0.85), num_warmup=num_warmup,
+                num_samples=per_chain, num_chains=num_chains, chain_method="vectorized", progress_bar=False, jit_model_args=True)
 
 
 def task(size: int = 32, noise: float = 0.2) -> Task:

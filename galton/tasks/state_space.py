@@ -104,19 +104,26 @@ def fisher_information(theta, steps: int = 20, *, joint: bool = False) -> np.nda
 
 def reference_posterior(x: jax.Array, n: int, key: jax.Array, *, num_warmup: int = 500, num_chains: int = 4) -> jax.Array:
     """``n`` draws ``(n, 3)`` of p(θ | x) by NUTS on the exact (Kalman) likelihood."""
-    from numpyro.infer import MCMC, NUTS
-
-    def posterior_model():
-        theta = numpyro.sample("theta", dist.Uniform(LOW, HIGH).to_event(1))
-        numpyro.factor("likelihood", log_marginal_likelihood(x, theta))
-
     per_chain = -(-n // num_chains)
-    mcmc = MCMC(NUTS(posterior_model), num_warmup=num_warmup, num_samples=per_chain, num_chains=num_chains,
-                chain_method="vectorized", progress_bar=False)
+    mcmc = _reference_sampler(num_warmup, per_chain, num_chains)
     key_run, key_shuffle = jax.random.split(key)
-    mcmc.run(key_run)
+    mcmc.run(key_run, jnp.asarray(x))
     draws = mcmc.get_samples()["theta"]
     return draws[jax.random.permutation(key_shuffle, draws.shape[0])[:n]]
+
+
+def _posterior_model(x):
+    theta = numpyro.sample("theta", dist.Uniform(LOW, HIGH).to_event(1))
+    numpyro.factor("likelihood", log_marginal_likelihood(x, theta))
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_sampler(num_warmup: int, per_chain: int, num_chains: int):
+    """One sampler per setting, x its argument: a later observation reuses its compiled chains."""
+    from numpyro.infer import MCMC, NUTS
+
+    return MCMC(NUTS(_posterior_model), num_warmup=num_warmup, num_samples=per_chain, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=False, jit_model_args=True)
 
 
 @functools.cache
