@@ -430,6 +430,31 @@ def test_correlated_truncation_cuts_the_box_along_the_posterior(tmp_path):
     assert bool(post.proposal.sample(key, (5,)).shape == (5, 2))
 
 
+def test_pool_all_trains_every_round_on_every_simulation_and_corrects_by_the_mixture():
+    x_obs = jnp.array([0.6, -0.4])
+    method = TMNRE(hidden=32, training=FAST, truncation="correlated", pool="all")
+    post = galton.infer(RIDGE, x_obs, key=jax.random.key(3), method=method, budget=3000, rounds=3, progress=False)
+    assert [(r["new"], r["reused"], r["pooled"]) for r in post.rounds] == [(1000, 0, 1000), (1000, 1000, 2000), (1000, 2000, 3000)]
+    assert post.rounds[-1]["volume"] < 0.5  # the rounds still cut
+    # the proposal the heads saw is the rounds' mixture: a third of its draws from the whole prior
+    # (uniform in quantile space), the last third from the last, narrower region
+    u, third = post.region_draws, round(65_536 / 3)
+    assert u.shape == (3 * third, 2) and np.allclose(u[:third].std(0), 12**-0.5, atol=0.01), u[:third].std(0)
+    assert np.all(u[-third:].std(0) < 0.8 * 12**-0.5), u[-third:].std(0)
+    mean, cov = ridge_posterior(x_obs)
+    draws = np.asarray(post.marginal(("theta[0]", "theta[1]")).sample(4000, key=jax.random.key(4)))
+    std = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(draws.mean(0) - mean) < 0.25 * std), (draws.mean(0), mean)
+    np.testing.assert_allclose(draws.std(0) / std, 1, atol=0.2)
+    one = np.asarray(post.marginal("theta[1]").sample(4000, key=jax.random.key(6)))[:, 0]
+    assert abs(one.mean() - mean[1]) < 0.25 * std[1] and abs(one.std() / std[1] - 1) < 0.2, (one.mean(), one.std())
+
+
+def test_unknown_pool_is_refused():
+    with pytest.raises(ValueError, match="pool must be one of"):
+        TMNRE(pool="outside")
+
+
 def test_unknown_truncation_is_refused():
     with pytest.raises(ValueError, match="truncation must be one of"):
         TMNRE(truncation="ellipse")

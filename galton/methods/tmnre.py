@@ -17,6 +17,9 @@ Rounds: after each round a box per parameter from its 1-D head (where the log-ra
 exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
 the next proposal. Earlier simulations inside the new box are kept: they are draws from the
 prior restricted to it, as the new ones are. Each round trains a fresh network on the pool.
+With ``pool="all"`` every round trains on all simulations so far instead: the heads then
+estimate p(θ_m | x) / p_mix(θ_m), p_mix the rounds' proposals mixed in proportion to their
+simulations, whose marginal the posterior takes from draws of every round's proposal.
 
 Correlated truncation (``truncation="correlated"``) also cuts the box by every 2-D head: the
 next proposal is the prior restricted to the box, to each pair's region where its log-ratio
@@ -56,6 +59,7 @@ from galton.train import Training, held_out_rows
 from galton.truncation import TruncatedPrior, TruncationError, shrink, tail_level
 
 TRUNCATIONS = ("box", "correlated")
+POOLS = ("inside", "all")
 VARIANTS = ("a", "c")
 REGION_DRAWS = 65_536
 
@@ -148,6 +152,10 @@ class TMNRE(NeuralMethod):
         negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft);
             with ``variant="c"`` the contrastive atoms per x (at least 1).
         gamma: NRE-C's class weight γ (``variant="c"``).
+        pool: ``"inside"`` (swyft's): each round trains on the simulations inside its proposal;
+            ``"all"``: on every simulation so far (see the module), so an embedding learns from all
+            of them without being carried. slcp_distractors (10,000 simulations, ``ensemble=3``,
+            ``min_shrink=0``): 0.555 / 0.599 marginal C2ST, against 0.568 / 0.626 carried.
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
             embedding learnt about x carries over, instead of being learnt again from one round's
@@ -192,6 +200,7 @@ class TMNRE(NeuralMethod):
     balance: float = 0.0
     cut_balance: float | None = None
     margin: float = 0.0
+    pool: str = "inside"
     carry_embedding: bool = False
     calibrate: bool = False
     variant: str = "a"
@@ -222,6 +231,8 @@ class TMNRE(NeuralMethod):
         check_real(self.gamma, "gamma")
         if self.variant == "c" and (self.balance or self.cut_balance):
             raise ValueError("balance and cut_balance apply to variant='a' (BNRE's term is for the binary loss)")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.truncation not in TRUNCATIONS:
             raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {self.truncation!r}")
         for name in ("balance", "margin") + (("cut_balance",) if self.cut_balance is not None else ()):
@@ -253,12 +264,18 @@ class TMNRE(NeuralMethod):
                                    (embedding_from.embedding, embedding_from.x_shift, embedding_from.x_scale))
         return super().fit(sims, prior, key=key, sequential=sequential, init=init, progress=progress)
 
-    def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=(), key=None) -> TMNREPosterior:
+    def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=(), key=None, mixture=None) -> TMNREPosterior:
         """The `TMNREPosterior` of ``network`` trained on draws from ``proposal`` (a box or a `Region`;
-        a region's draws, from ``key``, give the posterior its marginals)."""
+        a region's draws, from ``key``, give the posterior its marginals), or from ``mixture``, pairs
+        (proposal, simulations) of every round, mixed in proportion (``pool="all"``), in the last
+        round's box ``proposal``."""
         proposal = TruncatedPrior.full(prior) if proposal is None else proposal
         drawn = None
-        if isinstance(proposal, Region):
+        if mixture is not None and len(mixture) > 1:
+            total = sum(n for _, n in mixture)
+            drawn = np.concatenate([np.asarray(p.sample_quantiles(jax.random.fold_in(key, 100 + i), (max(1, round(REGION_DRAWS * n / total)),)))
+                                    for i, (p, n) in enumerate(mixture)])
+        elif isinstance(proposal, Region):
             drawn = np.asarray(proposal.sample_quantiles(jax.random.fold_in(key, 1), (REGION_DRAWS,)))
         return TMNREPosterior(network, prior, history=history, u_low=np.asarray(proposal.u_low), u_high=np.asarray(proposal.u_high),
                               rounds=rounds, region_draws=drawn)
@@ -270,7 +287,7 @@ class TMNRE(NeuralMethod):
         one_d = {m[0]: h for h, m in enumerate(columns) if len(m) == 1}
         proposal = TruncatedPrior.full(prior)  # also for one round: the marginal densities need the prior's columns
         per_round = [budget // rounds + (r < budget % rounds) for r in range(rounds)]
-        pool, history, records, network = None, [], [], None
+        pool, history, records, network, mixture = None, [], [], None, []
         r = 0
         while True:  # per_round can end early: a converged box gets the rest of the budget at once
             n = per_round[r]
@@ -282,7 +299,11 @@ class TMNRE(NeuralMethod):
                                on_invalid=self.on_invalid)
             if r == 0:  # before any round cuts a box with it (a Python simulator's x shape is known only now)
                 x_obs = check_simulated_observation(problem, x_obs, new, iid=False)
-            inside = np.zeros(0, bool) if pool is None else np.asarray(proposal.contains(pool.theta))
+            mixture.append((proposal, len(new)))
+            if pool is None or self.pool == "all":
+                inside = np.ones(0 if pool is None else len(pool), bool)
+            else:
+                inside = np.asarray(proposal.contains(pool.theta))
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
             last = r == len(per_round) - 1
             cutting = self if last or self.cut_balance is None else replace(self, balance=self.cut_balance)
@@ -309,7 +330,8 @@ class TMNRE(NeuralMethod):
                 network = scaled_heads(network, factors)
                 records[-1]["temperatures"] = factors.tolist()
             if last:  # only the last round's posterior is kept: its region draws are dear
-                return self.posterior(network, prior, history, proposal, records, key=key_fit).condition(x_obs)
+                return self.posterior(network, prior, history, proposal, records, key=key_fit,
+                                      mixture=mixture if self.pool == "all" else None).condition(x_obs)
             try:
                 narrower = shrink(proposal, _one_d_log_ratios(network, proposal, x_obs, one_d), epsilon=self.epsilon,
                                    names=prior.names, tail_mass=self.tail_mass, margin=self.margin)
@@ -391,4 +413,4 @@ def _head_values(network, heads, features, theta):
     return network.head_log_ratios(theta, features, heads=heads)
 
 
-__all__ = ["HeadConstraint", "TMNRE", "loss", "resolve_marginals", "scaled_heads", "temperatures"]
+__all__ = ["HeadConstraint", "POOLS", "TMNRE", "loss", "resolve_marginals", "scaled_heads", "temperatures"]
