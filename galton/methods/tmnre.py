@@ -137,57 +137,47 @@ class TMNRE(NeuralMethod):
     Attributes:
         marginals: tuples of parameter names to estimate, e.g. ``[("a",), ("a", "b")]``; default
             every 1-D marginal and, for at most 6 parameters, every 2-D one.
-        epsilon: truncation threshold ε in (0, 1): a box keeps where a 1-D ratio exceeds its
-            maximum × ε.
+        epsilon: truncation threshold ε in (0, 1): a box keeps where a 1-D ratio exceeds its maximum × ε.
         tail_mass: when set (e.g. 1e-4), a box also drops the tails that hold at most this share of
             a parameter's 1-D marginal (`galton.truncation.shrink`): for heads whose log-ratio
             never falls ε below its maximum.
-        margin: each new box is widened by this share of its width on each side (within the old
-            box), against heads too sure of themselves: a cut is never undone. It widens the box
-            only; correlated truncation's 2-D cuts keep their thresholds.
+        margin: each new box widened by this share of its width a side (within the old box), against
+            heads too sure of themselves; the 2-D cuts keep their thresholds.
         on_invalid: ``"raise"`` or ``"drop"``: what each round does with simulations whose x has NaN
             or inf (`galton.simulate`).
         variant: ``"a"`` (swyft's binary loss, with ``negatives`` marginal pairs per joint pair) or
             ``"c"`` (NRE-C's, with ``negatives`` contrastive atoms and class weight ``gamma``).
         negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft);
             with ``variant="c"`` the contrastive atoms per x (at least 1).
-        gamma: NRE-C's class weight γ (``variant="c"``).
+        gamma: NRE-C's class weight γ (``variant="c"``). hidden, depth: each head's MLP.
         pool: ``"inside"`` (swyft's): each round trains on the simulations inside its proposal;
             ``"all"``: on every simulation so far (see the module), so an embedding learns from all
             of them without being carried. slcp_distractors (10,000 simulations, ``ensemble=3``,
             ``min_shrink=0``): 0.555 / 0.599 marginal C2ST, against 0.568 / 0.626 carried.
         carry_embedding: each round after the first starts from the last round's trained embedding
-            (and its scaling of x), with fresh heads scaled to the new proposal's θ: what the
-            embedding learnt about x carries over, instead of being learnt again from one round's
-            simulations. Pair it with ``min_shrink=0``: a first round that hardly shrinks the box
-            otherwise sends the rest of the budget to one last round, with nothing left to carry
-            (slcp_distractors, 10,000 simulations: 0.611 / 0.692 marginal C2ST with it, 0.635 /
-            0.721 without carrying).
+            (and its scaling of x), with fresh heads; pair it with ``min_shrink=0``, or a first round
+            that hardly shrinks the box sends the rest of the budget to one round, with nothing to carry.
         truncation: ``"box"`` (swyft's) or ``"correlated"`` (the box cut further by the 2-D heads;
             see the module).
         min_shrink: when a round shrinks the box by less than this fraction per parameter (its
             prior mass to the power 1/d), the box has converged: the rest of the budget is spent
             in one last round inside it.
         balance: BNRE's balancing weight λ (Delaunoy et al. 2022; 100 there), 0 for swyft's loss:
-            each head's classifier is held to E_joint[σ(d)] + E_marginal[σ(d)] = 1, which the exact
-            ratio meets (the batch estimate's noise adds a small pull towards flatter heads), so
-            that an over-fitted head errs towards too wide a marginal.
+            each head is held to E_joint[σ(d)] + E_marginal[σ(d)] = 1, which the exact ratio meets,
+            so that an over-fitted head errs towards too wide a marginal.
         cut_balance: the balancing weight of the rounds whose heads cut the next proposal (all but
             the last); None: ``balance``. A cut is never undone, so a head too sure of itself there
             loses posterior mass for good, while in the last round balancing only widens the result.
         calibrate: after the last round, each head's log-ratio d is replaced by a·d, with a > 0 the
             factor that minimises the head's binary loss on the rows training held out
-            (temperature scaling). A head too sure of itself gives too narrow a marginal; on slcp
-            at 10,000 simulations every head came out so (a = 0.71–0.98). The factors are in the
-            last round's record (``posterior.rounds[-1]["temperatures"]``).
+            (temperature scaling; on slcp at 10,000 simulations a = 0.71–0.98). The factors are in
+            ``posterior.rounds[-1]["temperatures"]``.
         ensemble: the last round trains this many networks on its simulations, from different keys,
             and the posterior takes their mean log-ratio (`galton.ratio.MarginalRatioEnsemble`);
-            the cutting rounds train one. A run's heads vary with where training starts; the
-            mean of a few varies less. On slcp (10,000 simulations, observations 1–5, two key
-            sets), 3 gave 0.549 / 0.590 marginal C2ST against 0.555 / 0.603 with 1, in 145 s per
-            observation against about 100 s; two_moons 0.525 / 0.530 against 0.526 / 0.541.
-            Not with ``calibrate`` (each member holds out other rows).
-        hidden, depth: each head's MLP; embedding: a `galton.nets` module for x, shared by all heads.
+            the cutting rounds train one. On slcp (10,000 simulations, observations 1–5, two key
+            sets) 3 gave 0.549 / 0.590 marginal C2ST against 0.555 / 0.603 with 1, in 145 s per
+            observation against about 100 s. Not with ``calibrate`` (members hold out other rows).
+        embedding: a `galton.nets` module for x, shared by all heads.
         training: `Training` settings for each round (default: step 1e-3, batches of 64, as swyft).
     """
 
@@ -265,15 +255,12 @@ class TMNRE(NeuralMethod):
         return super().fit(sims, prior, key=key, sequential=sequential, init=init, progress=progress)
 
     def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=(), key=None, mixture=None) -> TMNREPosterior:
-        """The `TMNREPosterior` of ``network`` trained on draws from ``proposal`` (a box or a `Region`;
-        a region's draws, from ``key``, give the posterior its marginals), or from ``mixture``, pairs
-        (proposal, simulations) of every round, mixed in proportion (``pool="all"``), in the last
-        round's box ``proposal``."""
+        """The `TMNREPosterior` of ``network`` trained on draws from ``proposal`` (a box or a `Region`, whose
+        draws from ``key`` give the marginals) or, with ``pool="all"``, ``mixture``: (proposal, count) per round."""
         proposal = TruncatedPrior.full(prior) if proposal is None else proposal
         drawn = None
-        if mixture is not None and len(mixture) > 1:
-            total = sum(n for _, n in mixture)
-            drawn = np.concatenate([np.asarray(p.sample_quantiles(jax.random.fold_in(key, 100 + i), (max(1, round(REGION_DRAWS * n / total)),)))
+        if mixture is not None and len(mixture) > 1:  # each round's share of the draws: its share of the simulations
+            drawn = np.concatenate([np.asarray(p.sample_quantiles(jax.random.fold_in(key, 100 + i), (round(REGION_DRAWS * n / sum(c for _, c in mixture)),)))
                                     for i, (p, n) in enumerate(mixture)])
         elif isinstance(proposal, Region):
             drawn = np.asarray(proposal.sample_quantiles(jax.random.fold_in(key, 1), (REGION_DRAWS,)))
@@ -300,10 +287,8 @@ class TMNRE(NeuralMethod):
             if r == 0:  # before any round cuts a box with it (a Python simulator's x shape is known only now)
                 x_obs = check_simulated_observation(problem, x_obs, new, iid=False)
             mixture.append((proposal, len(new)))
-            if pool is None or self.pool == "all":
-                inside = np.ones(0 if pool is None else len(pool), bool)
-            else:
-                inside = np.asarray(proposal.contains(pool.theta))
+            keep_all = pool is None or self.pool == "all"
+            inside = np.ones(0 if pool is None else len(pool), bool) if keep_all else np.asarray(proposal.contains(pool.theta))
             pool = new if pool is None else Simulations.concatenate([pool[inside], new])
             last = r == len(per_round) - 1
             cutting = self if last or self.cut_balance is None else replace(self, balance=self.cut_balance)
@@ -330,8 +315,8 @@ class TMNRE(NeuralMethod):
                 network = scaled_heads(network, factors)
                 records[-1]["temperatures"] = factors.tolist()
             if last:  # only the last round's posterior is kept: its region draws are dear
-                return self.posterior(network, prior, history, proposal, records, key=key_fit,
-                                      mixture=mixture if self.pool == "all" else None).condition(x_obs)
+                mixed = mixture if self.pool == "all" else None
+                return self.posterior(network, prior, history, proposal, records, key=key_fit, mixture=mixed).condition(x_obs)
             try:
                 narrower = shrink(proposal, _one_d_log_ratios(network, proposal, x_obs, one_d), epsilon=self.epsilon,
                                    names=prior.names, tail_mass=self.tail_mass, margin=self.margin)
@@ -404,7 +389,6 @@ def _one_d_log_ratios(network: MarginalRatioNetwork, proposal: TruncatedPrior, x
     """``u_grid (G, d) -> (G, d)``: parameter i's 1-D head at F_i⁻¹(u_grid[:, i]), given x_obs."""
     heads = jnp.asarray([one_d[i] for i in range(proposal.dim)])
     features = network.embed(jnp.asarray(x_obs, jnp.float32))
-
     return lambda u: _head_values(network, heads, features, proposal.quantiles.icdf(u))
 
 
