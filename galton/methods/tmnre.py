@@ -17,9 +17,10 @@ Rounds: after each round a box per parameter from its 1-D head (where the log-ra
 exceeds its maximum + ln ε, `galton.truncation.shrink`); the prior restricted to the box is
 the next proposal. Earlier simulations inside the new box are kept: they are draws from the
 prior restricted to it, as the new ones are. Each round trains a fresh network on the pool.
-With ``pool="all"`` every round trains on all simulations so far instead: the heads then
-estimate p(θ_m | x) / p_mix(θ_m), p_mix the rounds' proposals mixed in proportion to their
-simulations, whose marginal the posterior takes from draws of every round's proposal.
+With ``pool="all"`` every round trains on all simulations so far: the heads then estimate
+p(θ_m | x) / p_mix(θ_m), p_mix the rounds' proposals mixed in proportion to their simulations,
+whose marginal the posterior takes from draws of every round's proposal (the cuts read the heads
+as ratios to the current proposal, which p_mix equals only where the posterior has its mass).
 
 Correlated truncation (``truncation="correlated"``) also cuts the box by every 2-D head: the
 next proposal is the prior restricted to the box, to each pair's region where its log-ratio
@@ -147,8 +148,7 @@ class TMNRE(NeuralMethod):
             or inf (`galton.simulate`).
         variant: ``"a"`` (swyft's binary loss, with ``negatives`` marginal pairs per joint pair) or
             ``"c"`` (NRE-C's, with ``negatives`` contrastive atoms and class weight ``gamma``).
-        negatives: marginal pairs per joint pair in the loss (K in the module's loss; 1 in swyft);
-            with ``variant="c"`` the contrastive atoms per x (at least 1).
+        negatives: marginal pairs per joint pair (K in the module's loss; 1 in swyft); for ``"c"`` the atoms per x.
         gamma: NRE-C's class weight γ (``variant="c"``). hidden, depth: each head's MLP.
         pool: ``"inside"`` (swyft's): each round trains on the simulations inside its proposal;
             ``"all"``: on every simulation so far (see the module), so an embedding learns from all
@@ -255,8 +255,8 @@ class TMNRE(NeuralMethod):
         return super().fit(sims, prior, key=key, sequential=sequential, init=init, progress=progress)
 
     def posterior(self, network, prior: Prior, history: list[dict], proposal=None, rounds=(), key=None, mixture=None) -> TMNREPosterior:
-        """The `TMNREPosterior` of ``network`` trained on draws from ``proposal`` (a box or a `Region`, whose
-        draws from ``key`` give the marginals) or, with ``pool="all"``, ``mixture``: (proposal, count) per round."""
+        """The `TMNREPosterior` of ``network`` trained on draws from ``proposal`` (a box or a `Region`,
+        whose draws from ``key`` give the marginals) or from ``mixture``: (proposal, count) per round."""
         proposal = TruncatedPrior.full(prior) if proposal is None else proposal
         drawn = None
         if mixture is not None and len(mixture) > 1:  # each round's share of the draws: its share of the simulations
