@@ -153,7 +153,7 @@ class TMNRE(NeuralMethod):
         pool: ``"inside"`` (swyft's): each round trains on the simulations inside its proposal;
             ``"all"``: on every simulation so far (see the module), so an embedding learns from all
             of them without being carried. slcp_distractors (10,000 simulations, ``ensemble=3``,
-            ``min_shrink=0``): 0.555 / 0.599 marginal C2ST, against 0.568 / 0.626 carried.
+            ``min_shrink=0``, two key sets): 0.560 / 0.612 marginal C2ST, against 0.581 / 0.650 carried.
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads; pair it with ``min_shrink=0``, or a first round
             that hardly shrinks the box sends the rest of the budget to one round, with nothing to carry.
