@@ -7,7 +7,7 @@ than their priors.
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|sparse|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
-                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000] [--min-shrink 0]
+                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000] [--min-shrink 0] [--prune 0.1]
                           [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
@@ -22,7 +22,7 @@ linear projection of its 100 values to 8; ``--embedding sparse`` the same with
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -98,6 +98,7 @@ def settings_name(args) -> str:
         args.cut_balance is not None and f"cutbalance{args.cut_balance:g}",
         args.carry_embedding and "carry",
         args.pool != "inside" and f"pool{args.pool}",
+        args.prune is not None and f"prune{args.prune:g}",
         args.calibrate and "calibrate",
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
@@ -118,7 +119,7 @@ def part_one(args) -> None:
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
-                           negatives=args.negatives, pool=args.pool, variant=args.variant, gamma=args.gamma, hidden=args.hidden, ensemble=args.ensemble,
+                           negatives=args.negatives, pool=args.pool, prune=args.prune, variant=args.variant, gamma=args.gamma, hidden=args.hidden, ensemble=args.ensemble,
                            **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
@@ -206,6 +207,8 @@ def main():
     parser.add_argument("--ensemble", type=int, default=1, help="TMNRE's ensemble: networks the last round trains, their log-ratios averaged")
     parser.add_argument("--pool", choices=["inside", "all"], default="inside", help="TMNRE's pool: train each round on the "
                         "simulations inside its proposal (swyft's) or on all simulations so far")
+    parser.add_argument("--prune", type=float, default=None, help="TMNRE's prune: the last round's sparse projection pruned "
+                        "below this share of each output's largest weight, then trained again (--embedding sparse)")
     parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset or sparse)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")

@@ -347,6 +347,17 @@ class Projected(eqx.Module):
         """The projection's matrix ``(values net takes, x's size)``."""
         return self.linear.weight if self.factor is None else self.linear.weight * self.factor
 
+    def pruned(self, fraction: float) -> "Projected":
+        """This projection with each weight under ``fraction`` × its row's largest (in absolute
+        value) set to zero. Needs ``sparse=True``: both factors are zeroed, and as each one's
+        gradient is the other, training from here keeps them at zero."""
+        if self.factor is None:
+            raise ValueError("pruned() needs a Projected built with sparse=True (a plain weight set to zero would grow back in training)")
+        size = jnp.abs(self.weight)
+        keep = size >= fraction * size.max(1, keepdims=True)
+        return eqx.tree_at(lambda p: (p.linear.weight, p.factor), self,
+                           (jnp.where(keep, self.linear.weight, 0.0), jnp.where(keep, self.factor, 0.0)))
+
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_input(x, self.in_shape, "Projected")
         projected = self.weight @ x.reshape(-1) + self.linear.bias

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import paramax
+from scipy.special import log_expit
 
 from galton import nets
 from galton._cache import built
@@ -272,5 +273,39 @@ def marginal_ratio_network(
     return _marginal_network(spec, embedding, key, (*standardisation(theta), *input_standardisation(embedding, x)))
 
 
+def derangement(key, b: int) -> jax.Array:
+    """Row indices ``(b,)`` with no row mapped to itself."""
+    perm = jax.random.permutation(key, b)
+    return jnp.zeros(b, jnp.int32).at[perm].set(jnp.roll(perm, 1))
+
+
+def temperatures(network: MarginalRatioNetwork, theta, x, *, key: jax.Array, negatives: int = 4) -> np.ndarray:
+    """Each head's factor a ``(heads,)``, within 1 % on [0.05, 5], that minimises its binary loss
+    with log-ratio a·d on joint pairs θ ``(n, d)``, x ``(n, *x_shape)`` and ``negatives``
+    derangements of θ against each x (rows the network was not trained on)."""
+    theta = jnp.asarray(theta, jnp.float32)
+    features = network.embed(jnp.asarray(x, jnp.float32))
+    rows = jnp.concatenate([derangement(k, len(theta)) for k in jax.random.split(key, negatives)])
+    joint = np.asarray(_all_heads(network, features, theta), np.float64)
+    marginal = np.asarray(_all_heads(network, jnp.tile(features, (negatives, 1)), theta[rows]), np.float64)
+    factors = np.exp(np.linspace(np.log(0.05), np.log(5.0), 464))
+    losses = [-(log_expit(a * joint).mean(0) + log_expit(-a * marginal).mean(0)) for a in factors]  # (factors, heads)
+    return factors[np.argmin(losses, 0)]
+
+
+def scaled_heads(network: MarginalRatioNetwork, factors) -> MarginalRatioNetwork:
+    """``network`` with head h's log-ratio multiplied by ``factors[h]`` (its last layer scaled)."""
+    last = network.heads.layers[-1]
+    a = jnp.asarray(factors, jnp.float32)
+    along = lambda leaf: a.reshape((-1,) + (1,) * (leaf.ndim - 1))  # noqa: E731
+    return eqx.tree_at(lambda n: (n.heads.layers[-1].weight, n.heads.layers[-1].bias), network,
+                       (last.weight * along(last.weight), last.bias * along(last.bias)))
+
+
+@eqx.filter_jit
+def _all_heads(network, features, theta):
+    return network.head_log_ratios(theta, features)
+
+
 __all__ = ["SKELETONS", "Specified", "MarginalRatioEnsemble", "MarginalRatioNetwork", "marginal_ratio_ensemble", "RatioEnsemble", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton",
-           "ratio_ensemble", "ratio_network", "skeleton"]
+           "derangement", "scaled_heads", "temperatures", "ratio_ensemble", "ratio_network", "skeleton"]

@@ -170,3 +170,20 @@ def test_a_sparse_projection_reads_single_values_where_a_dense_one_blends_them()
     assert losses.max() < 0.05 and informative.min() > 0.98, (losses, informative)  # every fit found both values (measured ≤ 0.018, ≥ 0.99)
     # measured: 0.84 against 0.60 (the dense rows blend x₀ and x₁); one dense fit missed a value (loss 0.35)
     assert rows.mean() > 0.75 and dense_rows.mean() < 0.68 and rows.mean() - dense_rows.mean() > 0.15, (rows, dense_rows, dense_losses)
+
+
+def test_pruning_a_sparse_projection_zeroes_both_factors_and_training_keeps_them_zero():
+    net = nets.Projected((20,), nets.Identity((3,)), key=KEY, sparse=True)
+    pruned = net.pruned(0.5)
+    w, p = np.asarray(net.weight), np.asarray(pruned.weight)
+    np.testing.assert_array_equal(p == 0, np.abs(w) < 0.5 * np.abs(w).max(1, keepdims=True))
+    np.testing.assert_array_equal(p[p != 0], w[p != 0])
+    assert np.all((p != 0).sum(1) >= 1)  # each row keeps its largest
+    params, static = eqx.partition(pruned, eqx.is_array)
+    grads = jax.grad(lambda q: jnp.sum(eqx.combine(q, static)(jnp.arange(1.0, 21.0)) ** 2))(params)
+    optimiser = optax.adam(1e-2)
+    updates, _ = optimiser.update(grads, optimiser.init(params), params)
+    stepped = np.asarray(eqx.combine(optax.apply_updates(params, updates), static).weight)
+    assert np.all(stepped[p == 0] == 0) and np.all(stepped[p != 0] != p[p != 0])
+    with pytest.raises(ValueError, match=r"pruned\(\) needs a Projected built with sparse=True"):
+        nets.Projected((20,), nets.Identity((3,)), key=KEY).pruned(0.5)
