@@ -624,6 +624,7 @@ def test_batched_calls_check_their_observations(amortized):
     (dict(ensemble=2, calibrate=True), "calibrate=True needs rows no network trained on"),
     (dict(prune=0.1), "prune applies to an embedding that is a galton.nets.Projected with sparse=True, got NoneType"),
     (dict(prune=1.0), r"prune must be a number in \(0, 1\)"),
+    (dict(prune=0.1, calibrate=True), "prune's second training holds out other rows"),
 ])
 def test_bad_settings_fail_before_any_simulation(settings, message):
     with pytest.raises(ValueError, match=message):

@@ -217,6 +217,9 @@ class TMNRE(NeuralMethod):
         if self.ensemble > 1 and self.calibrate:
             raise ValueError("calibrate=True needs rows no network trained on, and with ensemble > 1 each member holds out "
                              "other rows: use one of the two")
+        if self.prune is not None and self.calibrate:
+            raise ValueError("calibrate=True needs rows no network trained on, and prune's second training holds out other rows "
+                             "than the first: use one of the two")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         check_real(self.gamma, "gamma")
