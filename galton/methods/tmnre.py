@@ -152,8 +152,8 @@ class TMNRE(NeuralMethod):
             networks, once trained, drops the projection's weights under this share of each
             output's largest (`Projected.pruned`; 0.1 say) and trains again from there: the little
             a projection still reads of distractors blurs the finest features. On
-            slcp_distractors' observation 4 (``pool="all"``, ``ensemble=3``) 0.1 gave 0.588 / 0.694
-            marginal C2ST against 0.634 / 0.719.
+            slcp_distractors (``pool="all"``, ``ensemble=3``, two key sets) 0.1 gave 0.553 / 0.605
+            marginal C2ST against 0.560 / 0.612; at its worst observation 0.588 / 0.694 against 0.634 / 0.719.
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads; pair it with ``min_shrink=0``, or a first round
             that hardly shrinks the box sends the rest of the budget to one round, with nothing to carry.
