@@ -285,9 +285,10 @@ def temperatures(network: MarginalRatioNetwork, theta, x, *, key: jax.Array, neg
     derangements of θ against each x (rows the network was not trained on)."""
     theta = jnp.asarray(theta, jnp.float32)
     features = network.embed(jnp.asarray(x, jnp.float32))
+    heads = jnp.arange(len(network.marginals))
     rows = jnp.concatenate([derangement(k, len(theta)) for k in jax.random.split(key, negatives)])
-    joint = np.asarray(_all_heads(network, features, theta), np.float64)
-    marginal = np.asarray(_all_heads(network, jnp.tile(features, (negatives, 1)), theta[rows]), np.float64)
+    joint = np.asarray(head_values(network, heads, features, theta), np.float64)
+    marginal = np.asarray(head_values(network, heads, jnp.tile(features, (negatives, 1)), theta[rows]), np.float64)
     factors = np.exp(np.linspace(np.log(0.05), np.log(5.0), 464))
     losses = [-(log_expit(a * joint).mean(0) + log_expit(-a * marginal).mean(0)) for a in factors]  # (factors, heads)
     return factors[np.argmin(losses, 0)]
@@ -303,9 +304,11 @@ def scaled_heads(network: MarginalRatioNetwork, factors) -> MarginalRatioNetwork
 
 
 @eqx.filter_jit
-def _all_heads(network, features, theta):
-    return network.head_log_ratios(theta, features)
+def head_values(network: MarginalRatioNetwork, heads, features, theta) -> jax.Array:
+    """`MarginalRatioNetwork.head_log_ratios` compiled once per shape: heads ``(h,)``, features
+    ``(*batch, e)``, θ ``(*batch, d)`` -> ``(*batch, h)``."""
+    return network.head_log_ratios(theta, features, heads=heads)
 
 
 __all__ = ["SKELETONS", "Specified", "MarginalRatioEnsemble", "MarginalRatioNetwork", "marginal_ratio_ensemble", "RatioEnsemble", "RatioNetwork", "marginal_ratio_network", "marginal_skeleton",
-           "derangement", "scaled_heads", "temperatures", "ratio_ensemble", "ratio_network", "skeleton"]
+           "derangement", "head_values", "scaled_heads", "temperatures", "ratio_ensemble", "ratio_network", "skeleton"]

@@ -52,7 +52,7 @@ from galton.nets import Projected
 from galton.posteriors.marginal import TMNREPosterior
 from galton.prior import Prior
 from galton.problem import check_simulated_observation
-from galton.ratio import MarginalRatioNetwork, derangement, marginal_ratio_ensemble, marginal_ratio_network, scaled_heads, temperatures
+from galton.ratio import MarginalRatioNetwork, derangement, head_values, marginal_ratio_ensemble, marginal_ratio_network, scaled_heads, temperatures
 from galton.regions import Region
 from galton.simulate import simulate
 from galton.store import Simulations, round_store
@@ -276,7 +276,8 @@ class TMNRE(NeuralMethod):
         proposal = TruncatedPrior.full(prior) if proposal is None else proposal
         drawn = None
         if mixture is not None and len(mixture) > 1:  # each round's share of the draws: its share of the simulations
-            drawn = np.concatenate([np.asarray(p.sample_quantiles(jax.random.fold_in(key, 100 + i), (round(REGION_DRAWS * n / sum(c for _, c in mixture)),)))
+            total = sum(count for _, count in mixture)
+            drawn = np.concatenate([np.asarray(p.sample_quantiles(jax.random.fold_in(key, 100 + i), (round(REGION_DRAWS * n / total),)))
                                     for i, (p, n) in enumerate(mixture)])
         elif isinstance(proposal, Region):
             drawn = np.asarray(proposal.sample_quantiles(jax.random.fold_in(key, 1), (REGION_DRAWS,)))
@@ -370,7 +371,7 @@ def _correlated(network, proposal, box: TruncatedPrior, x_obs, columns, epsilon:
     if len(pairs):
         features = network.embed(jnp.asarray(x_obs, jnp.float32))
         draws = proposal.sample(jax.random.fold_in(key_draws, 2), (16_384,))  # where this round's heads were trained
-        values = _head_values(network, pairs, features, draws)
+        values = head_values(network, pairs, features, draws)
         thresholds = values.max(0) + math.log(epsilon)
         if tail_mass is not None:  # the draws are uniform in quantile space: weights ∝ exp(log-ratio)
             thresholds = jnp.maximum(thresholds, jnp.asarray(tail_level(np.asarray(values), tail_mass), jnp.float32))
@@ -382,12 +383,7 @@ def _one_d_log_ratios(network: MarginalRatioNetwork, proposal: TruncatedPrior, x
     """``u_grid (G, d) -> (G, d)``: parameter i's 1-D head at F_i⁻¹(u_grid[:, i]), given x_obs."""
     heads = jnp.asarray([one_d[i] for i in range(proposal.dim)])
     features = network.embed(jnp.asarray(x_obs, jnp.float32))
-    return lambda u: _head_values(network, heads, features, proposal.quantiles.icdf(u))
-
-
-@eqx.filter_jit
-def _head_values(network, heads, features, theta):
-    return network.head_log_ratios(theta, features, heads=heads)
+    return lambda u: head_values(network, heads, features, proposal.quantiles.icdf(u))
 
 
 __all__ = ["HeadConstraint", "POOLS", "TMNRE", "loss", "resolve_marginals"]
