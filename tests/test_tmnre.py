@@ -469,6 +469,9 @@ def test_prune_trains_the_last_round_again_on_a_pruned_projection(fit_calls):
     post = galton.infer(DISTRACTED, x_obs, key=jax.random.key(3), method=method, budget=2000, rounds=2, progress=False)
     # round 1 once; the last round's two members twice each, the second time from the pruned first
     assert [kwargs.get("init") is None for _, kwargs, _ in fit_calls] == [True, True, False, True, False]
+    # the second training a fine-tune, at a tenth of the step
+    assert [c.training.learning_rate for c, _, _ in fit_calls] == [FAST.learning_rate] * 2 + [FAST.learning_rate * 0.1, FAST.learning_rate,
+                                                                                              FAST.learning_rate * 0.1]
     for (_, _, trained), (_, kwargs, _) in [(fit_calls[1], fit_calls[2]), (fit_calls[3], fit_calls[4])]:
         w, start = np.abs(np.asarray(trained.embedding.weight)), np.asarray(kwargs["init"].embedding.weight)
         np.testing.assert_array_equal(start == 0, w < 0.2 * w.max(1, keepdims=True))
@@ -477,6 +480,7 @@ def test_prune_trains_the_last_round_again_on_a_pruned_projection(fit_calls):
         assert np.all(w[start == 0] == 0) and np.all(w[start != 0] > 0)  # training kept the pruned weights at zero
         np.testing.assert_array_equal(post.network.members[j].embedding.weight, final.embedding.weight)
         assert w[:, SCATTER[:DIM]].sum() / w.sum() > 0.9, w  # what is left reads θ's values
+    assert np.isfinite(post.history[-1]["validation_before_pruning"])
     assert post.history[-1]["projection_reads"] == np.asarray((post.network.members[0].embedding.weight != 0).sum(1)).tolist()
     for i in range(DIM):
         draws = np.asarray(post.marginal(f"theta[{i}]").sample(4000, key=jax.random.key(4)))[:, 0]
