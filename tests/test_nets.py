@@ -30,6 +30,7 @@ CASES = {
     "CNN2d": (make(lambda key: nets.CNN2d((12, 12), 4, channels=(4, 8), key=key)), (12, 12), 4),
     "DeepSet": (make(lambda key: nets.DeepSet((7, 2), 5, width=16, key=key)), (7, 2), 5),
     "DeepSet-normalized": (make(lambda key: nets.DeepSet((7, 2), 5, width=16, normalize=True, key=key)), (7, 2), 5),
+    "DeepSet-statistics": (make(lambda key: nets.DeepSet((7, 2), 5, width=16, statistics=True, key=key)), (7, 2), 5),
     "Projected": (make(lambda key: nets.Projected((20,), nets.DeepSet((3, 2), 5, width=16, key=key), key=key)), (20,), 5),
     "Projected-sparse": (make(lambda key: nets.Projected((20,), nets.DeepSet((3, 2), 5, width=16, key=key), key=key, sparse=True)), (20,), 5),
 }
@@ -108,7 +109,7 @@ def test_other_settings_give_the_promised_shapes_and_specs(construct, x_shape, o
     assert rebuilt.spec == net.spec
 
 
-@pytest.mark.parametrize("name", ["DeepSet", "DeepSet-normalized"])
+@pytest.mark.parametrize("name", ["DeepSet", "DeepSet-normalized", "DeepSet-statistics"])
 def test_deepset_ignores_the_order_of_items_and_accepts_other_set_sizes(name):
     net = CASES[name][0]
     x = jax.random.normal(KEY, (4, 7, 2))
@@ -117,7 +118,7 @@ def test_deepset_ignores_the_order_of_items_and_accepts_other_set_sizes(name):
     assert jax.eval_shape(net, x[0, :3]).shape == (5,)
 
 
-@pytest.mark.parametrize("name", ["DeepSet", "DeepSet-normalized"])
+@pytest.mark.parametrize("name", ["DeepSet", "DeepSet-normalized", "DeepSet-statistics"])
 def test_deepset_mask_leaves_padded_items_out(name):
     net = CASES[name][0]
     x = jax.random.normal(KEY, (4, 2))
@@ -138,6 +139,16 @@ def test_a_normalized_deepset_reads_items_standardised_by_their_set_and_the_set_
     assert np.isfinite(np.asarray(eqx.filter_jit(net)(jnp.ones((7, 2))))).all()  # no spread: finite, not NaN
     with pytest.raises(ValueError, match="at least 2 items"):
         nets.DeepSet((1, 2), 5, normalize=True, key=KEY)
+
+
+def test_a_deepset_with_statistics_reads_the_items_as_given_and_the_set_mean_and_log_spread_beside():
+    net = CASES["DeepSet-statistics"][0]
+    x = jnp.array([2.0, -1.0]) + 0.03 * jax.random.normal(KEY, (7, 2))
+    pooled = jax.vmap(net.phi)(x).mean(0)
+    expected = net.rho(jnp.concatenate([pooled, x.mean(0), jnp.log(x.std(0))]))
+    np.testing.assert_allclose(eqx.filter_jit(net)(x), expected, rtol=2e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="at least 2 items"):
+        nets.DeepSet((1, 2), 5, statistics=True, key=KEY)
 
 
 def test_wrong_inputs_fail_early_with_a_message():
