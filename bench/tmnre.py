@@ -6,7 +6,7 @@ than their priors.
                           [--observations 1 2 3 4 5] [--budget 10000] [--rounds 5] [--skip-narrow]
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|sparse|mlp]
-                          [--patience 40] [--decay 0.3] [--decay-patience 10] [--margin 0.25]
+                          [--patience 40] [--decay 0.3] [--decay-patience 10] [--finish 0.1] [--margin 0.25]
                           [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000] [--min-shrink 0] [--prune 0.1]
                           [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64] [--set-normalize] [--set-statistics]
 
@@ -21,7 +21,8 @@ linear projection of its 100 values to 8; ``--embedding sparse`` the same with
 ``nets.Projected(..., sparse=True)``; other tasks keep raw x), ``--embedding mlp``
 every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
-its step-size decay after each ``--decay-patience`` epochs without improvement; ``--margin``,
+its step-size decay after each ``--decay-patience`` epochs without improvement, ``--finish`` its
+fine-tune at a share of the step after early stopping; ``--margin``,
 ``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width, ``--set-normalize`` and ``--set-statistics`` its ``normalize=True`` and ``statistics=True``; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
@@ -81,8 +82,8 @@ def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None, width
 
 
 def training_for(args) -> dict:
-    """TMNRE's training settings with ``--patience`` and ``--decay``, or none to keep its default."""
-    changes = {k: v for k, v in [("patience", args.patience), ("decay", args.decay)] if v is not None}
+    """TMNRE's training settings with ``--patience``, ``--decay`` and ``--finish``, or none to keep its default."""
+    changes = {k: v for k, v in [("patience", args.patience), ("decay", args.decay), ("finish", args.finish)] if v is not None}
     if args.decay is not None:
         changes["decay_patience"] = args.decay_patience
     return {"training": dataclasses.replace(TMNRE().training, **changes)} if changes else {}
@@ -95,6 +96,7 @@ def settings_name(args) -> str:
         args.patience is not None and f"patience{args.patience}",
         args.tail_mass is not None and f"tail{args.tail_mass:g}",
         args.decay is not None and f"decay{args.decay:g}dp{args.decay_patience}",
+        args.finish is not None and f"finish{args.finish:g}",
         args.margin and f"margin{args.margin:g}",
         args.cut_balance is not None and f"cutbalance{args.cut_balance:g}",
         args.carry_embedding and "carry",
@@ -202,6 +204,8 @@ def main():
                              "mlp: an MLP on the flat x (every task), shared by the heads")
     parser.add_argument("--patience", type=int, default=None, help="early-stopping patience of each round (TMNRE's default: 20)")
     parser.add_argument("--decay", type=float, default=None, help="Training's decay: the step size's factor after each plateau")
+    parser.add_argument("--finish", type=float, default=None, help="Training's finish: after early stopping, a fine-tune from "
+                        "the best weights at this share of the step size")
     parser.add_argument("--decay-patience", type=int, default=10, help="epochs without improvement before each --decay (here 10; Training's default is 5)")
     parser.add_argument("--cut-balance", type=float, default=None, help="TMNRE's cut_balance: BNRE's λ in the rounds that cut")
     parser.add_argument("--negatives", type=int, default=1, help="TMNRE's negatives: marginal pairs per joint pair")

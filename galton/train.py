@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import equinox as eqx
@@ -46,6 +46,10 @@ class Training:
             settles into the minimum it found instead of hopping around it. ``patience`` still
             decides when to stop, so it should exceed ``decay_patience``.
         decay_patience: epochs without improvement before each decay.
+        finish: when set (0.1 say), once ``patience`` stops training, it goes on from the best
+            weights with a fresh optimiser at ``finish`` × the step size until ``patience`` epochs
+            pass again without a better validation loss: a fine-tune into the minimum that the full
+            step found but kept hopping around.
     """
 
     learning_rate: float = 5e-4
@@ -56,6 +60,7 @@ class Training:
     clip_norm: float = 5.0
     decay: float | None = None
     decay_patience: int = 5
+    finish: float | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "patience", "max_epochs", "decay_patience"):
@@ -65,6 +70,8 @@ class Training:
         check_real(self.validation_fraction, "validation_fraction", high=1.0)
         if self.decay is not None:  # None: no decay
             check_real(self.decay, "decay", high=1.0)
+        if self.finish is not None:
+            check_real(self.finish, "finish", high=1.0)
         if self.decay is not None and self.decay_patience >= self.patience:
             raise ValueError(f"decay_patience ({self.decay_patience}) must be below patience ({self.patience}): "
                              "training would stop before the step size ever decays")
@@ -182,31 +189,51 @@ def train(
     params, static = eqx.partition(model, eqx.is_inexact_array, is_leaf=_is_frozen)
     key_split, key_epochs, key_val, shuffled, opt_state = _start(as_key(key), params, len(arrays[0]), settings)
     train_data, val_data, batch_size = _split(arrays, settings.validation_fraction, settings.batch_size, key_split, groups, shuffled)
+    data = (train_data, val_data, key_epochs, key_val)
     epoch = _epoch_program(loss, static, settings, batch_size, (params, opt_state, train_data, val_data, key_epochs, np.int32(0), key_val))
 
     history = {"train_loss": [], "validation_loss": []}
-    best_loss, best_params, best_epoch, start = np.inf, params, -1, time.perf_counter()
+    best, start = (np.inf, params, -1), time.perf_counter()
     bar = Progress(settings.max_epochs, unit="epoch", desc="training", enabled=progress, leave=False)
     try:
-        for i in range(settings.max_epochs):
-            params, opt_state, train_loss, val_loss = epoch(params, opt_state, train_data, val_data, key_epochs, np.int32(i), key_val)
-            train_loss, val_loss = float(train_loss), float(val_loss)
-            history["train_loss"].append(train_loss)
-            history["validation_loss"].append(val_loss)
-            if val_loss < best_loss:
-                best_loss, best_params, best_epoch = val_loss, params, i
-            elif settings.decay is not None and (i - best_epoch) % settings.decay_patience == 0:
-                opt_state = _decayed(opt_state, settings.decay)
-                history.setdefault("decays", []).append(i)
-            bar.update(1, train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
-            if not np.isfinite(train_loss):
-                raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")
-            if i - best_epoch >= settings.patience:
-                break
+        best = _epochs(epoch, params, opt_state, data, settings, history, best, bar, 0)
+        if settings.finish is not None and len(history["train_loss"]) < settings.max_epochs:
+            finer = replace(settings, learning_rate=settings.learning_rate * settings.finish, decay=None)
+            history["finish_epoch"] = len(history["train_loss"])
+            params = best[1]
+            opt_state = finer.optimizer().init(params)
+            epoch = _epoch_program(loss, static, finer, batch_size, (params, opt_state, train_data, val_data, key_epochs, np.int32(0), key_val))
+            best = _epochs(epoch, params, opt_state, data, finer, history, best, bar, history["finish_epoch"])
     finally:
         bar.close()
+    best_loss, best_params, best_epoch = best
     history.update(best_epoch=best_epoch, epochs=len(history["train_loss"]), seconds=time.perf_counter() - start)
     return eqx.combine(best_params, static), history
+
+
+def _epochs(epoch, params, opt_state, data, settings: Training, history: dict, best: tuple, bar, first: int) -> tuple:
+    """Epochs from number ``first`` until ``patience`` pass without a better validation loss than
+    ``best`` = (loss, params, epoch) or ``max_epochs`` in all; the losses go to ``history``, and
+    the best (loss, params, epoch) is returned."""
+    train_data, val_data, key_epochs, key_val = data
+    best_loss, best_params, best_epoch = best
+    stall = first  # patience counts from here: a finishing phase starts after its best epoch's patience ran out
+    for i in range(first, settings.max_epochs):
+        params, opt_state, train_loss, val_loss = epoch(params, opt_state, train_data, val_data, key_epochs, np.int32(i), key_val)
+        train_loss, val_loss = float(train_loss), float(val_loss)
+        history["train_loss"].append(train_loss)
+        history["validation_loss"].append(val_loss)
+        if val_loss < best_loss:
+            best_loss, best_params, best_epoch = val_loss, params, i
+        elif settings.decay is not None and (i - best_epoch) % settings.decay_patience == 0:
+            opt_state = _decayed(opt_state, settings.decay)
+            history.setdefault("decays", []).append(i)
+        bar.update(1, train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
+        if not np.isfinite(train_loss):
+            raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")
+        if i - max(best_epoch, stall - 1) >= settings.patience:
+            break
+    return best_loss, best_params, best_epoch
 
 
 def _start(key, params, n: int, settings: Training):

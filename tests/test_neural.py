@@ -6,6 +6,8 @@ NLE and NRE, sampled by MCMC, are in test_neural_mcmc.py (a file each, so two te
 share them out).
 """
 
+from dataclasses import replace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,3 +245,29 @@ def test_a_loss_s_arrays_are_inputs_of_one_compiled_epoch():
     _epoch_function.cache_clear()  # the same weights compiled first give the same epochs: nothing stale was reused
     assert fit(10.0) == ten
     np.testing.assert_allclose(ten[0], 10 * one[0], rtol=1e-3)  # Adam takes the same steps: the loss scaled, to rounding
+
+
+def test_finish_fine_tunes_from_the_best_weights_at_a_smaller_step():
+    import equinox as eqx
+
+    from galton.train import train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1000, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, 2.0, 3.0]) + rng.normal(size=1000)).astype(np.float32)
+    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(0))
+
+    def loss(m, batch, key):
+        return jnp.mean((jax.vmap(m)(batch[0]) - batch[1]) ** 2)
+
+    settings = Training(learning_rate=0.1, batch_size=16, patience=5, max_epochs=200)  # a step far too large: the loss hops
+    plain, hopping = train(model, loss, (x, y), key=jax.random.key(1), settings=settings, progress=False)
+    finished, history = train(model, loss, (x, y), key=jax.random.key(1), settings=replace(settings, finish=0.01), progress=False)
+    start = history["finish_epoch"]
+    # the same first phase, then at least `patience` epochs from the best weights at a hundredth of the step
+    assert start == hopping["epochs"] and history["validation_loss"][:start] == hopping["validation_loss"]
+    assert history["epochs"] >= start + 5 and history["best_epoch"] >= start
+    assert min(history["validation_loss"]) < min(hopping["validation_loss"]) - 1e-3, (min(history["validation_loss"]), min(hopping["validation_loss"]))
+    assert np.ptp(history["validation_loss"][start + 1:]) < 0.3 * np.ptp(hopping["validation_loss"][-5:])  # settled, not hopping
+    with pytest.raises(ValueError, match=r"finish must be a number in \(0, 1\)"):
+        Training(finish=2.0)
