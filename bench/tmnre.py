@@ -8,7 +8,7 @@ than their priors.
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|sparse|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--finish 0.1] [--margin 0.25]
                           [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000] [--min-shrink 0] [--prune 0.1]
-                          [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64] [--set-normalize] [--set-statistics]
+                          [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -23,7 +23,7 @@ every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement, ``--finish`` its
 fine-tune at a share of the step after early stopping; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width, ``--set-normalize`` and ``--set-statistics`` its ``normalize=True`` and ``statistics=True``; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
@@ -66,16 +66,15 @@ def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
     return [(n,) for n in names] + list(pairs)
 
 
-def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None, width: int = 64, normalize: bool = False,
-                  statistics: bool = False):
+def embedding_for(task_name: str, kind: str, x_shape: tuple | None = None, width: int = 64):
     """None; for ``deepset`` on slcp a permutation-invariant net over its 4 draws (x is (8,)), on
     slcp_distractors the same after a learned projection of its 100 values to 8 (`nets.Projected`;
-    ``sparse``: its product parametrisation; ``normalize``, ``statistics``: the DeepSet's); for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
+    ``sparse``: its product parametrisation); for ``mlp`` an MLP from the flat x to 64 features (width 128, depth 2), shared by the heads."""
     if kind == "mlp":
         return nets.MLP(x_shape, 64, width=128, depth=2, key=jax.random.key(11))
     if kind == "none" or task_name not in ("slcp", "slcp_distractors"):
         return None
-    deepset = nets.DeepSet((4, 2), 64, width=width, normalize=normalize, statistics=statistics, key=jax.random.key(11))
+    deepset = nets.DeepSet((4, 2), 64, width=width, key=jax.random.key(11))
     if task_name == "slcp_distractors":  # which 8 of the 100 values are the draws is learned
         return nets.Projected((100,), deepset, key=jax.random.key(12), sparse=kind == "sparse")
     return nets.Reshaped((8,), deepset)
@@ -109,8 +108,6 @@ def settings_name(args) -> str:
         args.ensemble > 1 and f"ensemble{args.ensemble}",
         args.min_shrink is not None and f"minshrink{args.min_shrink:g}",
         args.set_width != 64 and f"setwidth{args.set_width}",
-        args.set_normalize and "set-normalize",
-        args.set_statistics and "set-statistics",
         args.key_offset and f"keys+{args.key_offset}",
     ]
     return "".join(f"-{name}" for name in parts if name)
@@ -120,8 +117,7 @@ def part_one(args) -> None:
     for task_name in args.tasks:
         task = get(task_name)
         runs = [] if args.skip_amortized else [(1, "box")]
-        embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)), args.set_width, args.set_normalize,
-                                  args.set_statistics)
+        embedding = embedding_for(task_name, args.embedding, np.shape(task.observation(1)), args.set_width)
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
@@ -217,10 +213,6 @@ def main():
                         "simulations inside its proposal (swyft's) or on all simulations so far")
     parser.add_argument("--prune", type=float, default=None, help="TMNRE's prune: the last round's sparse projection pruned "
                         "below this share of each output's largest weight, then trained again (--embedding sparse)")
-    parser.add_argument("--set-normalize", action="store_true", help="the DeepSet's normalize=True: each set standardised "
-                        "by its own mean and spread, which reach the net on a log scale (--embedding deepset or sparse)")
-    parser.add_argument("--set-statistics", action="store_true", help="the DeepSet's statistics=True: each set's mean and "
-                        "log spread handed to rho beside the pooled items (--embedding deepset or sparse)")
     parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset or sparse)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")

@@ -225,13 +225,6 @@ class DeepSet(eqx.Module):
 
     For padded sets pass ``mask`` ``(n_set,)`` (True for real items): padded rows are left out
     of the mean. The library's flows call embeddings with x alone, so there all sets are whole.
-
-    ``normalize=True`` standardises each set by its own mean and standard deviation per item
-    value before phi, and hands rho those statistics (the mean and the log standard deviation,
-    ``2 * d_item`` values) beside the pooled features. A set's spread then reaches the net on a
-    log scale, whatever the scale x was z-scored on: a spread a hundred times narrower than the
-    training data's is still read apart from one ten times narrower. ``statistics=True`` hands
-    rho the same statistics but leaves the items to phi as given.
     """
 
     phi: eqx.nn.MLP
@@ -240,50 +233,33 @@ class DeepSet(eqx.Module):
     out_dim: int = eqx.field(static=True)
     width: int = eqx.field(static=True)
     activation: str = eqx.field(static=True)
-    normalize: bool = eqx.field(static=True)
-    statistics: bool = eqx.field(static=True)
 
-    def __init__(self, in_shape, out_dim: int, *, width: int = 64, activation: str = "relu", normalize: bool = False,
-                 statistics: bool = False, key: jax.Array):
+    def __init__(self, in_shape, out_dim: int, *, width: int = 64, activation: str = "relu", key: jax.Array):
         in_shape = _shape(in_shape)
         if len(in_shape) != 2:
             raise ValueError(f"DeepSet in_shape must be (n_set, d_item), got {in_shape}")
-        if (normalize or statistics) and in_shape[0] < 2:
-            raise ValueError(f"DeepSet normalize=True or statistics=True needs sets of at least 2 items for a spread, got in_shape {in_shape}")
         self.in_shape, self.out_dim, self.width, self.activation = in_shape, out_dim, width, activation
-        self.normalize, self.statistics = bool(normalize), bool(statistics)
         key_phi, key_rho = jax.random.split(key)
         act = _activation(activation)
         # phi ends in the activation so the pooled features are non-linear summaries of the items
         self.phi = eqx.nn.MLP(in_shape[1], width, width, 1, activation=act, final_activation=act, key=key_phi)
-        extra = 2 * in_shape[1] if normalize or statistics else 0
-        self.rho = eqx.nn.MLP(width + extra, out_dim, width, 1, activation=act, key=key_rho)
+        self.rho = eqx.nn.MLP(width, out_dim, width, 1, activation=act, key=key_rho)
 
     @property
     def spec(self) -> dict:
         return {"kind": "DeepSet", "in_shape": list(self.in_shape), "out_dim": self.out_dim,
-                "width": self.width, "activation": self.activation, "normalize": self.normalize, "statistics": self.statistics}
+                "width": self.width, "activation": self.activation}
 
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         if x.ndim != 2 or x.shape[1] != self.in_shape[1]:
             raise ValueError(f"DeepSet expects one set of shape (n_set, {self.in_shape[1]}), got {x.shape}")
-        read = self.normalize or self.statistics
-        if read:
-            items = _pool(x, mask)
-            # the floor keeps a set of equal items finite: 1e-4 of the spread x was z-scored to
-            log_sd = 0.5 * jnp.log(_pool((x - items) ** 2, mask) + 1e-8)
-        if self.normalize:
-            x = (x - items) * jnp.exp(-log_sd)
-        pooled = _pool(jax.vmap(self.phi)(x), mask)
-        return self.rho(jnp.concatenate([pooled, items, log_sd]) if read else pooled)
-
-
-def _pool(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """The mean over a set's items ``(n_set, k) -> (k,)``, of those where ``mask`` is True when given."""
-    if mask is None:
-        return values.mean(0)
-    weights = jnp.asarray(mask, values.dtype)[:, None]
-    return (weights * values).sum(0) / jnp.maximum(weights.sum(), 1.0)
+        features = jax.vmap(self.phi)(x)
+        if mask is None:
+            pooled = features.mean(0)
+        else:
+            weights = jnp.asarray(mask, features.dtype)[:, None]
+            pooled = (weights * features).sum(0) / jnp.maximum(weights.sum(), 1.0)
+        return self.rho(pooled)
 
 
 class Reshaped(eqx.Module):
