@@ -110,18 +110,25 @@ def test_training_holds_out_whole_groups_of_rows():
         _split([rows], 0.2, 16, jax.random.key(0), groups[:100])
 
 
-def test_decay_settles_the_step_size_after_a_plateau():
+def linear_regression():
+    """1,000 rows of y = x·(1, 2, 3) + noise, a linear model and its squared error: a loss that a
+    step far too large makes hop from epoch to epoch."""
     import equinox as eqx
-
-    from galton.train import train
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1000, 3)).astype(np.float32)
     y = (x @ np.array([1.0, 2.0, 3.0]) + rng.normal(size=1000)).astype(np.float32)
-    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(0))
 
     def loss(m, batch, key):
         return jnp.mean((jax.vmap(m)(batch[0]) - batch[1]) ** 2)
+
+    return x, y, eqx.nn.Linear(3, "scalar", key=jax.random.key(0)), loss
+
+
+def test_decay_settles_the_step_size_after_a_plateau():
+    from galton.train import train
+
+    x, y, model, loss = linear_regression()
 
     spread = {}
     for decay in (None, 0.1):  # a step size far too large: without decay the loss hops from epoch to epoch
@@ -248,17 +255,9 @@ def test_a_loss_s_arrays_are_inputs_of_one_compiled_epoch():
 
 
 def test_finish_fine_tunes_from_the_best_weights_at_a_smaller_step():
-    import equinox as eqx
-
     from galton.train import train
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(1000, 3)).astype(np.float32)
-    y = (x @ np.array([1.0, 2.0, 3.0]) + rng.normal(size=1000)).astype(np.float32)
-    model = eqx.nn.Linear(3, "scalar", key=jax.random.key(0))
-
-    def loss(m, batch, key):
-        return jnp.mean((jax.vmap(m)(batch[0]) - batch[1]) ** 2)
+    x, y, model, loss = linear_regression()
 
     settings = Training(learning_rate=0.1, batch_size=16, patience=5, max_epochs=200)  # a step far too large: the loss hops
     plain, hopping = train(model, loss, (x, y), key=jax.random.key(1), settings=settings, progress=False)
