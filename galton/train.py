@@ -217,7 +217,6 @@ def _epochs(epoch, params, opt_state, data, settings: Training, history: dict, b
     the best (loss, params, epoch) is returned."""
     train_data, val_data, key_epochs, key_val = data
     best_loss, best_params, best_epoch = best
-    stall = first  # patience counts from here: a finishing phase starts after its best epoch's patience ran out
     for i in range(first, settings.max_epochs):
         params, opt_state, train_loss, val_loss = epoch(params, opt_state, train_data, val_data, key_epochs, np.int32(i), key_val)
         train_loss, val_loss = float(train_loss), float(val_loss)
@@ -231,7 +230,8 @@ def _epochs(epoch, params, opt_state, data, settings: Training, history: dict, b
         bar.update(1, train=f"{train_loss:.4f}", validation=f"{val_loss:.4f}", best=best_epoch)
         if not np.isfinite(train_loss):
             raise TrainingError(f"the training loss became {train_loss} at epoch {i}; try a smaller learning_rate")
-        if i - max(best_epoch, stall - 1) >= settings.patience:
+        # patience counts from `first` at the latest: a finishing phase starts after its best epoch's patience ran out
+        if i - max(best_epoch, first - 1) >= settings.patience:
             break
     return best_loss, best_params, best_epoch
 
