@@ -76,6 +76,11 @@ class Training:
             raise ValueError(f"decay_patience ({self.decay_patience}) must be below patience ({self.patience}): "
                              "training would stop before the step size ever decays")
 
+    def fine_tune(self, share: float) -> "Training":
+        """These settings for a fine-tune from trained weights: ``share`` × the step size, constant
+        (no decay, no further finish); `finish` and TMNRE's ``prune`` both train so."""
+        return replace(self, learning_rate=self.learning_rate * share, decay=None, finish=None)
+
     def optimizer(self) -> optax.GradientTransformation:
         steps = [optax.clip_by_global_norm(self.clip_norm), optax.adam(self.learning_rate)]
         if self.decay is not None:  # the factor lives in the state: a decay needs no new program
@@ -198,7 +203,7 @@ def train(
     try:
         best = _epochs(epoch, params, opt_state, data, settings, history, best, bar, 0)
         if settings.finish is not None and len(history["train_loss"]) < settings.max_epochs:
-            finer = replace(settings, learning_rate=settings.learning_rate * settings.finish, decay=None)
+            finer = settings.fine_tune(settings.finish)
             history["finish_epoch"] = len(history["train_loss"])
             params = best[1]
             opt_state = finer.optimizer().init(params)

@@ -270,3 +270,6 @@ def test_finish_fine_tunes_from_the_best_weights_at_a_smaller_step():
     assert np.ptp(history["validation_loss"][start + 1:]) < 0.3 * np.ptp(hopping["validation_loss"][-5:])  # settled, not hopping
     with pytest.raises(ValueError, match=r"finish must be a number in \(0, 1\)"):
         Training(finish=2.0)
+    # what a finish trains with (and TMNRE's prune): a constant smaller step, nothing finishing after it
+    tuned = Training(learning_rate=0.1, patience=5, decay=0.5, decay_patience=2, finish=0.1).fine_tune(0.01)
+    assert (tuned.learning_rate, tuned.decay, tuned.finish, tuned.patience) == (pytest.approx(1e-3), None, None, 5)

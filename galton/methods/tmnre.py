@@ -270,7 +270,7 @@ class TMNRE(NeuralMethod):
         pruned = eqx.tree_at(lambda n: n.embedding, network, network.embedding.pruned(self.prune))
         # a fresh Adam at the full step knocks a trained network off its minimum: with it the best
         # validation epoch of the second training was its first, so the network hardly adapted
-        finer = replace(self, training=replace(self.training, learning_rate=self.training.learning_rate * PRUNED_STEP, finish=None))
+        finer = replace(self, training=self.training.fine_tune(PRUNED_STEP))
         network, second = finer.fit(sims, prior, key=jax.random.fold_in(key, 77), progress=progress, init=pruned)
         reads = np.asarray((network.embedding.weight != 0).sum(1)).tolist()  # x values each output reads
         return network, {**second, "epochs_before_pruning": first["epochs"], "projection_reads": reads,
