@@ -7,7 +7,7 @@ than their priors.
                           [--truncation box correlated] [--tail-mass 1e-3] [--skip-amortized]
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|sparse|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--finish 0.1] [--margin 0.25]
-                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 1000] [--min-shrink 0] [--prune 0.1]
+                          [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 0 1000] [--min-shrink 0] [--prune 0.1]
                           [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
@@ -24,7 +24,10 @@ sets the early-stopping patience of each round's training (TMNRE's default other
 its step-size decay after each ``--decay-patience`` epochs without improvement, ``--finish`` its
 fine-tune at a share of the step after early stopping; ``--margin``,
 ``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
-runs observation k with key k + offset, to see how much a result moves between draws. These apply to part 1 only.
+runs observation k with key k + offset, to see how much a result moves between draws; with several offsets
+every observation runs with each, and the means per key set, over all runs and the standard error of the
+key sets' means are printed (one observation moves by about ±0.04 between keys, so settings compare only
+by such means). These apply to part 1 only.
 Part 2 (acceptance 2): a 10-D Gaussian-linear problem with the prior widened 20x and a 15-D one
 (1-D marginals only): amortized at 10x the budget (balance 0 and ``--balance``) against truncated
 at the budget (``--balance``), scored by the mean 1-D C2ST against the exact Gaussian posterior.
@@ -108,7 +111,7 @@ def settings_name(args) -> str:
         args.ensemble > 1 and f"ensemble{args.ensemble}",
         args.min_shrink is not None and f"minshrink{args.min_shrink:g}",
         args.set_width != 64 and f"setwidth{args.set_width}",
-        args.key_offset and f"keys+{args.key_offset}",
+        args.key_offset != [0] and "keys+" + ",".join(map(str, args.key_offset)),
     ]
     return "".join(f"-{name}" for name in parts if name)
 
@@ -125,10 +128,10 @@ def part_one(args) -> None:
                            **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
-            for k in args.observations:
+            for offset, k in itertools.product(args.key_offset, args.observations):
                 x_obs = task.observation(k)
                 start = time.perf_counter()
-                post = galton.infer(task.problem, x_obs, key=jax.random.key(k + args.key_offset), method=method, budget=args.budget,
+                post = galton.infer(task.problem, x_obs, key=jax.random.key(k + offset), method=method, budget=args.budget,
                                     rounds=rounds, progress=False)
                 seconds.append(time.perf_counter() - start)
                 scores = marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k))
@@ -136,10 +139,25 @@ def part_one(args) -> None:
                 s2 = np.mean([v for m, v in scores.items() if len(m) == 2])
                 scores_1d.append(s1), scores_2d.append(s2)
                 volume = post.rounds[-1]["volume"]
-                print(f"{task_name:>17s} obs {k} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
+                keys = f" keys+{offset}" if len(args.key_offset) > 1 else ""
+                print(f"{task_name:>17s} obs {k}{keys} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
+            spread = key_set_spread(scores_1d, scores_2d, len(args.key_offset))
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
                    + (f"-{args.embedding}" if embedding is not None else "") + settings_name(args), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
-                   galton_s=round(float(np.mean(seconds)), 1), budget=args.budget)
+                   galton_s=round(float(np.mean(seconds)), 1), budget=args.budget, **spread)
+
+
+def key_set_spread(scores_1d: list, scores_2d: list, sets: int) -> dict:
+    """With several key sets (runs in key-set order), each set's mean C2ST and the standard error of
+    the mean over sets, printed and returned as report figures; nothing for one set."""
+    if sets < 2:
+        return {}
+    means = np.stack([np.reshape(scores_1d, (sets, -1)).mean(1), np.reshape(scores_2d, (sets, -1)).mean(1)], 1)  # (sets, 2)
+    error = means.std(0, ddof=1) / np.sqrt(sets)
+    print("   key sets' means " + ", ".join(f"{a:.3f} / {b:.3f}" for a, b in means)
+          + f"; over all {np.mean(scores_1d):.3f} / {np.mean(scores_2d):.3f}, standard error {error[0]:.3f} / {error[1]:.3f}", flush=True)
+    return {"c2st_1d_per_key_set": means[:, 0].round(3).tolist(), "c2st_2d_per_key_set": means[:, 1].round(3).tolist(),
+            "c2st_1d_stderr": round(float(error[0]), 4), "c2st_2d_stderr": round(float(error[1]), 4)}
 
 
 def narrow_problem(dim: int, widen: float):
@@ -217,8 +235,9 @@ def main():
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")
     parser.add_argument("--calibrate", action="store_true", help="TMNRE's calibrate: the last round's heads temperature-scaled on held-out rows")
-    parser.add_argument("--key-offset", type=int, default=0,
-                        help="observation k runs with key k + this (simulations and training): another draw of the same settings")
+    parser.add_argument("--key-offset", type=int, nargs="+", default=[0],
+                        help="observation k runs with key k + this (simulations and training): another draw of the same settings; "
+                             "several: every observation with each, and the mean over key sets with its standard error")
     parser.add_argument("--margin", type=float, default=0.0, help="TMNRE's margin: each new box widened by this share of its width a side")
     args = parser.parse_args()
     if not args.skip_tasks:
