@@ -8,7 +8,7 @@ than their priors.
                           [--skip-tasks] [--narrow-dims 10 15] [--balance 10] [--embedding deepset|sparse|mlp]
                           [--patience 40] [--decay 0.3] [--decay-patience 10] [--finish 0.1] [--margin 0.25]
                           [--cut-balance 100] [--carry-embedding] [--calibrate] [--key-offset 0 1000] [--min-shrink 0] [--prune 0.1]
-                          [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--set-width 64]
+                          [--negatives 4] [--variant a|c] [--gamma 1] [--hidden 64] [--depth 2] [--set-width 64]
 
 Part 1 (issue 14, acceptance 1): for each task and observation, the mean C2ST of every 1-D and
 every 2-D marginal (two_moons, slcp: all pairs; gaussian_linear, slcp_distractors: all pairs as
@@ -23,7 +23,7 @@ every task's heads a shared MLP on x; ``--patience``
 sets the early-stopping patience of each round's training (TMNRE's default otherwise), ``--decay``
 its step-size decay after each ``--decay-patience`` epochs without improvement, ``--finish`` its
 fine-tune at a share of the step after early stopping; ``--margin``,
-``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
+``--cut-balance``, ``--carry-embedding``, ``--pool``, ``--prune``, ``--calibrate``, ``--negatives``, ``--variant``, ``--gamma``, ``--hidden``, ``--depth``, ``--ensemble`` and ``--min-shrink`` set TMNRE's options of those names, ``--set-width`` the DeepSet's width; ``--key-offset``
 runs observation k with key k + offset, to see how much a result moves between draws; with several offsets
 every observation runs with each, and the means per key set, over all runs and the standard error of the
 key sets' means are printed (one observation moves by about ±0.04 between keys, so settings compare only
@@ -108,6 +108,7 @@ def settings_name(args) -> str:
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
         args.hidden != 64 and f"hidden{args.hidden}",
+        args.depth != 2 and f"depth{args.depth}",
         args.ensemble > 1 and f"ensemble{args.ensemble}",
         args.min_shrink is not None and f"minshrink{args.min_shrink:g}",
         args.set_width != 64 and f"setwidth{args.set_width}",
@@ -124,7 +125,7 @@ def part_one(args) -> None:
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
-                           negatives=args.negatives, pool=args.pool, prune=args.prune, variant=args.variant, gamma=args.gamma, hidden=args.hidden, ensemble=args.ensemble,
+                           negatives=args.negatives, pool=args.pool, prune=args.prune, variant=args.variant, gamma=args.gamma, hidden=args.hidden, depth=args.depth, ensemble=args.ensemble,
                            **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
             scores_1d, scores_2d, seconds = [], [], []
@@ -226,6 +227,7 @@ def main():
     parser.add_argument("--variant", choices=["a", "c"], default="a", help="TMNRE's variant: a (swyft's binary loss) or c (NRE-C)")
     parser.add_argument("--min-shrink", type=float, default=None, help="TMNRE's min_shrink (0: every round runs)")
     parser.add_argument("--hidden", type=int, default=64, help="TMNRE's hidden: each head's MLP width")
+    parser.add_argument("--depth", type=int, default=2, help="TMNRE's depth: each head's MLP's hidden layers")
     parser.add_argument("--ensemble", type=int, default=1, help="TMNRE's ensemble: networks the last round trains, their log-ratios averaged")
     parser.add_argument("--pool", choices=["inside", "all"], default="inside", help="TMNRE's pool: train each round on the "
                         "simulations inside its proposal (swyft's) or on all simulations so far")
