@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import os
 import time
 
 import jax
@@ -56,12 +57,13 @@ from galton.tasks import get
 C2ST_SAMPLES = 5000
 
 
-def marginal_scores(posterior, reference: np.ndarray, key) -> dict[tuple[str, ...], float]:
-    draws = posterior.marginal_samples(C2ST_SAMPLES, key=key)
+def marginal_scores(posterior, reference: np.ndarray, key, consistent: bool = False, sizes=(1, 2)) -> dict[tuple[str, ...], float]:
+    """C2ST of each estimated marginal of ``sizes`` parameters (``consistent``: `TMNREPosterior.marginal`'s)."""
+    draws = posterior.marginal_samples(C2ST_SAMPLES, key=key, consistent=consistent)
     names = posterior.names
     rng = np.random.default_rng(0)
     ref = reference[rng.choice(len(reference), C2ST_SAMPLES, replace=len(reference) < C2ST_SAMPLES)]
-    return {m: float(c2st(ref[:, [names.index(n) for n in m]], v)) for m, v in draws.items()}
+    return {m: float(c2st(ref[:, [names.index(n) for n in m]], v)) for m, v in draws.items() if len(m) in sizes}
 
 
 def marginals_for(names: list[str]) -> list[tuple[str, ...]]:
@@ -112,6 +114,7 @@ def settings_name(args) -> str:
         args.ensemble > 1 and f"ensemble{args.ensemble}",
         args.min_shrink is not None and f"minshrink{args.min_shrink:g}",
         args.set_width != 64 and f"setwidth{args.set_width}",
+        args.consistent and "consistent",
         args.key_offset != [0] and "keys+" + ",".join(map(str, args.key_offset)),
     ]
     return "".join(f"-{name}" for name in parts if name)
@@ -128,24 +131,32 @@ def part_one(args) -> None:
                            negatives=args.negatives, pool=args.pool, prune=args.prune, variant=args.variant, gamma=args.gamma, hidden=args.hidden, depth=args.depth, ensemble=args.ensemble,
                            **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
-            scores_1d, scores_2d, seconds = [], [], []
+            scores_1d, scores_2d, seconds, heads_2d = [], [], [], []
             for offset, k in itertools.product(args.key_offset, args.observations):
                 x_obs = task.observation(k)
                 start = time.perf_counter()
                 post = galton.infer(task.problem, x_obs, key=jax.random.key(k + offset), method=method, budget=args.budget,
                                     rounds=rounds, progress=False)
                 seconds.append(time.perf_counter() - start)
+                if args.save:
+                    post.save(os.path.join(args.save, f"{task_name}-{truncation}-r{rounds}-obs{k}-keys{offset}"))
                 scores = marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k))
                 s1 = np.mean([v for m, v in scores.items() if len(m) == 1])
                 s2 = np.mean([v for m, v in scores.items() if len(m) == 2])
+                if args.consistent and any(len(m) == 2 for m in scores):  # the pairs again, with their 1-D heads' margins
+                    heads_2d.append(s2)
+                    s2 = np.mean(list(marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k), True, (2,)).values()))
                 scores_1d.append(s1), scores_2d.append(s2)
                 volume = post.rounds[-1]["volume"]
                 keys = f" keys+{offset}" if len(args.key_offset) > 1 else ""
-                print(f"{task_name:>17s} obs {k}{keys} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}  prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
+                own = f" (pair heads' own margins {heads_2d[-1]:.3f})" if heads_2d else ""
+                print(f"{task_name:>17s} obs {k}{keys} rounds {rounds} {truncation:>10s}: 1-D {s1:.3f}  2-D {s2:.3f}{own}  "
+                      f"prior mass kept {volume:.3g}  {seconds[-1]:.0f} s", flush=True)
             spread = key_set_spread(scores_1d, scores_2d, len(args.key_offset))
             report("tmnre", f"{task_name}-r{rounds}" + ("-correlated" if rounds > 1 and truncation == "correlated" else "")
                    + (f"-{args.embedding}" if embedding is not None else "") + settings_name(args), c2st_1d=round(float(np.mean(scores_1d)), 3), c2st_2d=round(float(np.mean(scores_2d)), 3),
-                   galton_s=round(float(np.mean(seconds)), 1), budget=args.budget, **spread)
+                   galton_s=round(float(np.mean(seconds)), 1), budget=args.budget, **spread,
+                   **({"c2st_2d_heads_own_margins": round(float(np.mean(heads_2d)), 3)} if heads_2d else {}))
 
 
 def key_set_spread(scores_1d: list, scores_2d: list, sets: int) -> dict:
@@ -240,6 +251,9 @@ def main():
     parser.add_argument("--key-offset", type=int, nargs="+", default=[0],
                         help="observation k runs with key k + this (simulations and training): another draw of the same settings; "
                              "several: every observation with each, and the mean over key sets with its standard error")
+    parser.add_argument("--consistent", action="store_true", help="score each pair with its 1-D heads' margins "
+                        "(TMNREPosterior.marginal(consistent=True)), and print the pair heads' own beside")
+    parser.add_argument("--save", default=None, help="a folder: each run's posterior saved there (for rescoring)")
     parser.add_argument("--margin", type=float, default=0.0, help="TMNRE's margin: each new box widened by this share of its width a side")
     args = parser.parse_args()
     if not args.skip_tasks:

@@ -645,3 +645,31 @@ def test_rounds_drop_invalid_simulations_when_asked():
     with pytest.warns(UserWarning, match="dropped"):
         post = galton.infer(problem, X_OBS, key=jax.random.key(0), method=method, budget=400, rounds=2, progress=False)
     assert 0 < post.rounds[0]["new"] < 200 and np.isfinite(np.asarray(post.marginal("theta[0]").sample(10, key=jax.random.key(1)))).all()
+
+
+def test_a_consistent_pair_takes_its_one_d_heads_margins(amortized, tmp_path):
+    names = ("theta[0]", "theta[1]")
+    pair, plain = amortized.marginal(names, consistent=True), amortized.marginal(names)
+    assert pair.margins == [0, 1] and plain.margins is None
+    levels = [0.05, 0.25, 0.5, 0.75, 0.95]
+    draws = {c: np.asarray(p.sample(100_000, key=jax.random.key(4))) for c, p in [("consistent", pair), ("plain", plain)]}
+    for i, name in enumerate(names):
+        single = np.quantile(np.asarray(amortized.marginal(name).sample(100_000, key=jax.random.key(5)))[:, 0], levels)
+        gap = {c: np.abs(np.quantile(d[:, i], levels) - single).max() / STD for c, d in draws.items()}
+        # a quantile can move within one of the grid's cells (about 0.02 σ here) and by sampling noise (0.005 σ)
+        assert gap["consistent"] < 0.04 and gap["consistent"] < gap["plain"], (name, gap)
+    # the pair's own dependence is kept: the same correlation as the head's, up to noise
+    np.testing.assert_allclose(np.corrcoef(draws["consistent"].T)[0, 1], np.corrcoef(draws["plain"].T)[0, 1], atol=0.03)
+    grid = np.linspace(-1.6, 1.6, 321)  # ±5 prior σ
+    mesh = np.stack(np.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    assert abs(np.exp(np.asarray(pair.log_prob(mesh))).sum() * (grid[1] - grid[0]) ** 2 - 1) < 0.01
+    loaded = load(amortized.save(tmp_path / "tmnre"))
+    np.testing.assert_array_equal(loaded.marginal(names, consistent=True).sample(50, key=jax.random.key(3)), pair.sample(50, key=jax.random.key(3)))
+
+
+def test_a_consistent_pair_needs_both_one_d_heads(sims):  # noqa: F811
+    method = replace(METHOD, marginals=[("theta[0]",), ("theta[0]", "theta[1]")], training=replace(FAST, max_epochs=2))
+    post = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+    with pytest.raises(ValueError, match=r"\[\('theta\[1\]',\)\] is not among the estimated marginals"):
+        post.marginal(("theta[0]", "theta[1]"), consistent=True)
+    assert post.marginal("theta[0]", consistent=True).margins is None  # a 1-D marginal is its own head's

@@ -9,10 +9,17 @@ by its weight and a uniform point inside it, then map back by F⁻¹.
 After correlated truncation the last proposal is a region inside the box, no longer uniform
 in the marginal's quantile coordinates: its marginal density p_R(u_m) comes from a histogram of
 draws of the region (``region_draws``), a factor on every cell's weight and on ``log_prob``.
+
+The heads train separately, so a pair's margins need not match its parameters' 1-D heads. With
+``consistent=True`` a pair's grid keeps its own odds ratios between cells and takes the 1-D heads'
+margins: iterative proportional fitting (Sinkhorn) scales its rows and columns, so a corner plot's
+diagonal and off-diagonal agree. The 1-D heads learn an easier function from the same simulations;
+on slcp_distractors their margins were the closer to the reference (see docs/tmnre_accuracy.md).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import equinox as eqx
@@ -31,6 +38,7 @@ from galton.truncation import Quantiles, TruncatedPrior
 
 GRID = {1: 4096, 2: 160}  # cells per axis: 4096 for a 1-D marginal, 160 x 160 for a 2-D one
 REGION_BINS = {1: 128, 2: 48}  # histogram of the region's draws: about 30 per bin for 65,536 draws in 2-D
+SINKHORN_STEPS = 50  # row and column scalings of a consistent pair: its margins then match to about 1e-4
 
 
 def region_table(region_draws, u_low, u_high) -> np.ndarray:
@@ -75,8 +83,41 @@ def _grid_logits(network: MarginalRatioNetwork, quantiles, head, cols, centres, 
     return network.head_log_ratios(theta[None], features[:, None], heads=head[None])[..., 0] + _region_term(table, lo, hi, centres)
 
 
+def _scalings(logits, network, quantiles, cols, centres, u_fill, features, margins) -> tuple[jax.Array, jax.Array] | None:
+    """log row and column factors ``(m, G)`` each that give a pair's grid ``logits`` ``(m, G²)`` its
+    1-D heads' margins (``margins``: those heads ``(2,)`` and their region tables), or None without."""
+    if margins is None:
+        return None
+    heads, tables = margins
+    side = round(math.sqrt(centres.shape[0]))
+    grid = logits.reshape(-1, side, side)
+    axes = (centres.reshape(side, side, 2)[:, 0, :1], centres.reshape(side, side, 2)[0, :, 1:])
+    targets = [jax.nn.log_softmax(_grid_logits(network, quantiles, heads[i], cols[i:i + 1], axes[i], u_fill, features, tables[i]), -1)
+               for i in range(2)]
+
+    def finite_lse(v, axis):  # a row or column without mass keeps none
+        out = jax.nn.logsumexp(v, axis=axis)
+        return jnp.where(jnp.isfinite(out), out, 0.0)
+
+    def step(_, ab):
+        a, b = ab
+        a = targets[0] - finite_lse(grid + b[:, None, :], 2)
+        return a, targets[1] - finite_lse(grid + a[:, :, None], 1)
+
+    zeros = jnp.zeros(grid.shape[:2], grid.dtype)
+    return jax.lax.fori_loop(0, SINKHORN_STEPS, step, (zeros, zeros))
+
+
+def _scaled(logits: jax.Array, scalings) -> jax.Array:
+    """A pair's grid logits ``(m, G²)`` with its row and column factors added."""
+    if scalings is None:
+        return logits
+    a, b = scalings
+    return (logits.reshape(a.shape + b.shape[-1:]) + a[:, :, None] + b[:, None, :]).reshape(logits.shape)
+
+
 @eqx.filter_jit
-def _log_prob(network, quantiles, head, cols, box, region, theta, xs) -> jax.Array:
+def _log_prob(network, quantiles, head, cols, box, region, theta, xs, margins=None) -> jax.Array:
     u_low, u_high, centres, width, u_fill = box
     fill = quantiles.icdf(u_fill)
     full = jnp.broadcast_to(fill, (*theta.shape[:-1], fill.shape[-1])).at[..., cols].set(theta)
@@ -86,13 +127,20 @@ def _log_prob(network, quantiles, head, cols, box, region, theta, xs) -> jax.Arr
     log_f = quantiles.log_density(full)[..., cols].sum(-1)
     inside = jnp.all((u_cols >= u_low[cols]) & (u_cols <= u_high[cols]), axis=-1)
     logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, features, region)
-    log_norm = jax.nn.logsumexp(logits, axis=-1) + jnp.log(width).sum()
+    scalings = _scalings(logits, network, quantiles, cols, centres, u_fill, features, margins)
+    if scalings is not None:  # the factors of the cell each θ falls in
+        side = scalings[0].shape[-1]
+        cell = jnp.clip(jnp.floor((u_cols - u_low[cols]) / (u_high[cols] - u_low[cols]) * side).astype(jnp.int32), 0, side - 1)
+        lr = lr + jnp.take_along_axis(scalings[0], cell[..., 0], -1) + jnp.take_along_axis(scalings[1], cell[..., 1], -1)
+    log_norm = jax.nn.logsumexp(_scaled(logits, scalings), axis=-1) + jnp.log(width).sum()
     return jnp.where(inside, lr - log_norm[:, None] + log_f, -jnp.inf)
 
 
 @eqx.filter_jit
-def _sample(network, quantiles, head, cols, centres, width, u_fill, region, xs, key, n: int) -> jax.Array:
-    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, network.embed(xs), region)
+def _sample(network, quantiles, head, cols, centres, width, u_fill, region, xs, key, n: int, margins=None) -> jax.Array:
+    features = network.embed(xs)
+    logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, features, region)
+    logits = _scaled(logits, _scalings(logits, network, quantiles, cols, centres, u_fill, features, margins))
     k_cell, k_jitter = jax.random.split(key)
     # inverse-CDF draws of the cells: Gumbel-max over the grid would cost n x G noise per observation
     cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
@@ -134,15 +182,19 @@ class MarginalPosterior(_OnMarginalHeads):
     """The posterior of one 1-D or 2-D marginal, from its TMNRE head and the last round's box.
 
     ``sample(n, key=)`` gives ``(n, k)``, ``log_prob(θ_m)`` takes ``(n, k)``; both amortized
-    over x inside the box (``condition(x)``, ``sample_batch``, ``log_prob_batch``).
+    over x inside the box (``condition(x)``, ``sample_batch``, ``log_prob_batch``). A pair with
+    ``margins`` (the head indices of its parameters' 1-D marginals) takes those heads' margins
+    (see the module).
     """
 
     kind = "tmnre_marginal"
-    settings = ("u_low", "u_high", "head", "rounds")
+    settings = ("u_low", "u_high", "head", "rounds", "margins")
 
-    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, head: int, rounds=(), region_draws=None):
+    def __init__(self, network, prior: Prior, x_obs=None, history=None, *, u_low, u_high, head: int, rounds=(), region_draws=None,
+                 margins=None):
         self.u_low, self.u_high = [float(v) for v in u_low], [float(v) for v in u_high]
         self.head, self.rounds = int(head), list(rounds)
+        self.margins = None if margins is None else [int(h) for h in margins]
         self.region_draws = None if region_draws is None else np.asarray(region_draws, np.float32)
         self.quantiles = Quantiles.of(prior)
         super().__init__(network, prior, x_obs, history)
@@ -152,8 +204,18 @@ class MarginalPosterior(_OnMarginalHeads):
         self._u_fill = jnp.asarray(0.5 * (lo + hi), jnp.float32)
         cols = list(self.columns)
         self._centres, self._width = _cells(lo[cols], hi[cols])
-        table = region_table(None if self.region_draws is None else self.region_draws[:, cols], lo[cols], hi[cols])
-        self._region = (jnp.asarray(table), jnp.asarray(lo[cols], jnp.float32), jnp.asarray(hi[cols], jnp.float32))
+        self._region = self._region_of(cols)
+        self._margins = None
+        if self.margins is not None:
+            if len(cols) != 2 or [network.marginals[h] for h in self.margins] != [(c,) for c in cols]:
+                raise ValueError(f"margins {self.margins} are not the 1-D heads of the pair {tuple(self.names)}")
+            self._margins = (jnp.asarray(self.margins, jnp.int32), tuple(self._region_of([c]) for c in cols))
+
+    def _region_of(self, cols: list[int]) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The region table of these columns, with the box's quantile bounds there."""
+        lo, hi = np.asarray(self.u_low)[cols], np.asarray(self.u_high)[cols]
+        table = region_table(None if self.region_draws is None else self.region_draws[:, cols], lo, hi)
+        return jnp.asarray(table), jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
 
     def _head(self) -> tuple[jax.Array, jax.Array]:
         return jnp.asarray(self.head, jnp.int32), jnp.asarray(self.columns, jnp.int32)
@@ -165,7 +227,7 @@ class MarginalPosterior(_OnMarginalHeads):
             raise ProblemError(f"theta has shape {theta.shape}; expected (m, n, {len(self.columns)}) for the marginal "
                                f"{tuple(self.names)} at m = {xs.shape[0]} observations")
         box = (jnp.asarray(self.u_low), jnp.asarray(self.u_high), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill)
-        return _log_prob(self.network, self.quantiles, *self._head(), box, self._region, theta, xs)
+        return _log_prob(self.network, self.quantiles, *self._head(), box, self._region, theta, xs, self._margins)
 
     def log_prob(self, theta, x=None) -> jax.Array:
         theta, _ = check_theta_width(theta, len(self.columns))
@@ -176,7 +238,7 @@ class MarginalPosterior(_OnMarginalHeads):
         """``n`` draws for each observation: xs ``(m, *x_shape)`` -> ``(m, n, k)``."""
         xs = check_xs(xs, self.network.x_shape)
         return _sample(self.network, self.quantiles, *self._head(), jnp.asarray(self._centres), jnp.asarray(self._width), self._u_fill,
-                       self._region, xs, as_key(key), check_draws(n))
+                       self._region, xs, as_key(key), check_draws(n), self._margins)
 
     def sample(self, n: int, *, key: jax.Array, x=None) -> jax.Array:
         return self.sample_batch(n, key=key, xs=self._x(x)[None])[0]
@@ -221,15 +283,25 @@ class TMNREPosterior(_OnMarginalHeads):
             return box
         return DrawnRegion(box.quantiles, jnp.asarray(self.region_draws), box.u_low, box.u_high)
 
-    def marginal(self, names: str | Sequence[str]) -> MarginalPosterior:
-        """The posterior of one estimated marginal, e.g. ``marginal(("a", "b"))`` or ``marginal("a")``."""
+    def marginal(self, names: str | Sequence[str], *, consistent: bool = False) -> MarginalPosterior:
+        """The posterior of one estimated marginal, e.g. ``marginal(("a", "b"))`` or ``marginal("a")``.
+
+        ``consistent=True``: a pair takes its parameters' 1-D heads' margins (when both were
+        estimated), keeping its own dependence between them; see `galton.posteriors.marginal`."""
         wanted = (names,) if isinstance(names, str) else tuple(names) if isinstance(names, (tuple, list)) else (names,)
         if wanted not in self.marginals:
             hint = f"; it was estimated as {wanted[::-1]}" if wanted[::-1] in self.marginals else ""
             raise ValueError(f"{wanted} is not among the estimated marginals {self.marginals}{hint}")
+        margins = None
+        if consistent and len(wanted) == 2:
+            missing = [(n,) for n in wanted if (n,) not in self.marginals]
+            if missing:
+                raise ValueError(f"consistent=True gives {wanted} its parameters' 1-D heads' margins, but {missing} "
+                                 f"{'is' if len(missing) == 1 else 'are'} not among the estimated marginals {self.marginals}")
+            margins = [self.marginals.index((n,)) for n in wanted]
         return MarginalPosterior(
-            self.network, self.prior, self.x_obs, self.history,
-            u_low=self.u_low, u_high=self.u_high, head=self.marginals.index(wanted), rounds=self.rounds, region_draws=self.region_draws,
+            self.network, self.prior, self.x_obs, self.history, u_low=self.u_low, u_high=self.u_high, head=self.marginals.index(wanted),
+            rounds=self.rounds, region_draws=self.region_draws, margins=margins,
         )
 
     def _joint(self) -> MarginalPosterior:
@@ -253,11 +325,11 @@ class TMNREPosterior(_OnMarginalHeads):
     def log_prob_batch(self, theta, xs) -> jax.Array:
         return self._joint().log_prob_batch(theta, xs)
 
-    def marginal_samples(self, n: int, *, key: jax.Array, x=None) -> dict[tuple[str, ...], np.ndarray]:
-        """``n`` draws ``(n, k)`` of every estimated marginal, keyed by its names."""
+    def marginal_samples(self, n: int, *, key: jax.Array, x=None, consistent: bool = False) -> dict[tuple[str, ...], np.ndarray]:
+        """``n`` draws ``(n, k)`` of every estimated marginal, keyed by its names (``consistent``: as `marginal`)."""
         keys = jax.random.split(as_key(key), len(self.marginals))
         x = self._x(x)
-        return {m: np.asarray(self.marginal(m).sample(n, key=k, x=x)) for k, m in zip(keys, self.marginals)}
+        return {m: np.asarray(self.marginal(m, consistent=consistent).sample(n, key=k, x=x)) for k, m in zip(keys, self.marginals)}
 
     def to_arviz(self, *, n: int = 1000, key: jax.Array | None = None):
         """Each parameter's 1-D marginal draws as one ArviZ variable (draws of different parameters
