@@ -210,6 +210,19 @@ def test_calibrate_scales_each_head_of_the_last_round(amortized, sims):  # noqa:
         TMNRE(calibrate="yes")
 
 
+def test_calibrate_scales_each_member_of_an_ensemble_on_its_own_held_out_rows(sims):  # noqa: F811
+    method = replace(METHOD, ensemble=2, training=replace(FAST, max_epochs=10))
+    plain = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=method, simulations=sims, budget=len(sims), progress=False)
+    calibrated = galton.infer(PROBLEM, X_OBS, key=jax.random.key(1), method=replace(method, calibrate=True), simulations=sims,
+                              budget=len(sims), progress=False)
+    factors = np.asarray(calibrated.rounds[-1]["temperatures"])
+    assert factors.shape == (2, 4) and np.all((factors > 0.05) & (factors < 5)) and np.abs(factors[0] - factors[1]).max() > 0
+    theta = np.asarray(PROBLEM.prior.sample(jax.random.key(22), (50,)))
+    x = np.repeat(np.asarray(X_OBS)[None], 50, 0)
+    for before, after, f in zip(plain.network.members, calibrated.network.members, factors):
+        np.testing.assert_allclose(after.log_ratios(theta, x), before.log_ratios(theta, x) * f, rtol=1e-4, atol=1e-5)
+
+
 def test_marginal_posterior_normalises_and_saves(amortized, tmp_path):
     theta, density = amortized.marginal("theta[1]").grid()
     assert abs(np.trapezoid(density, theta[:, 0]) - 1) < 0.01
@@ -472,7 +485,9 @@ def test_prune_trains_the_last_round_again_on_a_pruned_projection(fit_calls):
     # the second training a fine-tune, at a tenth of the step
     assert [c.training.learning_rate for c, _, _ in fit_calls] == [FAST.learning_rate] * 2 + [FAST.learning_rate * 0.1, FAST.learning_rate,
                                                                                               FAST.learning_rate * 0.1]
-    for (_, _, trained), (_, kwargs, _) in [(fit_calls[1], fit_calls[2]), (fit_calls[3], fit_calls[4])]:
+    for (_, first, trained), (_, kwargs, _) in [(fit_calls[1], fit_calls[2]), (fit_calls[3], fit_calls[4])]:
+        # the same key: the second training holds out the first's rows, which calibrate then uses
+        np.testing.assert_array_equal(jax.random.key_data(kwargs["key"]), jax.random.key_data(first["key"]))
         w, start = np.abs(np.asarray(trained.embedding.weight)), np.asarray(kwargs["init"].embedding.weight)
         np.testing.assert_array_equal(start == 0, w < 0.2 * w.max(1, keepdims=True))
     for j, (_, kwargs, final) in enumerate(fit_calls[2::2]):
@@ -625,10 +640,8 @@ def test_batched_calls_check_their_observations(amortized):
     (dict(hidden=0), "hidden must be a positive integer"), (dict(on_invalid="keep"), "on_invalid must be one of"),
     (dict(training={"max_epochs": 2}), "training must be a galton.Training"), (dict(min_shrink=1.0), r"min_shrink must be a number in \[0, 1\)"),
     (dict(ensemble=0), "ensemble must be a positive integer"), (dict(ensemble=2.0), "ensemble must be a positive integer"),
-    (dict(ensemble=2, calibrate=True), "calibrate=True needs rows no network trained on"),
     (dict(prune=0.1), "prune applies to an embedding that is a galton.nets.Projected with sparse=True, got NoneType"),
     (dict(prune=1.0), r"prune must be a number in \(0, 1\)"),
-    (dict(prune=0.1, calibrate=True), "prune's second training holds out other rows"),
 ])
 def test_bad_settings_fail_before_any_simulation(settings, message):
     with pytest.raises(ValueError, match=message):
