@@ -284,7 +284,7 @@ def loss_curves(history: dict, *, fig: Figure | None = None) -> Figure:
 __all__ = ["corner", "coverage", "loss_curves", "sbc_ranks"]
 
 
-def marginals(posterior, *, reference=None, truth=None, grid: int = 120, fig: Figure | None = None) -> Figure:
+def marginals(posterior, *, reference=None, truth=None, grid: int = 120, consistent: bool = False, fig: Figure | None = None) -> Figure:
     """A corner plot drawn from TMNRE's 1-D and 2-D estimators directly: each marginal's density
     on a grid (no sampling noise), with the 68 % and 95 % highest-density contours of each pair.
 
@@ -293,6 +293,8 @@ def marginals(posterior, *, reference=None, truth=None, grid: int = 120, fig: Fi
         reference: optional ``(m, d)`` samples (e.g. the exact posterior) drawn in a second colour.
         truth: optional ``(d,)`` true parameters.
         grid: points per axis of the density grids.
+        consistent: each pair with its parameters' 1-D heads' margins
+            (`TMNREPosterior.marginal`), so the diagonal and the pairs agree.
 
     Returns:
         The figure; panels of pairs that were not estimated are left out.
@@ -322,7 +324,7 @@ def marginals(posterior, *, reference=None, truth=None, grid: int = 120, fig: Fi
             else:
                 tx, ty = np.linspace(*limits[j], grid), np.linspace(*limits[i], grid)
                 mesh = np.stack(np.meshgrid(tx, ty), -1).reshape(-1, 2)
-                density = np.exp(np.asarray(posterior.marginal(pair).log_prob(mesh))).reshape(grid, grid)
+                density = np.exp(np.asarray(posterior.marginal(pair, consistent=consistent).log_prob(mesh))).reshape(grid, grid)
                 levels = _contour_levels(density)
                 if len(levels) >= 2 and levels[0] > 0:
                     ax.contourf(tx, ty, density, levels=[*levels, np.inf], colors=COLOURS[0], alpha=0.25)

@@ -372,6 +372,8 @@ def test_corner_and_truncation_plots_draw_from_the_estimators(amortized, truncat
 
     fig = plot.marginals(amortized, reference=np.zeros((50, DIM)) + 0.01 * np.arange(50)[:, None], truth=np.asarray(X_OBS) / 2)
     assert len(fig.axes) == DIM + 1  # three 1-D panels and the one estimated pair
+    fig = plot.marginals(amortized, consistent=True)
+    assert len(fig.axes) == DIM + 1 and len(fig.axes[1].collections) > 0  # the pair (row 2, column 1): its HPD contours
     fig = plot.truncation(truncated[2])
     assert len(fig.axes) == DIM and len(fig.axes[0].patches) == 3
 
