@@ -217,6 +217,9 @@ class TMNRE(NeuralMethod):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_count(self.ensemble, "ensemble", what="networks")
+        if self.prune is not None and self.calibrate:
+            raise ValueError("calibrate=True needs rows no network trained on, and prune's second training holds out other rows "
+                             "than the first: use one of the two")
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         check_real(self.gamma, "gamma")
@@ -266,8 +269,7 @@ class TMNRE(NeuralMethod):
         # a fresh Adam at the full step knocks a trained network off its minimum: with it the best
         # validation epoch of the second training was its first, so the network hardly adapted
         finer = replace(self, training=self.training.fine_tune(PRUNED_STEP))
-        # the first training's key: the same rows held out, which no weight has then seen (for calibrate)
-        network, second = finer.fit(sims, prior, key=key, progress=progress, init=pruned)
+        network, second = finer.fit(sims, prior, key=jax.random.fold_in(key, 77), progress=progress, init=pruned)
         reads = np.asarray((network.embedding.weight != 0).sum(1)).tolist()  # x values each output reads
         return network, {**second, "epochs_before_pruning": first["epochs"], "projection_reads": reads,
                          "validation_before_pruning": min(first["validation_loss"])}
