@@ -140,12 +140,13 @@ def part_one(args) -> None:
                 seconds.append(time.perf_counter() - start)
                 if args.save:
                     post.save(os.path.join(args.save, f"{task_name}-{truncation}-r{rounds}-obs{k}-keys{offset}"))
-                scores = marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k))
+                reference = reference_samples(task, k)
+                scores = marginal_scores(post, reference, jax.random.key(100 + k))
                 s1 = np.mean([v for m, v in scores.items() if len(m) == 1])
                 s2 = np.mean([v for m, v in scores.items() if len(m) == 2])
                 if args.consistent and any(len(m) == 2 for m in scores):  # the pairs again, with their 1-D heads' margins
                     heads_2d.append(s2)
-                    s2 = np.mean(list(marginal_scores(post, reference_samples(task, k), jax.random.key(100 + k), True, (2,)).values()))
+                    s2 = np.mean(list(marginal_scores(post, reference, jax.random.key(100 + k), True, (2,)).values()))
                 scores_1d.append(s1), scores_2d.append(s2)
                 volume = post.rounds[-1]["volume"]
                 keys = f" keys+{offset}" if len(args.key_offset) > 1 else ""

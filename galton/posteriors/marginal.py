@@ -53,10 +53,14 @@ def region_table(region_draws, u_low, u_high) -> np.ndarray:
         return np.log(counts / counts.sum() * bins**k).astype(np.float32)
 
 
+def _cell_index(u_cols: jax.Array, u_low: jax.Array, u_high: jax.Array, bins: int) -> jax.Array:
+    """The even grid's cell ``(..., k)`` (int) of quantiles ``(..., k)`` in the box, ``bins`` a side."""
+    return jnp.clip(jnp.floor((u_cols - u_low) / (u_high - u_low) * bins).astype(jnp.int32), 0, bins - 1)
+
+
 def _region_term(table: jax.Array, u_low: jax.Array, u_high: jax.Array, u_cols: jax.Array) -> jax.Array:
     """log p_R at quantiles ``(..., k)`` of the marginal's columns -> ``(...)``."""
-    bins = table.shape[0]
-    index = jnp.clip(jnp.floor((u_cols - u_low) / (u_high - u_low) * bins).astype(jnp.int32), 0, bins - 1)
+    index = _cell_index(u_cols, u_low, u_high, table.shape[0])
     return table[tuple(index[..., i] for i in range(u_cols.shape[-1]))]
 
 
@@ -129,8 +133,7 @@ def _log_prob(network, quantiles, head, cols, box, region, theta, xs, margins=No
     logits = _grid_logits(network, quantiles, head, cols, centres, u_fill, features, region)
     scalings = _scalings(logits, network, quantiles, cols, centres, u_fill, features, margins)
     if scalings is not None:  # the factors of the cell each θ falls in
-        side = scalings[0].shape[-1]
-        cell = jnp.clip(jnp.floor((u_cols - u_low[cols]) / (u_high[cols] - u_low[cols]) * side).astype(jnp.int32), 0, side - 1)
+        cell = _cell_index(u_cols, u_low[cols], u_high[cols], scalings[0].shape[-1])
         lr = lr + jnp.take_along_axis(scalings[0], cell[..., 0], -1) + jnp.take_along_axis(scalings[1], cell[..., 1], -1)
     log_norm = jax.nn.logsumexp(_scaled(logits, scalings), axis=-1) + jnp.log(width).sum()
     return jnp.where(inside, lr - log_norm[:, None] + log_f, -jnp.inf)
