@@ -3,6 +3,7 @@ bad input. The problem is tests/analytic.py's: θ ~ N(0, 0.1·I₃), x ~ N(θ, 0
 marginal of p(θ | x) is N(x_i/2, 0.05), and the quantile-space truncation of a Gaussian prior is
 exercised too (its support is unbounded)."""
 
+import json
 from dataclasses import replace
 
 import equinox as eqx
@@ -20,7 +21,7 @@ from galton.methods import TMNRE
 from galton.methods import nre
 from galton.methods.tmnre import loss as tmnre_loss
 from galton.methods.tmnre import loss_c as tmnre_loss_c
-from galton.posteriors import load
+from galton.posteriors import PosteriorFileError, load
 from galton.problem import ProblemError
 from galton.train import Training
 from galton.regions import Region
@@ -679,6 +680,21 @@ def test_a_consistent_pair_takes_its_one_d_heads_margins(amortized, tmp_path):
     assert abs(np.exp(np.asarray(pair.log_prob(mesh))).sum() * (grid[1] - grid[0]) ** 2 - 1) < 0.01
     loaded = load(amortized.save(tmp_path / "tmnre"))
     np.testing.assert_array_equal(loaded.marginal(names, consistent=True).sample(50, key=jax.random.key(3)), pair.sample(50, key=jax.random.key(3)))
+
+
+def test_a_marginal_saved_before_a_setting_existed_loads_with_its_default(amortized, tmp_path):
+    plain = amortized.marginal(("theta[0]", "theta[1]"))
+    saved = plain.save(tmp_path / "pair")
+    header = json.loads((saved / "posterior.json").read_text())
+    del header["margins"]  # as galton wrote a standalone marginal before consistent pairs
+    (saved / "posterior.json").write_text(json.dumps(header))
+    loaded = load(saved)
+    assert loaded.margins is None
+    np.testing.assert_array_equal(loaded.sample(50, key=jax.random.key(3)), plain.sample(50, key=jax.random.key(3)))
+    del header["u_low"]  # a setting without a default is still named when it is missing
+    (saved / "posterior.json").write_text(json.dumps(header))
+    with pytest.raises(PosteriorFileError, match="lacks 'u_low'"):
+        load(saved)
 
 
 def test_a_consistent_pair_needs_both_one_d_heads(sims):  # noqa: F811

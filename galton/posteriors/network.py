@@ -8,6 +8,7 @@ name); load only files you trust.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 
 import equinox as eqx
@@ -115,7 +116,9 @@ class NetworkPosterior(Posterior):
     def _from_state(cls, meta, arrays):
         prior = pickle.loads(arrays.pop("prior_pickle").tobytes())
         network = with_network_arrays(cls._skeleton(meta), arrays)
-        return cls(network, prior, history=meta["history"], **{k: meta[k] for k in cls.settings})
+        # a setting added after a file was written is absent from it: the constructor's default stands in
+        defaults = {k: v.default for k, v in inspect.signature(cls).parameters.items() if v.default is not inspect.Parameter.empty}
+        return cls(network, prior, history=meta["history"], **{k: meta[k] for k in cls.settings if k in meta or k not in defaults})
 
 
 __all__ = ["NetworkPosterior", "check_x", "network_arrays", "with_network_arrays"]
