@@ -106,6 +106,7 @@ def settings_name(args) -> str:
         args.carry_embedding and "carry",
         args.pool != "inside" and f"pool{args.pool}",
         args.prune is not None and f"prune{args.prune:g}",
+        args.spread and f"spread{args.spread:g}",
         args.calibrate and "calibrate",
         args.negatives > 1 and f"negatives{args.negatives}",
         args.variant != "a" and f"variant{args.variant}-gamma{args.gamma:g}",
@@ -128,7 +129,7 @@ def part_one(args) -> None:
         for rounds, truncation in runs + [(args.rounds, t) for t in args.truncation]:
             method = TMNRE(marginals=marginals_for(task.names), truncation=truncation, tail_mass=args.tail_mass, balance=args.balance,
                            margin=args.margin, cut_balance=args.cut_balance, carry_embedding=args.carry_embedding, calibrate=args.calibrate, embedding=embedding,
-                           negatives=args.negatives, pool=args.pool, prune=args.prune, variant=args.variant, gamma=args.gamma, hidden=args.hidden, depth=args.depth, ensemble=args.ensemble,
+                           negatives=args.negatives, pool=args.pool, prune=args.prune, spread=args.spread, variant=args.variant, gamma=args.gamma, hidden=args.hidden, depth=args.depth, ensemble=args.ensemble,
                            **({} if args.min_shrink is None else {"min_shrink": args.min_shrink}),
                            **training_for(args))
             scores_1d, scores_2d, seconds, heads_2d = [], [], [], []
@@ -245,6 +246,8 @@ def main():
                         "simulations inside its proposal (swyft's) or on all simulations so far")
     parser.add_argument("--prune", type=float, default=None, help="TMNRE's prune: the last round's sparse projection pruned "
                         "below this share of each output's largest weight, then trained again (--embedding sparse)")
+    parser.add_argument("--spread", type=float, default=0.0, help="TMNRE's spread: the weight of a Projected embedding's "
+                        "row spread (each row's l1/l2 - 1) in the loss, towards each output reading one value of x")
     parser.add_argument("--set-width", type=int, default=64, help="the DeepSet's width (--embedding deepset or sparse)")
     parser.add_argument("--gamma", type=float, default=1.0, help="TMNRE's gamma (NRE-C's class weight, --variant c)")
     parser.add_argument("--carry-embedding", action="store_true", help="TMNRE's carry_embedding: each round starts from the last one's embedding")

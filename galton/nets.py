@@ -347,6 +347,12 @@ class Projected(eqx.Module):
         """The projection's matrix ``(values net takes, x's size)``."""
         return self.linear.weight if self.factor is None else self.linear.weight * self.factor
 
+    def spread(self) -> jax.Array:
+        """How far the rows are from reading one value each: Σ_rows ‖w_r‖₁ / ‖w_r‖₂ − 1, 0 when
+        each row has one nonzero weight and free of the rows' scale (which the next layer can undo)."""
+        w = self.weight
+        return jnp.sum(jnp.abs(w).sum(1) / jnp.maximum(jnp.sqrt((w**2).sum(1)), 1e-12) - 1)
+
     def pruned(self, fraction: float) -> "Projected":
         """This projection with each weight under ``fraction`` × its row's largest (in absolute
         value) set to zero. Needs ``sparse=True``: both factors are zeroed, and as each one's

@@ -172,6 +172,19 @@ def test_a_sparse_projection_reads_single_values_where_a_dense_one_blends_them()
     assert rows.mean() > 0.75 and dense_rows.mean() < 0.68 and rows.mean() - dense_rows.mean() > 0.15, (rows, dense_rows, dense_losses)
 
 
+def test_a_projections_spread_counts_how_far_its_rows_are_from_reading_one_value():
+    net = nets.Projected((4,), nets.Identity((2,)), key=KEY)
+    one_hot = eqx.tree_at(lambda n: n.linear.weight, net, jnp.array([[0.0, 3.0, 0.0, 0.0], [-0.5, 0.0, 0.0, 0.0]]))
+    even = eqx.tree_at(lambda n: n.linear.weight, net, jnp.array([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 2.0, -2.0]]))
+    assert float(one_hot.spread()) == 0.0
+    np.testing.assert_allclose(float(even.spread()), (2 - 1) + (np.sqrt(2) - 1), rtol=1e-6)  # √n − 1 for n equal weights a row
+    scaled = eqx.tree_at(lambda n: n.linear.weight, even, 7.0 * even.linear.weight)
+    np.testing.assert_allclose(float(scaled.spread()), float(even.spread()), rtol=1e-6)  # the next layer can undo a row's scale
+    sparse = nets.Projected((20,), nets.Identity((3,)), key=KEY, sparse=True)
+    grads = jax.grad(lambda p: p.spread())(sparse)
+    assert np.isfinite(np.asarray(grads.factor)).all() and np.abs(np.asarray(grads.factor)).sum() > 0  # reaches both factors
+
+
 def test_pruning_a_sparse_projection_zeroes_both_factors_and_training_keeps_them_zero():
     net = nets.Projected((20,), nets.Identity((3,)), key=KEY, sparse=True)
     pruned = net.pruned(0.5)

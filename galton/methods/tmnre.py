@@ -35,10 +35,9 @@ region's marginal, which the posterior takes from 65,536 draws of the region.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -48,6 +47,7 @@ import numpy as np
 from galton.checks import check_count, check_real
 from galton.methods.base import NeuralMethod, bind, fit_keys, register
 from galton.methods.nre import balance_penalty, nre_c_loss, other_rows
+from galton.marginals import resolve_marginals
 from galton.nets import Projected
 from galton.posteriors.marginal import TMNREPosterior
 from galton.prior import Prior
@@ -80,6 +80,11 @@ def loss(model: MarginalRatioNetwork, batch, key, *, balance: float = 0.0, negat
     return bce + balance * balance_penalty(joint, marginal) if balance else bce
 
 
+def penalised(model: MarginalRatioNetwork, batch, key, *, base, weight: float):
+    """``base``'s loss + ``weight`` × the projection's `Projected.spread`."""
+    return base(model, batch, key) + weight * model.embedding.spread()
+
+
 def loss_c(model: MarginalRatioNetwork, batch, key, *, negatives: int, gamma: float):
     theta, x = batch
     b = theta.shape[0]
@@ -88,42 +93,6 @@ def loss_c(model: MarginalRatioNetwork, batch, key, *, negatives: int, gamma: fl
     joint = model.head_log_ratios(theta[:, None], features)  # (b, 1, heads)
     others = model.head_log_ratios(theta[other_rows(key, b, k)], features)  # (b, k, heads), none joint with x_i
     return nre_c_loss(joint, others, gamma)
-
-
-def resolve_marginals(marginals, names: Sequence[str], *, truncate: bool) -> list[tuple[int, ...]]:
-    """Column indices of each marginal: the user's (names, as tuples or single strings), or the
-    default (every 1-D marginal, plus every pair for at most 6 parameters); with truncation,
-    1-D heads are added for parameters that lack one (the box is read from them)."""
-    names = list(names)
-    if marginals is None:
-        chosen = [(n,) for n in names] + (list(itertools.combinations(names, 2)) if len(names) <= 6 else [])
-    else:
-        if isinstance(marginals, str) or not isinstance(marginals, Sequence) or not marginals:
-            raise ValueError(f"marginals must be a non-empty list of tuples of parameter names, got {marginals!r}")
-        if isinstance(marginals, tuple) and all(isinstance(m, str) for m in marginals):
-            raise ValueError(f"marginals={marginals!r} is ambiguous: pass [{marginals!r}] for that one marginal, or "
-                             f"{list(marginals)!r} for each name's 1-D marginal")
-        bad = [m for m in marginals if not (isinstance(m, str) or (isinstance(m, (tuple, list)) and all(isinstance(n, str) for n in m)))]
-        if bad:
-            raise ValueError(f"marginals must be a list of parameter names or tuples of them; {bad[0]!r} is neither")
-        chosen = [(m,) if isinstance(m, str) else tuple(m) for m in marginals]
-    seen = set()
-    for m in chosen:
-        if not m:
-            raise ValueError("marginals has an empty marginal ()")
-        unknown = [n for n in m if n not in names]
-        if unknown:
-            raise ValueError(f"marginal {m} names {unknown}, which are not parameters; the parameters are {names}")
-        if len(set(m)) != len(m):
-            raise ValueError(f"marginal {m} names a parameter twice")
-        if len(m) > 2:
-            raise ValueError(f"marginal {m} has {len(m)} parameters; TMNRE estimates 1-D and 2-D marginals")
-        if frozenset(m) in seen:
-            raise ValueError(f"marginal {m} is given twice")
-        seen.add(frozenset(m))
-    if truncate:
-        chosen += [(n,) for n in names if frozenset((n,)) not in seen]
-    return [tuple(names.index(n) for n in m) for m in chosen]
 
 
 @register("tmnre")
@@ -156,6 +125,11 @@ class TMNRE(NeuralMethod):
             of the step size: the little a projection still reads of distractors blurs the finest
             features. On slcp_distractors (``pool="all"``, ``ensemble=3``, two key sets) 0.1 gave
             0.549 / 0.602 marginal C2ST against 0.560 / 0.612 (0.553 / 0.605 retrained at the full step).
+        spread: with an embedding that is a `galton.nets.Projected`, this weight × its
+            `Projected.spread` (each output's ℓ1 / ℓ2 − 1, summed) is added to every round's loss,
+            towards each output reading one value of x: a projection that blends slcp's draws blurs
+            the correlation the heads read off them. Keep it small (1e-3): at 1e-2 the outputs
+            collapse onto whichever values lead at the start, distractors included. FIGURES
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads; pair it with ``min_shrink=0``, or a first round
             that hardly shrinks the box sends the rest of the budget to one round, with nothing to carry.
@@ -195,6 +169,7 @@ class TMNRE(NeuralMethod):
     margin: float = 0.0
     pool: str = "inside"
     prune: float | None = None
+    spread: float = 0.0
     carry_embedding: bool = False
     calibrate: bool = False
     variant: str = "a"
@@ -227,6 +202,9 @@ class TMNRE(NeuralMethod):
             raise ValueError("balance and cut_balance apply to variant='a' (BNRE's term is for the binary loss)")
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.spread and not isinstance(self.embedding, Projected):
+            raise ValueError(f"spread applies to an embedding that is a galton.nets.Projected, got {type(self.embedding).__name__}")
+        check_real(self.spread, "spread", low_inclusive=True)
         if self.prune is not None:
             check_real(self.prune, "prune", high=1.0)
             if not (isinstance(self.embedding, Projected) and self.embedding.sparse):
@@ -240,8 +218,10 @@ class TMNRE(NeuralMethod):
     def loss(self, prior: Prior, sequential: bool):
         """The loss, the same in every round (each round's θ are draws from its own proposal)."""
         if self.variant == "c":
-            return bind(loss_c, negatives=self.negatives, gamma=self.gamma)
-        return bind(loss, balance=self.balance, negatives=self.negatives) if self.balance or self.negatives > 1 else loss
+            base = bind(loss_c, negatives=self.negatives, gamma=self.gamma)
+        else:
+            base = bind(loss, balance=self.balance, negatives=self.negatives) if self.balance or self.negatives > 1 else loss
+        return bind(penalised, base=base, weight=self.spread) if self.spread else base
 
     def network(self, theta, x, key, columns) -> MarginalRatioNetwork:
         """An untrained network with one head per marginal in ``columns`` (tuples of column indices)."""
