@@ -351,7 +351,9 @@ class Projected(eqx.Module):
         """How far the rows are from reading one value each: Σ_rows ‖w_r‖₁ / ‖w_r‖₂ − 1, 0 when
         each row has one nonzero weight and free of the rows' scale (which the next layer can undo)."""
         w = self.weight
-        return jnp.sum(jnp.abs(w).sum(1) / jnp.maximum(jnp.sqrt((w**2).sum(1)), 1e-12) - 1)
+        squares = (w**2).sum(1)
+        reads = squares > 0  # a row pruned to nothing reads no value: 0, and no NaN through sqrt's slope at 0
+        return jnp.sum(jnp.where(reads, jnp.abs(w).sum(1) / jnp.sqrt(jnp.where(reads, squares, 1.0)) - 1, 0.0))
 
     def pruned(self, fraction: float) -> "Projected":
         """This projection with each weight under ``fraction`` × its row's largest (in absolute

@@ -183,6 +183,9 @@ def test_a_projections_spread_counts_how_far_its_rows_are_from_reading_one_value
     sparse = nets.Projected((20,), nets.Identity((3,)), key=KEY, sparse=True)
     grads = jax.grad(lambda p: p.spread())(sparse)
     assert np.isfinite(np.asarray(grads.factor)).all() and np.abs(np.asarray(grads.factor)).sum() > 0  # reaches both factors
+    emptied = eqx.tree_at(lambda n: n.linear.weight, even, jnp.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, -2.0]]))
+    assert float(emptied.spread()) == pytest.approx(np.sqrt(2) - 1)  # a row pruned to nothing adds nothing
+    assert np.isfinite(np.asarray(jax.grad(lambda p: p.spread())(emptied).linear.weight)).all()
 
 
 def test_pruning_a_sparse_projection_zeroes_both_factors_and_training_keeps_them_zero():

@@ -474,29 +474,28 @@ DISTRACTED = galton.Simulator(
                                                                   jax.random.t(jax.random.fold_in(key, 1), 2.0, (9,))])),
     name="distracted",
 )
+DISTRACTED_OBS = jnp.zeros(12).at[SCATTER].set(jnp.concatenate([X_OBS, jnp.array([0.5, -2.0, 0.1, 3.0, -0.4, 0.0, 1.2, -0.7, 0.3])]))
 
 
 def test_spread_draws_each_output_of_the_projection_towards_one_value():
-    x_obs = jnp.zeros(12).at[SCATTER].set(jnp.concatenate([X_OBS, jnp.array([0.5, -2.0, 0.1, 3.0, -0.4, 0.0, 1.2, -0.7, 0.3])]))
     embedding = galton.nets.Projected((12,), galton.nets.Identity((DIM,)), key=jax.random.key(2), sparse=True)
     results = []
     for spread in (0.0, 1e-3):
         method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=16, embedding=embedding, spread=spread, training=FAST)
-        projection = galton.infer(DISTRACTED, x_obs, key=jax.random.key(3), method=method, budget=2000, rounds=1, progress=False).network.embedding
+        projection = galton.infer(DISTRACTED, DISTRACTED_OBS, key=jax.random.key(3), method=method, budget=2000, rounds=1, progress=False).network.embedding
         w = np.abs(np.asarray(projection.weight))
         results.append((float(projection.spread()), w[:, SCATTER[:DIM]].sum() / w.sum()))
     (plain, plain_reads), (penalised, reads) = results
     # measured: 1.72 against 1.00, both reading θ's values (0.99, 0.98)
-    assert penalised < 0.8 * plain and reads > 0.95, results
+    assert penalised < 0.8 * plain and min(reads, plain_reads) > 0.9, results
 
 
 def test_prune_trains_the_last_round_again_on_a_pruned_projection(fit_calls):
-    x_obs = jnp.zeros(12).at[SCATTER].set(jnp.concatenate([X_OBS, jnp.array([0.5, -2.0, 0.1, 3.0, -0.4, 0.0, 1.2, -0.7, 0.3])]))
     # the projection's 3 values straight to the heads: with an MLP between them most fits never read one of θ's values
     embedding = galton.nets.Projected((12,), galton.nets.Identity((DIM,)), key=jax.random.key(2), sparse=True)
     method = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",)], hidden=16, embedding=embedding, prune=0.2, ensemble=2,
                    training=FAST, min_shrink=0.0)
-    post = galton.infer(DISTRACTED, x_obs, key=jax.random.key(3), method=method, budget=2000, rounds=2, progress=False)
+    post = galton.infer(DISTRACTED, DISTRACTED_OBS, key=jax.random.key(3), method=method, budget=2000, rounds=2, progress=False)
     # round 1 once; the last round's two members twice each, the second time from the pruned first
     assert [kwargs.get("init") is None for _, kwargs, _ in fit_calls] == [True, True, False, True, False]
     # the second training a fine-tune, at a tenth of the step

@@ -117,7 +117,7 @@ class NetworkPosterior(Posterior):
         prior = pickle.loads(arrays.pop("prior_pickle").tobytes())
         network = with_network_arrays(cls._skeleton(meta), arrays)
         # a setting added after a file was written is absent from it: the constructor's default stands in
-        defaults = {k: v.default for k, v in inspect.signature(cls).parameters.items() if v.default is not inspect.Parameter.empty}
+        defaults = {k for k, v in inspect.signature(cls).parameters.items() if v.default is not inspect.Parameter.empty}
         return cls(network, prior, history=meta["history"], **{k: meta[k] for k in cls.settings if k in meta or k not in defaults})
 
 
