@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from galton.checks import check_count, check_real
-from galton.marginals import resolve_marginals
+from galton.marginal_choice import resolve_marginals
 from galton.methods.base import NeuralMethod, bind, fit_keys, register
 from galton.methods.nre import balance_penalty, nre_c_loss, other_rows
 from galton.nets import Projected
