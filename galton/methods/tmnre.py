@@ -131,8 +131,9 @@ class TMNRE(NeuralMethod):
             the correlation the heads read off them. Keep it small (1e-3): at 1e-2 the outputs
             collapse onto whichever values lead at the start, distractors included. The validation
             loss that stops training includes the term. On slcp_distractors (``pool="all"``,
-            ``ensemble=3``, ``prune=0.1``, two key sets) 1e-3 gave 0.545 / 0.595 marginal C2ST
-            against 0.549 / 0.602, within what key sets move (see docs/tmnre_accuracy.md).
+            ``ensemble=3``, ``prune=0.1``, four key sets) 1e-3 gave 0.553 / 0.604 marginal C2ST
+            against 0.553 / 0.606: once, outputs held to their early picks never read half the
+            informative values (see docs/tmnre_accuracy.md).
         carry_embedding: each round after the first starts from the last round's trained embedding
             (and its scaling of x), with fresh heads; pair it with ``min_shrink=0``, or a first round
             that hardly shrinks the box sends the rest of the budget to one round, with nothing to carry.
