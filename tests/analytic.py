@@ -16,6 +16,7 @@ from galton.train import Training
 DIM = 3
 X_OBS = jnp.array([0.3, -0.2, 0.1])
 FAST = Training(max_epochs=60, patience=10)
+TMNRE_FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)  # the TMNRE tests' heads
 SAMPLER = (("method", "nuts"), ("num_chains", 8), ("warmup", 150))
 
 def gaussian_linear(key, theta):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from analytic import DIM, PROBLEM, X_OBS, sims  # noqa: F401  (sims is a fixture)
+from analytic import TMNRE_FAST as FAST
 from scipy import stats
 
 import galton
@@ -22,9 +23,7 @@ from galton.methods.tmnre import loss as tmnre_loss
 from galton.methods.tmnre import loss_c as tmnre_loss_c
 from galton.posteriors import PosteriorFileError, load
 from galton.problem import ProblemError
-from galton.train import Training
 
-FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)
 METHOD = TMNRE(marginals=[("theta[0]",), ("theta[1]",), ("theta[2]",), ("theta[0]", "theta[1]")], hidden=32, training=FAST)
 STD = np.sqrt(0.05)
 

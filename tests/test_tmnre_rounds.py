@@ -10,6 +10,7 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 from analytic import DIM, PROBLEM, X_OBS
+from analytic import TMNRE_FAST as FAST
 
 import galton
 from galton.methods import TMNRE
@@ -17,7 +18,6 @@ from galton.posteriors import load
 from galton.problem import ProblemError
 from galton.train import Training
 
-FAST = Training(learning_rate=3e-3, batch_size=64, max_epochs=40, patience=8)
 
 
 # a prior ten times wider than the posterior, so that truncation has something to cut

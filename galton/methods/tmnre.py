@@ -127,8 +127,8 @@ class TMNRE(NeuralMethod):
             0.549 / 0.602 marginal C2ST against 0.560 / 0.612 (0.553 / 0.605 retrained at the full step).
         spread: with an embedding that is a `galton.nets.Projected`, this weight × its
             `Projected.spread` (each output's ℓ1 / ℓ2 − 1, summed) is added to every round's loss,
-            towards each output reading one value of x: a projection that blends slcp's draws blurs
-            the correlation the heads read off them. Keep it small (1e-3): at 1e-2 the outputs
+            towards each output reading one value of x: a projection that blends slcp's draws, with
+            weights that differ between a draw's coordinates, scatters the correlation the heads read. Keep it small (1e-3): at 1e-2 the outputs
             collapse onto whichever values lead at the start, distractors included. The validation
             loss that stops training includes the term. On slcp_distractors (``pool="all"``,
             ``ensemble=3``, ``prune=0.1``, four key sets) 1e-3 gave 0.553 / 0.604 marginal C2ST
